@@ -1,0 +1,11 @@
+"""statex-dist: distributed post-training with state expansion (StateX) for GLA and Mamba2 LMs."""
+
+
+def load_model(path, dtype=None):
+    """See :func:`statex_dist.api.load_model` (imported lazily: megatron-core and DeepSpeed are heavy)."""
+    import torch
+    from statex_dist.api import load_model as _load
+    return _load(path, dtype=dtype or torch.float32)
+
+
+__all__ = ["load_model"]

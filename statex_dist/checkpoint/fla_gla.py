@@ -1,0 +1,70 @@
+"""fla's GLA checkpoints (fla-hub/gla-340M-15B, gla-1.3B-100B): GLAConfig + safetensors, ``model.`` prefix."""
+from __future__ import annotations
+
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.hf_format import HFFormat
+from statex_dist.config import GLAConfig
+
+UNSUPPORTED = {  # fla options the models here do not implement, with the value they must have
+    "num_kv_heads": None, "feature_map": None, "elementwise_affine": True, "use_gv": False,
+    "attnres_block_size": None, "attn": None, "hidden_act": "swish", "use_gk": True,
+}
+
+
+class FlaGLA(HFFormat):
+    name, arch, prefix = "fla-gla", "gla", "model."
+
+    @classmethod
+    def matches(cls, cfg: dict) -> bool:
+        return cfg.get("model_type") == "gla"
+
+    @classmethod
+    def read_config(cls, cfg: dict) -> GLAConfig:
+        for key, want in UNSUPPORTED.items():
+            if cfg.get(key, want) != want:
+                raise CheckpointError(f"config.json: {key}={cfg[key]!r} is not supported (needs {want!r})")
+        layers = cfg["num_hidden_layers"]
+        return GLAConfig(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=layers,
+            num_heads=cfg.get("statex_num_heads") or [cfg.get("num_heads", 4)] * layers,
+            expand_k=cfg.get("expand_k", 0.5), expand_v=cfg.get("expand_v", 1.0),
+            hidden_ratio=cfg.get("hidden_ratio") or 4, intermediate_size=cfg.get("intermediate_size"),
+            use_short_conv=cfg.get("use_short_conv", False), conv_size=cfg.get("conv_size", 4),
+            use_output_gate=cfg.get("use_output_gate", True), clamp_min=cfg.get("clamp_min"),
+            norm_eps=cfg.get("norm_eps", 1e-6), tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            fuse_norm=cfg.get("fuse_norm", True), expanded_layers=cfg.get("statex_expanded_layers", []),
+        )
+
+    @classmethod
+    def write_config(cls, config: GLAConfig, base: dict | None = None) -> dict:
+        cfg = dict(base or {"architectures": ["GLAForCausalLM"], "model_type": "gla"})
+        uniform = len(set(config.num_heads)) == 1
+        cfg.update(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_heads=config.num_heads[0] if uniform else max(config.num_heads), expand_k=config.expand_k,
+            expand_v=config.expand_v, hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
+            use_short_conv=config.use_short_conv, conv_size=config.conv_size,
+            use_output_gate=config.use_output_gate, clamp_min=config.clamp_min, norm_eps=config.norm_eps,
+            tie_word_embeddings=config.tie_word_embeddings, fuse_norm=config.fuse_norm)
+        for k in ("statex_num_heads", "statex_expanded_layers"):
+            cfg.pop(k, None)
+        if not uniform:
+            cfg["statex_num_heads"] = list(config.num_heads)
+        if config.expanded_layers:
+            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        return cfg
+
+    @classmethod
+    def hf_names(cls, internal: str, config: GLAConfig) -> list[str]:
+        if internal.endswith("attn.g_norm.weight"):
+            fused = internal.replace("g_norm.weight", "g_norm_swish_gate.weight")
+            plain = cls.prefix + internal
+            fused = cls.prefix + fused
+            return [fused, plain] if config.fuse_norm and config.use_output_gate else [plain, fused]
+        if internal == "lm_head.weight":
+            return [internal]
+        return [cls.prefix + internal]
+
+    @classmethod
+    def optional(cls, hf_name: str, config: GLAConfig) -> bool:
+        return hf_name == "lm_head.weight" and config.tie_word_embeddings

@@ -1,0 +1,51 @@
+"""What a Hugging Face checkpoint format must say: how its config.json maps to ours, and its tensor names.
+
+Each format (fla GLA, mamba_ssm Mamba2, transformers Mamba2) is a subclass in a file of its own. The
+per-layer StateX shapes travel in extra config.json keys (``statex_*``) that the stock classes ignore.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from statex_dist.config import ModelConfig
+
+
+def json_float(x: Any) -> float:
+    """transformers 5 writes inf as {"__float__": "Infinity"}; older writers use a bare Infinity."""
+    if isinstance(x, dict) and "__float__" in x:
+        return float(x["__float__"])
+    return float(x)
+
+
+def json_safe_float(x: float) -> Any:
+    return {"__float__": "Infinity"} if math.isinf(x) else x
+
+
+class HFFormat:
+    """Base: subclasses set ``name``, ``arch``, ``prefix`` and implement the three methods."""
+    name: str = ""
+    arch: str = ""
+    weights_file = "model.safetensors"
+
+    @classmethod
+    def matches(cls, cfg: dict) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def read_config(cls, cfg: dict) -> ModelConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def write_config(cls, config: ModelConfig, base: dict | None = None) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def hf_names(cls, internal: str, config: ModelConfig) -> list[str]:
+        """Candidate checkpoint names of an internal parameter, the one this format writes first."""
+        return [cls.prefix + internal]
+
+    @classmethod
+    def optional(cls, hf_name: str, config: ModelConfig) -> bool:
+        """Checkpoint tensors that may be present and are not model parameters (tied copies, buffers)."""
+        return False

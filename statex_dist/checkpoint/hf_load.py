@@ -1,0 +1,93 @@
+"""Recognise a Hugging Face folder's format and load its tensors into a (possibly TP-sharded) model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.fla_gla import FlaGLA
+from statex_dist.checkpoint.hf_format import HFFormat
+from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
+from statex_dist.checkpoint.tensor_files import TensorReader, read_json
+from statex_dist.config import ModelConfig
+from statex_dist.parallel import state
+from statex_dist.parallel.sharding import ShardSpec
+from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
+
+FORMATS: tuple[type[HFFormat], ...] = (FlaGLA, TransformersMamba2, MambaSSM)
+VOCAB_TENSORS = ("embeddings.weight", "embedding.weight", "lm_head.weight")
+
+
+def detect_format(folder: str | os.PathLike) -> tuple[type[HFFormat], dict]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; pass the checkpoint's directory")
+    cfg = read_json(folder / "config.json")
+    for fmt in FORMATS:
+        if fmt.matches(cfg):
+            return fmt, cfg
+    raise CheckpointError(
+        f"{folder / 'config.json'}: unknown architecture (model_type={cfg.get('model_type')!r}, "
+        f"architectures={cfg.get('architectures')}); supported: fla GLA (model_type 'gla'), transformers Mamba2 "
+        f"(model_type 'mamba2') and mamba_ssm Mamba2 (d_model / n_layer / ssm_cfg)")
+
+
+def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConfig]:
+    fmt, cfg = detect_format(folder)
+    try:
+        return fmt, fmt.read_config(cfg)
+    except KeyError as e:
+        raise CheckpointError(f"{Path(folder) / 'config.json'}: missing key {e} for a {fmt.name} config") from e
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from e
+        raise CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from e
+
+
+def checkpoint_shape(name: str, spec: ShardSpec, config: ModelConfig) -> tuple[int, ...]:
+    """The tensor's shape in the HF file: the in-memory vocab padding for TP is not stored."""
+    if name in VOCAB_TENSORS:
+        return (config.checkpoint_vocab_size(),) + spec.shape[1:]
+    return spec.shape
+
+
+def find_tensor(reader: TensorReader, fmt: type[HFFormat], name: str, config: ModelConfig) -> str:
+    candidates = fmt.hf_names(name, config)
+    for hf in candidates:
+        if hf in reader:
+            return hf
+    raise CheckpointError(
+        f"{reader.folder}: tensor {candidates[0]!r} is missing (needed for parameter {name}); "
+        f"the checkpoint is incomplete or its config.json does not describe it")
+
+
+def load_hf_into(model: nn.Module, folder: str | os.PathLike, fmt: type[HFFormat], specs: dict[str, ShardSpec]) -> None:
+    """Copy every parameter's TP slice from the folder; shapes are checked against ``specs`` first."""
+    config = model.config
+    reader = TensorReader(folder)
+    rank, tp = state.tp_rank(), state.tp_size()
+    params = dict(model.named_parameters())
+    if set(params) != set(specs):
+        raise RuntimeError(f"model parameters and specs disagree: {sorted(set(params) ^ set(specs))}")
+    used = set()
+    for name, spec in specs.items():
+        hf = find_tensor(reader, fmt, name, config)
+        used.add(hf)
+        want, found = checkpoint_shape(name, spec, config), reader.shape(hf)
+        if tuple(found) != tuple(want):
+            raise CheckpointError(
+                f"{reader.file_of(hf)}: tensor {hf!r} has shape {list(found)} but the config "
+                f"({Path(folder) / 'config.json'}) implies {list(want)}; the config and weights do not belong together")
+        full = reader.get(hf)
+        if full.shape[0] < spec.shape[0]:  # vocab rows added for TP divisibility
+            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+        with torch.no_grad():
+            params[name].copy_(spec.shard(full, rank, tp, hf))
+    unexpected = sorted(k for k in reader.keys() if k not in used and not fmt.optional(k, config))
+    if unexpected:
+        raise CheckpointError(
+            f"{reader.folder}: tensors the config does not describe: {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}; the config.json does not match the weights")

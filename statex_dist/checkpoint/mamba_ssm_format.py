@@ -1,0 +1,69 @@
+"""mamba_ssm's Mamba2 checkpoints (state-spaces/mamba2-*): config.json with ssm_cfg, pytorch_model.bin,
+``backbone.`` prefix, embedding padded to ``pad_vocab_size_multiple``, ``lm_head.weight`` a tied copy."""
+from __future__ import annotations
+
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.hf_format import HFFormat
+from statex_dist.config import Mamba2Config
+
+
+class MambaSSM(HFFormat):
+    name, arch, prefix = "mamba_ssm", "mamba2", "backbone."
+    weights_file = "pytorch_model.bin"
+
+    @classmethod
+    def matches(cls, cfg: dict) -> bool:
+        return "d_model" in cfg and "n_layer" in cfg
+
+    @classmethod
+    def read_config(cls, cfg: dict) -> Mamba2Config:
+        ssm = dict(cfg.get("ssm_cfg") or {})
+        layer = ssm.pop("layer", "Mamba2")
+        if layer != "Mamba2":
+            raise CheckpointError(f"config.json: ssm_cfg.layer={layer!r}; only Mamba2 checkpoints are supported")
+        if cfg.get("d_intermediate", 0):
+            raise CheckpointError("config.json: d_intermediate > 0 (an MLP after each mixer) is not supported")
+        if cfg.get("attn_layer_idx"):
+            raise CheckpointError("config.json: attn_layer_idx (hybrid attention layers) is not supported")
+        if not cfg.get("rms_norm", True) or not ssm.get("rmsnorm", True):
+            raise CheckpointError("config.json: LayerNorm models (rms_norm=false) are not supported")
+        if ssm.get("norm_before_gate", False) or ssm.get("D_has_hdim", False) or ssm.get("d_ssm"):
+            raise CheckpointError("config.json: norm_before_gate / D_has_hdim / d_ssm are not supported")
+        n = cfg["n_layer"]
+        return Mamba2Config(
+            vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"], num_layers=n,
+            d_state=cfg.get("statex_d_state") or [ssm.get("d_state", 128)] * n,
+            expand=ssm.get("expand", 2), headdim=ssm.get("headdim", 64), ngroups=ssm.get("ngroups", 1),
+            d_conv=ssm.get("d_conv", 4), chunk_size=ssm.get("chunk_size", 256), conv_bias=ssm.get("conv_bias", True),
+            bias=ssm.get("bias", False), dt_limit=tuple(ssm.get("dt_limit", (0.0, float("inf")))),
+            norm_eps=cfg.get("norm_epsilon", 1e-5), residual_in_fp32=cfg.get("residual_in_fp32", True),
+            tie_word_embeddings=cfg.get("tie_embeddings", True),
+            pad_vocab_multiple=cfg.get("pad_vocab_size_multiple", 8),
+            expanded_layers=cfg.get("statex_expanded_layers", []),
+        )
+
+    @classmethod
+    def write_config(cls, config: Mamba2Config, base: dict | None = None) -> dict:
+        cfg = dict(base or {})
+        ssm = dict(cfg.get("ssm_cfg") or {"layer": "Mamba2"})
+        ssm.update(d_state=max(config.d_state), expand=config.expand, headdim=config.headdim,
+                   ngroups=config.ngroups, d_conv=config.d_conv, chunk_size=config.chunk_size)
+        cfg.update(d_model=config.hidden_size, d_intermediate=0, n_layer=config.num_layers,
+                   vocab_size=config.vocab_size, ssm_cfg=ssm, rms_norm=True,
+                   residual_in_fp32=config.residual_in_fp32, fused_add_norm=cfg.get("fused_add_norm", True),
+                   pad_vocab_size_multiple=config.pad_vocab_multiple, tie_embeddings=config.tie_word_embeddings)
+        for k in ("statex_d_state", "statex_expanded_layers"):
+            cfg.pop(k, None)
+        if len(set(config.d_state)) > 1:
+            cfg["statex_d_state"] = list(config.d_state)
+        if config.expanded_layers:
+            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        return cfg
+
+    @classmethod
+    def hf_names(cls, internal: str, config: Mamba2Config) -> list[str]:
+        return [internal] if internal == "lm_head.weight" else [cls.prefix + internal]
+
+    @classmethod
+    def optional(cls, hf_name: str, config: Mamba2Config) -> bool:
+        return hf_name == "lm_head.weight" and config.tie_word_embeddings

@@ -1,0 +1,67 @@
+"""transformers' Mamba2 checkpoints (Mamba2ForCausalLM): Mamba2Config names, ``backbone.embeddings``."""
+from __future__ import annotations
+
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.hf_format import HFFormat, json_float, json_safe_float
+from statex_dist.config import Mamba2Config
+
+
+class TransformersMamba2(HFFormat):
+    name, arch, prefix = "transformers-mamba2", "mamba2", "backbone."
+
+    @classmethod
+    def matches(cls, cfg: dict) -> bool:
+        return cfg.get("model_type") == "mamba2"
+
+    @classmethod
+    def read_config(cls, cfg: dict) -> Mamba2Config:
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"config.json: hidden_act={cfg['hidden_act']!r} is not supported (needs 'silu')")
+        if cfg.get("use_bias", False):
+            raise CheckpointError("config.json: use_bias=true (biased in_proj/out_proj) is not supported")
+        n, hidden, expand = cfg["num_hidden_layers"], cfg["hidden_size"], cfg.get("expand", 2)
+        headdim = cfg.get("head_dim", 64)
+        if cfg.get("num_heads") is not None and cfg["num_heads"] * headdim != expand * hidden:
+            raise CheckpointError(
+                f"config.json: num_heads {cfg['num_heads']} x head_dim {headdim} != expand {expand} x hidden_size {hidden}")
+        limit = cfg.get("time_step_limit", (0.0, float("inf")))
+        return Mamba2Config(
+            vocab_size=cfg["vocab_size"], hidden_size=hidden, num_layers=n,
+            d_state=cfg.get("statex_d_state") or [cfg.get("state_size", 128)] * n,
+            expand=expand, headdim=headdim, ngroups=cfg.get("n_groups", 1), d_conv=cfg.get("conv_kernel", 4),
+            chunk_size=cfg.get("chunk_size", 256), conv_bias=cfg.get("use_conv_bias", True),
+            dt_limit=tuple(json_float(x) for x in limit), norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+            residual_in_fp32=cfg.get("residual_in_fp32", True),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            expanded_layers=cfg.get("statex_expanded_layers", []),
+        )
+
+    @classmethod
+    def write_config(cls, config: Mamba2Config, base: dict | None = None) -> dict:
+        cfg = dict(base or {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2"})
+        cfg.update(vocab_size=config.checkpoint_vocab_size(), hidden_size=config.hidden_size,
+                   num_hidden_layers=config.num_layers, state_size=max(config.d_state), expand=config.expand,
+                   head_dim=config.headdim, num_heads=config.nheads, n_groups=config.ngroups,
+                   conv_kernel=config.d_conv, chunk_size=config.chunk_size, use_conv_bias=config.conv_bias,
+                   use_bias=False, layer_norm_epsilon=config.norm_eps, residual_in_fp32=config.residual_in_fp32,
+                   time_step_limit=[json_safe_float(x) for x in config.dt_limit],
+                   tie_word_embeddings=config.tie_word_embeddings)
+        for k in ("statex_d_state", "statex_expanded_layers"):
+            cfg.pop(k, None)
+        if len(set(config.d_state)) > 1:
+            cfg["statex_d_state"] = list(config.d_state)
+        if config.expanded_layers:
+            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        return cfg
+
+    @classmethod
+    def hf_names(cls, internal: str, config: Mamba2Config) -> list[str]:
+        if internal == "lm_head.weight":
+            return [internal]
+        if internal == "embedding.weight":
+            return ["backbone.embeddings.weight", "backbone.embedding.weight"]
+        return [cls.prefix + internal]
+
+    @classmethod
+    def optional(cls, hf_name: str, config: Mamba2Config) -> bool:
+        return hf_name == "lm_head.weight" and config.tie_word_embeddings

@@ -1,0 +1,124 @@
+"""Pieces both models share: RMS norms, the SwiGLU MLP, the vocab-parallel embedding and LM head."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from megatron.core import tensor_parallel as mtp
+
+from statex_dist.parallel import state
+from statex_dist.parallel.layers import mark
+from statex_dist.parallel.sharding import ShardSpec
+
+
+def normal_init(std: float = 0.02):
+    return lambda w: nn.init.normal_(w, mean=0.0, std=std)
+
+
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, computed in fp32, returned in x's dtype. x [..., D], weight [D]."""
+    y = F.rms_norm(x.float(), (x.shape[-1],), None, eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Replicated RMSNorm (a block's pre-norm or the final norm). x [..., D] -> [..., D]."""
+
+    def __init__(self, hidden: int, eps: float, layer=None, dtype=torch.float32):
+        super().__init__()
+        self.eps = eps
+        self.weight = mark(nn.Parameter(torch.ones(hidden, dtype=dtype)), ShardSpec((hidden,), layer=layer))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def column(in_f: int, out_f: int, cfg, layer, bias: bool = False, init=None, parts=None):
+    """megatron-core ColumnParallelLinear with its ShardSpec attached (out dim split)."""
+    lin = mtp.ColumnParallelLinear(in_f, out_f, config=cfg, init_method=init or normal_init(), bias=bias,
+                                   gather_output=False, tp_group=state.tp_group())
+    mark(lin.weight, ShardSpec((out_f, in_f), dim=0, layer=layer))
+    if bias:
+        mark(lin.bias, ShardSpec((out_f,), dim=0, layer=layer))
+    return lin
+
+
+def row(in_f: int, out_f: int, cfg, layer, init=None):
+    """megatron-core RowParallelLinear (input dim split, output all-reduced) with its ShardSpec."""
+    lin = mtp.RowParallelLinear(in_f, out_f, config=cfg, init_method=init or normal_init(), bias=False,
+                                input_is_parallel=True, skip_bias_add=False, tp_group=state.tp_group())
+    mark(lin.weight, ShardSpec((out_f, in_f), dim=1, layer=layer))
+    return lin
+
+
+class SwiGLUMLP(nn.Module):
+    """fla's GatedMLP: down(silu(gate(x)) * up(x)); gate/up column-parallel, down row-parallel.
+
+    Shapes: x [B, T, hidden] -> [B, T, hidden].
+    """
+
+    def __init__(self, hidden: int, intermediate: int, cfg, layer):
+        super().__init__()
+        self.gate_proj = column(hidden, intermediate, cfg, layer)
+        self.up_proj = column(hidden, intermediate, cfg, layer)
+        self.down_proj = row(intermediate, hidden, cfg, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+def embedding(padded_vocab: int, hidden: int, cfg) -> mtp.VocabParallelEmbedding:
+    """megatron-core VocabParallelEmbedding over the padded vocab. ids [B, T] -> [B, T, hidden]."""
+    emb = mtp.VocabParallelEmbedding(padded_vocab, hidden, init_method=normal_init(), config=cfg,
+                                     tp_group=state.tp_group())
+    mark(emb.weight, ShardSpec((padded_vocab, hidden), dim=0))
+    return emb
+
+
+class LMHead(nn.Module):
+    """Vocab-parallel output layer; tied to the embedding when ``tied`` (then it owns no weight).
+
+    ``forward(h)`` returns this rank's logits [B, T, V_pad / TP]. ``logits`` gathers them and drops the
+    padded columns: [B, T, vocab]. ``loss`` is the token-mean cross entropy over the real vocab, computed
+    with megatron-core's vocab_parallel_cross_entropy (no rank materialises the full logits).
+    """
+
+    def __init__(self, hidden: int, vocab: int, padded_vocab: int, cfg, tied: bool):
+        super().__init__()
+        self.vocab, self.padded_vocab, self.tied = vocab, padded_vocab, tied
+        # The weight lives here (named `lm_head.weight`), or in the embedding when tied; megatron-core's
+        # layer is used for its TP semantics only.
+        self.proj = mtp.ColumnParallelLinear(hidden, padded_vocab, config=cfg, init_method=normal_init(),
+                                             bias=False, gather_output=False, skip_weight_param_allocation=True,
+                                             tp_group=state.tp_group())
+        if not tied:
+            local = padded_vocab // state.tp_size()
+            self.weight = mark(nn.Parameter(torch.empty(local, hidden, dtype=cfg.params_dtype)),
+                               ShardSpec((padded_vocab, hidden), dim=0))
+            if cfg.perform_initialization:
+                normal_init()(self.weight)
+
+    def forward(self, h: torch.Tensor, embedding_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = embedding_weight if self.tied else self.weight
+        return self.proj(h, weight=w)[0]
+
+    def _vocab_range(self, local_width: int) -> tuple[int, int]:
+        start = state.tp_rank() * local_width
+        return start, start + local_width
+
+    def logits(self, local_logits: torch.Tensor) -> torch.Tensor:
+        full = mtp.gather_from_tensor_model_parallel_region(local_logits, state.tp_group())
+        return full[..., : self.vocab]
+
+    def loss(self, local_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        start, end = self._vocab_range(local_logits.shape[-1])
+        if end > self.vocab:  # padded columns never win: they are not tokens
+            pad = torch.arange(start, end, device=local_logits.device) >= self.vocab
+            local_logits = local_logits.masked_fill(pad, torch.finfo(local_logits.dtype).min)
+        mask = labels != ignore_index
+        per_token = mtp.vocab_parallel_cross_entropy(local_logits.float(), labels.clamp_min(0))
+        return (per_token * mask).sum() / mask.sum().clamp_min(1)

@@ -1,0 +1,178 @@
+"""Mamba2 LM: mamba_ssm's MambaLMHeadModel with Mamba2 mixers (no MLP), d_state chosen per layer.
+
+Parameter names equal mamba_ssm's without the ``backbone.`` prefix (``layers.3.mixer.in_proj.weight``).
+Shapes: B batch, T time, D hidden, E = expand * D (d_inner), Hh = E / headdim heads, P headdim,
+G ngroups, N d_state of the layer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from statex_dist.config import Mamba2Config
+from statex_dist.models.common import LMHead, RMSNorm, embedding, row
+from statex_dist.ops import causal_conv1d, ssd_scan
+from statex_dist.parallel import state
+from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
+from statex_dist.parallel.sharding import ShardSpec
+
+
+def _mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
+    E, G, N, Hh, W, D = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads, cfg.d_conv, cfg.hidden_size
+    # B and C split by groups when the groups divide over TP; otherwise every rank keeps them whole and
+    # the model stays exactly a G-group model (Megatron-LM refuses this case).
+    bc_whole = G % tp != 0
+    whole_in = (2, 3) if bc_whole else ()
+    whole_conv = (1, 2) if bc_whole else ()
+    heads = ShardSpec((Hh,), dim=0, layer=layer)
+    return {
+        "in_proj.weight": ShardSpec((2 * E + 2 * G * N + Hh, D), dim=0, parts=(E, E, G * N, G * N, Hh),
+                                    whole_parts=whole_in, layer=layer),
+        "conv1d.weight": ShardSpec((E + 2 * G * N, 1, W), dim=0, parts=(E, G * N, G * N),
+                                   whole_parts=whole_conv, layer=layer),
+        "conv1d.bias": ShardSpec((E + 2 * G * N,), dim=0, parts=(E, G * N, G * N),
+                                 whole_parts=whole_conv, layer=layer),
+        "dt_bias": heads, "A_log": heads, "D": heads,
+        "norm.weight": ShardSpec((E,), dim=0, layer=layer),
+        "out_proj.weight": ShardSpec((D, E), dim=1, layer=layer),
+    }
+
+
+class Mamba2Mixer(nn.Module):
+    """mamba_ssm's ``Mamba2`` mixer, heads split over TP. x [B, T, D] -> [B, T, D].
+
+    in_proj -> [z | xBC | dt]; causal depthwise conv + SiLU over xBC; SSD scan with A = -exp(A_log),
+    dt = softplus(dt + dt_bias), skip D; gated RMSNorm norm(y * silu(z)) over groups of E / G; out_proj.
+    """
+
+    def __init__(self, cfg: Mamba2Config, layer: int, mcfg):
+        super().__init__()
+        tp = state.tp_size()
+        if cfg.nheads % tp:
+            raise ValueError(f"Mamba2 layer {layer}: {cfg.nheads} heads do not split over TP={tp}")
+        if tp > 1 and cfg.ngroups % tp:
+            raise NotImplementedError("B/C kept whole across TP (ngroups % TP != 0) arrives with the TP issue")
+        self.cfg, self.layer = cfg, layer
+        specs = _mixer_specs(cfg, layer, tp)
+        dtype = mcfg.params_dtype
+        E, G, N, Hh = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
+        self.local_heads, self.local_groups = Hh // tp, max(G // tp, 1)
+        self.E_l, self.GN_l = E // tp, self.local_groups * N
+        self.N = N
+        self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype)
+        self.conv1d = nn.Module()
+        self.conv1d.weight = mark(nn.Parameter(torch.empty(specs["conv1d.weight"].local_shape(tp), dtype=dtype)),
+                                  specs["conv1d.weight"])
+        self.conv1d.bias = mark(nn.Parameter(torch.zeros(specs["conv1d.bias"].local_shape(tp), dtype=dtype)),
+                                specs["conv1d.bias"])
+        h = self.local_heads
+        self.dt_bias = mark(nn.Parameter(torch.empty(h, dtype=dtype)), specs["dt_bias"])
+        self.A_log = mark(nn.Parameter(torch.empty(h, dtype=dtype)), specs["A_log"])
+        self.D = mark(nn.Parameter(torch.ones(h, dtype=dtype)), specs["D"])
+        self.norm = nn.Module()
+        self.norm.weight = mark(nn.Parameter(torch.ones(self.E_l, dtype=dtype)), specs["norm.weight"])
+        self.out_proj = row(E, cfg.hidden_size, mcfg, layer)
+        if mcfg.perform_initialization:
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """mamba_ssm's init: dt in [1e-3, 1e-1] log-uniform (dt_bias its inverse softplus), A = 1..Hh."""
+        nn.init.kaiming_uniform_(self.in_proj.weight, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.conv1d.weight, a=5 ** 0.5)
+        bound = 1 / math.sqrt(self.cfg.d_conv)
+        nn.init.uniform_(self.conv1d.bias, -bound, bound)
+        h0 = state.tp_rank() * self.local_heads
+        dt = torch.exp(torch.rand(self.local_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(torch.arange(h0 + 1, h0 + self.local_heads + 1, dtype=torch.float32)))
+        self.D.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+                output_final_state: bool = False):
+        B, T, _ = x.shape
+        E, GN, h, g, N = self.E_l, self.GN_l, self.local_heads, self.local_groups, self.N
+        z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
+        xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")[0]
+        xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
+        out = ssd_scan(
+            xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
+            Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.cfg.chunk_size,
+            D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
+            initial_states=initial_state, return_final_states=output_final_state)
+        y, final_state = out if output_final_state else (out, None)
+        y = gated_group_rms_norm(y.reshape(B, T, E), z, self.norm.weight, g, self.cfg.norm_eps)
+        y = self.out_proj(y.to(x.dtype))[0]
+        return (y, final_state) if output_final_state else y
+
+
+def gated_group_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int,
+                         eps: float) -> torch.Tensor:
+    """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
+
+    y, z [B, T, E_local] -> [B, T, E_local]; ``groups`` is the number of local groups.
+    """
+    dtype = y.dtype
+    u = y.float() * torch.nn.functional.silu(z.float())
+    u = u.reshape(*u.shape[:-1], groups, -1)
+    u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
+    return (u.reshape(y.shape) * weight.float()).to(dtype)
+
+
+class Mamba2Block(nn.Module):
+    """Pre-norm residual block x + mixer(norm(x)), the residual stream kept in fp32 when asked."""
+
+    def __init__(self, cfg: Mamba2Config, layer: int, mcfg):
+        super().__init__()
+        self.layer = layer
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype)
+        self.mixer = Mamba2Mixer(cfg, layer, mcfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mixer(self.norm(x))
+        residual = x.float() if self.residual_in_fp32 else x
+        return (residual + out).to(x.dtype)
+
+
+class Mamba2ForCausalLM(nn.Module):
+    """Embedding -> Mamba2 blocks -> norm_f -> LM head (vocab-parallel, tied by default in mamba_ssm).
+
+    ``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` the mean cross entropy.
+    """
+
+    def __init__(self, config: Mamba2Config, dtype: torch.dtype = torch.float32, init: bool = True):
+        super().__init__()
+        state.ensure_initialized()
+        self.config = config
+        mcfg = state.megatron_config(dtype, init)
+        padded = config.padded_vocab_size(state.tp_size())
+        self.embedding = embedding(padded, config.hidden_size, mcfg)
+        self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg) for i in range(config.num_layers)])
+        self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, None, dtype)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings)
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = self.embedding(input_ids)
+        for block in self.layers:
+            h = block(h)
+        local_logits = self.lm_head(self.norm_f(h), self.embedding.weight)
+        if labels is not None:
+            return self.lm_head.loss(local_logits, labels)
+        return self.lm_head.logits(local_logits)
+
+
+def param_specs(config: Mamba2Config, tp: int = 1) -> dict[str, ShardSpec]:
+    """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
+    D, padded = config.hidden_size, config.padded_vocab_size(tp)
+    specs = {"embedding.weight": ShardSpec((padded, D), dim=0), "norm_f.weight": ShardSpec((D,))}
+    if not config.tie_word_embeddings:
+        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
+    for i in range(config.num_layers):
+        specs[f"layers.{i}.norm.weight"] = ShardSpec((D,), layer=i)
+        specs.update({f"layers.{i}.mixer.{k}": v for k, v in _mixer_specs(config, i, tp).items()})
+    return specs

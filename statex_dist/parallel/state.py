@@ -1,0 +1,86 @@
+"""Process groups: megatron-core's ``parallel_state`` over torch.distributed, set up in one place.
+
+The training entry point calls :func:`initialize` with the run's sizes; debug mode (a single process,
+``load_model``, the tests) gets a world of one from :func:`ensure_initialized` without any launcher.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.model_parallel_config import ModelParallelConfig
+
+
+def _init_world() -> None:
+    if dist.is_initialized():
+        return
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    else:
+        # Debug mode: a world of one needs no rendezvous, so use an in-memory store (no port to pick).
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+
+
+def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1) -> None:
+    """Create the TP / PP / DP groups (megatron-core's default order: TP innermost, then DP, then PP)."""
+    _init_world()
+    world = dist.get_world_size()
+    if world % (tensor_parallel * pipeline_parallel):
+        raise ValueError(
+            f"world size {world} is not a multiple of tensor_parallel x pipeline_parallel = "
+            f"{tensor_parallel} x {pipeline_parallel}; pick sizes whose product divides {world}"
+        )
+    if ps.model_parallel_is_initialized():
+        if (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()) != (
+            tensor_parallel, pipeline_parallel):
+            raise RuntimeError(
+                "process groups already exist with TP={} PP={}; call statex_dist.parallel.state.destroy() first".format(
+                    ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()))
+        return
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+    )
+
+
+def ensure_initialized() -> None:
+    """Groups of the running job if any, else a world of one (debug mode)."""
+    if not ps.model_parallel_is_initialized():
+        initialize(1, 1)
+
+
+def destroy() -> None:
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def tp_rank() -> int:
+    return ps.get_tensor_model_parallel_rank()
+
+
+def tp_size() -> int:
+    return ps.get_tensor_model_parallel_world_size()
+
+
+def tp_group():
+    return ps.get_tensor_model_parallel_group()
+
+
+def megatron_config(params_dtype: torch.dtype = torch.float32, init: bool = True) -> ModelParallelConfig:
+    """The ModelParallelConfig every megatron-core layer of the models is built with.
+
+    Weights are created on the CPU (``use_cpu_initialization``): the full master weight is drawn from
+    the default generator and sliced, so every TP layout draws the same model for the same seed.
+    """
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp_size(),
+        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        params_dtype=params_dtype,
+        use_cpu_initialization=True,
+        perform_initialization=init,
+    )

@@ -1,0 +1,62 @@
+"""Per-tensor StateX transforms of one Mamba2 layer (d_state N -> N').
+
+Shapes: D hidden, E d_inner, G ngroups, Hh heads, W conv width. in_proj rows pack [z | x | B | C | dt]
+with widths [E, E, G*N, G*N, Hh]; the conv channels pack [x | B | C] with widths [E, G*N, G*N]. B and C
+are group-major (group g holds rows g*N .. (g+1)*N of its block); only B and C grow.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from statex_dist.config import Mamba2Config
+from statex_dist.statex.plan import ExpansionPlan
+from statex_dist.statex.tensors import check_shape, default_bound, generator, uniform
+
+
+def _grow(block: torch.Tensor, G: int, N: int, N2: int, mode: str, fresh) -> torch.Tensor:
+    """B or C rows [G*N, ...] -> [G*N2, ...]. ``fresh(shape)`` draws the ``reinit`` values."""
+    rest = block.shape[1:]
+    if mode == "reinit":
+        return fresh((G * N2, *rest))
+    per_group = block.reshape(G, N, *rest)
+    if mode == "copy":  # tile each group's N rows, then cut to N'
+        reps = math.ceil(N2 / N)
+        grown = per_group.repeat(1, reps, *([1] * len(rest)))[:, :N2]
+    else:  # zero: new rows contribute nothing, so the layer computes what it did before
+        grown = per_group.new_zeros((G, N2, *rest))
+        grown[:, :N] = per_group
+    return grown.reshape(G * N2, *rest)
+
+
+def expand_mamba2_layer(name: str, local: str, tensor: torch.Tensor, layer: int, old: Mamba2Config,
+                        new: Mamba2Config, plan: ExpansionPlan) -> torch.Tensor:
+    """The new tensor for parameter ``local`` (the name after ``layers.{layer}.``) of an expanded layer."""
+    E, G, Hh, W, D = old.d_inner, old.ngroups, old.nheads, old.d_conv, old.hidden_size
+    N, N2, mode = old.d_state[layer], new.d_state[layer], plan.init
+    gen = generator(plan.seed, name)
+    if local == "norm.weight" or local in ("mixer.D", "mixer.out_proj.weight"):
+        return tensor
+    if local == "mixer.in_proj.weight":
+        check_shape(name, tensor, (2 * E + 2 * G * N + Hh, D))
+        zx, B, C, dt = tensor.split([2 * E, G * N, G * N, Hh])
+        b = default_bound(D)
+        fresh = lambda shape: uniform(shape, -b, b, gen, tensor)  # noqa: E731 - B first, then C
+        return torch.cat([zx, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh), dt])
+    if local in ("mixer.conv1d.weight", "mixer.conv1d.bias"):
+        want = (E + 2 * G * N, 1, W) if local.endswith("weight") else (E + 2 * G * N,)
+        check_shape(name, tensor, want)
+        x, B, C = tensor.split([E, G * N, G * N])
+        b = default_bound(W)  # depthwise conv: fan_in = 1 * W, for the weight and the bias alike
+        fresh = lambda shape: uniform(shape, -b, b, gen, tensor)  # noqa: E731
+        return torch.cat([x, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh)])
+    if local in ("mixer.dt_bias", "mixer.A_log", "mixer.norm.weight"):
+        check_shape(name, tensor, (E,) if local == "mixer.norm.weight" else (Hh,))
+        if mode != "reinit":
+            return tensor
+        if local == "mixer.A_log":  # A = -(1..Hh), as a freshly built mixer
+            a = torch.log(torch.arange(1, Hh + 1, dtype=torch.float32))
+            return a.to(dtype=tensor.dtype, device=tensor.device)
+        return torch.ones_like(tensor)
+    raise ValueError(f"{name}: no StateX rule for this Mamba2 parameter")
