@@ -17,31 +17,83 @@ from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embed
                                        rms_norm, row)
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import ReplicatedLinear, mark
+from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
+                                         mark)
+from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
 from statex_dist.parallel.sharding import ShardSpec
+
+
+def tp_mode(heads: int, tp: int) -> str:
+    """'heads' when the layer's heads split over TP; else 'values': every rank holds all heads but a
+    slice of each head's value channels (the state d_k x d_v splits by columns, which need the full q,
+    k and gate). The 1-head layers StateX makes are always value-sharded at TP > 1."""
+    return "heads" if heads % tp == 0 else "values"
+
+
+def _attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+    D, K, V, H, r = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer], cfg.gate_low_rank_dim
+    dv, W = V // H, cfg.conv_size
+    rep = dict(grad_reduce=True, layer=layer)
+    if tp_mode(H, tp) == "heads":
+        qk = dict(dim=0, layer=layer)
+        val = dict(dim=0, layer=layer)
+        out = dict(dim=1, layer=layer)
+        norm = ShardSpec((dv,), **rep)
+    else:
+        qk = rep
+        val = dict(dim=0, parts=(dv,) * H, layer=layer)
+        out = dict(dim=1, parts=(dv,) * H, layer=layer)
+        norm = ShardSpec((dv,), dim=0, layer=layer)
+    specs = {
+        "q_proj.weight": ShardSpec((K, D), **qk), "k_proj.weight": ShardSpec((K, D), **qk),
+        "v_proj.weight": ShardSpec((V, D), **val),
+        # its consumer (gk_proj.1) returns full gradients in both modes, so it is a plain replica
+        "gk_proj.0.weight": ShardSpec((r, D), layer=layer),
+        "gk_proj.1.weight": ShardSpec((K, r), **qk), "gk_proj.1.bias": ShardSpec((K,), **qk),
+        "o_proj.weight": ShardSpec((D, V), **out), "g_norm.weight": norm,
+    }
+    if cfg.use_output_gate:
+        specs["g_proj.weight"] = ShardSpec((V, D), **val)
+    if cfg.use_short_conv:
+        specs["q_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
+        specs["k_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
+        specs["v_conv1d.weight"] = ShardSpec((V, 1, W), **val)
+    return specs
+
+
+def _local_param(spec: ShardSpec, tp: int, dtype, init=None) -> nn.Parameter:
+    p = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
+    if init is not None:
+        init(p)
+    return p
+
+
+def _maybe_reduced(w: torch.Tensor) -> torch.Tensor:
+    return tp_reduced_grad(w) if w.shard_spec.grad_reduce else w
 
 
 class ShortConvolution(nn.Module):
     """fla's ShortConvolution: depthwise causal conv of width W, then SiLU. Weight [C, 1, W] as in fla.
 
-    The channels split over TP with the projection that feeds them. x [B, T, C] -> [B, T, C].
+    Its channels split over TP like the projection that feeds it. x [B, T, C_local] -> [B, T, C_local].
     """
 
-    def __init__(self, channels: int, width: int, spec: ShardSpec, dtype):
+    def __init__(self, spec: ShardSpec, tp: int, dtype):
         super().__init__()
-        tp = state.tp_size()
-        self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv1d's default, as fla's module inherits it
+        # nn.Conv1d's default init, which fla's module inherits
+        self.weight = _local_param(spec, tp, dtype, lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return causal_conv1d(x, self.weight[:, 0, :], None, activation="silu")[0]
+        return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")[0]
 
 
 class GatedLinearAttention(nn.Module):
-    """One GLA token mixer (fla's ``GatedLinearAttention``) with ``num_heads`` heads, heads split over TP.
+    """One GLA token mixer (fla's ``GatedLinearAttention``) of ``num_heads[layer]`` heads.
 
-    q, k, v, g (output gate) and the second gate projection are column-parallel, o row-parallel; the
-    low-rank first gate projection and the per-head output norm weight are replicated.
+    TP by heads (see :func:`tp_mode`): q/k/v/g/gk are megatron-core column-parallel, o row-parallel, the
+    low-rank gate projection and the per-head norm weight replicated. TP by values: q, k and the gate
+    are computed whole on every rank (gradients summed over TP), v/g column-parallel by value channels,
+    o row-parallel, and the output RMSNorm spans ranks through an all-reduced sum of squares.
     x [B, T, D] -> [B, T, D].
     """
 
@@ -49,41 +101,58 @@ class GatedLinearAttention(nn.Module):
         super().__init__()
         D, K, V, H = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer]
         tp = state.tp_size()
-        if H % tp:
-            raise ValueError(f"GLA layer {layer}: {H} heads do not split over TP={tp}")
-        self.cfg, self.layer = cfg, layer
-        self.local_heads = H // tp
-        self.head_k, self.head_v = K // H, V // H
+        self.cfg, self.layer, self.mode = cfg, layer, tp_mode(H, tp)
+        self.heads = H // tp if self.mode == "heads" else H
+        self.head_k = K // H
+        self.head_v = V // H if self.mode == "heads" else V // H // tp
+        self.value_width = V // H  # one head's full value width: the norm's denominator
+        specs = _attn_specs(cfg, layer, tp)
         dtype = mcfg.params_dtype
-        self.q_proj = column(D, K, mcfg, layer)
-        self.k_proj = column(D, K, mcfg, layer)
-        self.v_proj = column(D, V, mcfg, layer)
-        if cfg.use_output_gate:
-            self.g_proj = column(D, V, mcfg, layer)
-        if cfg.use_short_conv:
-            for name, width in (("q", K), ("k", K), ("v", V)):
-                spec = ShardSpec((width, 1, cfg.conv_size), dim=0, layer=layer)
-                setattr(self, f"{name}_conv1d", ShortConvolution(width, cfg.conv_size, spec, dtype))
         r = cfg.gate_low_rank_dim
-        low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype)
+        if self.mode == "heads":
+            self.q_proj = column(D, K, mcfg, layer)
+            self.k_proj = column(D, K, mcfg, layer)
+            self.v_proj = column(D, V, mcfg, layer)
+            if cfg.use_output_gate:
+                self.g_proj = column(D, V, mcfg, layer)
+            gk_up = column(r, K, mcfg, layer, bias=True)
+            self.o_proj = row(V, D, mcfg, layer)
+        else:
+            self.q_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype)
+            self.k_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype)
+            self.v_proj = PackedColumnParallelLinear(D, specs["v_proj.weight"], tp, dtype)
+            if cfg.use_output_gate:
+                self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype)
+            gk_up = ReplicatedLinear(r, K, bias=True, layer=layer, dtype=dtype)
+            self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype)
+            if mcfg.perform_initialization:
+                for m in (self.q_proj, self.k_proj, self.v_proj, getattr(self, "g_proj", None), gk_up, self.o_proj):
+                    if m is not None:
+                        normal_init()(m.weight)
+        if cfg.use_short_conv:
+            for name in ("q", "k", "v"):
+                setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
+        low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype, partial_grads=False)
         normal_init()(low_rank.weight)
-        self.gk_proj = nn.ModuleList([low_rank, column(r, K, mcfg, layer, bias=True)])
+        self.gk_proj = nn.ModuleList([low_rank, gk_up])
         with torch.no_grad():
             self.gk_proj[1].bias.zero_()
-        self.o_proj = row(V, D, mcfg, layer)
-        # fla's per-head output norm: one weight of a head's value width, shared by all heads
         self.g_norm = nn.Module()
-        self.g_norm.weight = mark(nn.Parameter(torch.ones(self.head_v, dtype=dtype)),
-                                  ShardSpec((self.head_v,), grad_reduce=True, layer=layer))
+        self.g_norm.weight = _local_param(specs["g_norm.weight"], tp, dtype, nn.init.ones_)
+
+    @staticmethod
+    def _out(y):
+        return y[0] if isinstance(y, tuple) else y
 
     def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
                 output_final_state: bool = False):
+        """Returns o [B, T, D] (and the final state [B, heads, d_k, d_v local] when asked)."""
         B, T, _ = x.shape
-        h, dk, dv = self.local_heads, self.head_k, self.head_v
-        q, k, v = self.q_proj(x)[0], self.k_proj(x)[0], self.v_proj(x)[0]
+        h, dk, dv = self.heads, self.head_k, self.head_v
+        q, k, v = (self._out(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
         if self.cfg.use_short_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
-        gk = self.gk_proj[1](self.gk_proj[0](x))[0]
+        gk = self._out(self.gk_proj[1](self.gk_proj[0](x)))
         q, k, gk = (t.reshape(B, T, h, dk) for t in (q, k, gk))
         v = v.reshape(B, T, h, dv)
         gk = F.logsigmoid(gk) / self.cfg.gate_logit_normalizer
@@ -91,12 +160,21 @@ class GatedLinearAttention(nn.Module):
             gk = gk.clamp_min(self.cfg.clamp_min)
         o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5, initial_state=initial_state,
                                        output_final_state=output_final_state)
-        o = rms_norm(o, self.g_norm.weight, self.cfg.norm_eps)
+        o = self._norm(o)
         o = o.reshape(B, T, h * dv)
         if self.cfg.use_output_gate:
-            o = o * F.silu(self.g_proj(x)[0])
-        out = self.o_proj(o)[0]
+            o = o * F.silu(self._out(self.g_proj(x)))
+        out = self._out(self.o_proj(o))
         return (out, final_state) if output_final_state else out
+
+    def _norm(self, o: torch.Tensor) -> torch.Tensor:
+        """RMSNorm over each head's value channels; o [B, T, h, dv_local]."""
+        w = _maybe_reduced(self.g_norm.weight)
+        if self.mode == "heads":
+            return rms_norm(o, w, self.cfg.norm_eps)
+        of = o.float()
+        ss = all_reduce_sum(of.pow(2).sum(-1, keepdim=True))
+        return (of * torch.rsqrt(ss / self.value_width + self.cfg.norm_eps) * w.float()).to(o.dtype)
 
 
 class GLABlock(nn.Module):
@@ -145,32 +223,19 @@ class GLAForCausalLM(nn.Module):
 
 def param_specs(config: GLAConfig, tp: int = 1) -> dict[str, ShardSpec]:
     """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
-    D, K, V, r = config.hidden_size, config.key_dim, config.value_dim, config.gate_low_rank_dim
+    D, I = config.hidden_size, config.intermediate_size
     padded = config.padded_vocab_size(tp)
     specs = {"embeddings.weight": ShardSpec((padded, D), dim=0), "norm.weight": ShardSpec((D,))}
     if not config.tie_word_embeddings:
         specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
-    for i, H in enumerate(config.num_heads):
+    for i in range(config.num_layers):
         p = f"layers.{i}."
-        s = {
-            "attn_norm.weight": ShardSpec((D,), layer=i),
-            "attn.q_proj.weight": ShardSpec((K, D), dim=0, layer=i),
-            "attn.k_proj.weight": ShardSpec((K, D), dim=0, layer=i),
-            "attn.v_proj.weight": ShardSpec((V, D), dim=0, layer=i),
-            "attn.gk_proj.0.weight": ShardSpec((r, D), grad_reduce=True, layer=i),
-            "attn.gk_proj.1.weight": ShardSpec((K, r), dim=0, layer=i),
-            "attn.gk_proj.1.bias": ShardSpec((K,), dim=0, layer=i),
-            "attn.o_proj.weight": ShardSpec((D, V), dim=1, layer=i),
-            "attn.g_norm.weight": ShardSpec((V // H,), grad_reduce=True, layer=i),
-            "mlp_norm.weight": ShardSpec((D,), layer=i),
-            "mlp.gate_proj.weight": ShardSpec((config.intermediate_size, D), dim=0, layer=i),
-            "mlp.up_proj.weight": ShardSpec((config.intermediate_size, D), dim=0, layer=i),
-            "mlp.down_proj.weight": ShardSpec((D, config.intermediate_size), dim=1, layer=i),
-        }
-        if config.use_output_gate:
-            s["attn.g_proj.weight"] = ShardSpec((V, D), dim=0, layer=i)
-        if config.use_short_conv:
-            for name, width in (("q", K), ("k", K), ("v", V)):
-                s[f"attn.{name}_conv1d.weight"] = ShardSpec((width, 1, config.conv_size), dim=0, layer=i)
-        specs.update({p + k: v for k, v in s.items()})
+        specs.update({p + "attn." + k: v for k, v in _attn_specs(config, i, tp).items()})
+        specs.update({
+            p + "attn_norm.weight": ShardSpec((D,), layer=i),
+            p + "mlp_norm.weight": ShardSpec((D,), layer=i),
+            p + "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=i),
+            p + "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=i),
+            p + "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=i),
+        })
     return specs

@@ -16,7 +16,8 @@ from statex_dist.config import Mamba2Config
 from statex_dist.models.common import LMHead, RMSNorm, embedding, row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
+from statex_dist.parallel.layers import PackedColumnParallelLinear, mark, packed_weight
+from statex_dist.parallel.mappings import all_reduce_sum
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -51,17 +52,20 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, cfg: Mamba2Config, layer: int, mcfg):
         super().__init__()
         tp = state.tp_size()
-        if cfg.nheads % tp:
-            raise ValueError(f"Mamba2 layer {layer}: {cfg.nheads} heads do not split over TP={tp}")
-        if tp > 1 and cfg.ngroups % tp:
-            raise NotImplementedError("B/C kept whole across TP (ngroups % TP != 0) arrives with the TP issue")
+        E, G, N, Hh = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
+        if Hh % tp:
+            raise ValueError(f"Mamba2 layer {layer}: {Hh} heads do not split over TP={tp}")
+        if G % tp and tp % G:
+            raise ValueError(f"Mamba2: ngroups {G} and TP={tp} must divide one another")
         self.cfg, self.layer = cfg, layer
         specs = _mixer_specs(cfg, layer, tp)
         dtype = mcfg.params_dtype
-        E, G, N, Hh = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
-        self.local_heads, self.local_groups = Hh // tp, max(G // tp, 1)
-        self.E_l, self.GN_l = E // tp, self.local_groups * N
-        self.N = N
+        self.bc_whole = G % tp != 0
+        # With B/C whole, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
+        self.group = state.tp_rank() // (tp // G) if self.bc_whole else 0
+        self.local_heads, self.local_groups = Hh // tp, (1 if self.bc_whole else G // tp)
+        self.E_l, self.N = E // tp, N
+        self.GN_in = (G if self.bc_whole else G // tp) * N  # B (or C) channels this rank computes
         self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype)
         self.conv1d = nn.Module()
         self.conv1d.weight = mark(nn.Parameter(torch.empty(specs["conv1d.weight"].local_shape(tp), dtype=dtype)),
@@ -92,35 +96,46 @@ class Mamba2Mixer(nn.Module):
         self.D.fill_(1.0)
         self.norm.weight.fill_(1.0)
 
+    def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
+
+        y, z [B, T, E_local]. When G < TP a group spans TP / G ranks: its sum of squares is all-reduced
+        (mamba_ssm's own TP norm assumes whole groups per rank and is wrong there).
+        """
+        u = y.float() * torch.nn.functional.silu(z.float())
+        if not self.bc_whole:
+            u = u.reshape(*u.shape[:-1], self.local_groups, -1)
+            u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
+        else:
+            G = self.cfg.ngroups
+            ss = u.pow(2).sum(-1, keepdim=True)
+            slots = torch.zeros(*ss.shape[:-1], G, dtype=ss.dtype, device=ss.device)
+            slots = slots.index_copy(-1, torch.tensor([self.group], device=ss.device), ss)
+            total = all_reduce_sum(slots)[..., self.group:self.group + 1]
+            u = u * torch.rsqrt(total / (self.cfg.d_inner // G) + self.cfg.norm_eps)
+        return (u.reshape(y.shape) * self.norm.weight.float()).to(y.dtype)
+
     def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
                 output_final_state: bool = False):
         B, T, _ = x.shape
-        E, GN, h, g, N = self.E_l, self.GN_l, self.local_heads, self.local_groups, self.N
+        E, GN, h, g, N = self.E_l, self.GN_in, self.local_heads, self.local_groups, self.N
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
-        xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")[0]
+        xBC = causal_conv1d(xBC, packed_weight(self.conv1d.weight)[:, 0, :], packed_weight(self.conv1d.bias),
+                            activation="silu")[0]
         xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
+        if self.bc_whole:
+            Bm, Cm = (t.reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
         out = ssd_scan(
             xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
             Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.cfg.chunk_size,
             D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
             initial_states=initial_state, return_final_states=output_final_state)
         y, final_state = out if output_final_state else (out, None)
-        y = gated_group_rms_norm(y.reshape(B, T, E), z, self.norm.weight, g, self.cfg.norm_eps)
+        y = self._gated_norm(y.reshape(B, T, E), z)
         y = self.out_proj(y.to(x.dtype))[0]
         return (y, final_state) if output_final_state else y
 
 
-def gated_group_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, groups: int,
-                         eps: float) -> torch.Tensor:
-    """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
-
-    y, z [B, T, E_local] -> [B, T, E_local]; ``groups`` is the number of local groups.
-    """
-    dtype = y.dtype
-    u = y.float() * torch.nn.functional.silu(z.float())
-    u = u.reshape(*u.shape[:-1], groups, -1)
-    u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
-    return (u.reshape(y.shape) * weight.float()).to(dtype)
 
 
 class Mamba2Block(nn.Module):

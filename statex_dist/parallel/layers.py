@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
+                                                   reduce_from_tensor_model_parallel_region)
 
 from statex_dist.parallel import state
+from statex_dist.parallel.mappings import tp_reduced_grad
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -26,23 +28,29 @@ def mark(param: nn.Parameter, spec: ShardSpec) -> nn.Parameter:
 class ReplicatedLinear(nn.Module):
     """y = x W^T (+ b) with W whole on every TP rank, fed by the replicated input.
 
-    The input passes megatron-core's copy-to-region (identity forward, all-reduce of the input gradient),
-    because each rank's output feeds only its own shard downstream. Gradients of W (and b) are partial per
-    rank; they carry ``grad_reduce`` in their ShardSpec and are summed over TP after backward.
+    ``partial_grads=True`` (the output feeds only this rank's shard of the work, e.g. q and k of a
+    value-sharded GLA layer): the input passes megatron-core's copy-to-region (its gradient is summed over
+    TP) and so does W's gradient, inside autograd (``grad_reduce`` in the ShardSpec).
+    ``partial_grads=False`` (the consumer is itself TP-aware and hands back full gradients, e.g. GLA's
+    low-rank gate feeding a column-parallel layer): a plain linear layer.
 
     Shapes: x [..., in_features] -> [..., out_features].
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, layer=None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, partial_grads: bool = True):
         super().__init__()
+        self.partial = partial_grads
         self.weight = mark(nn.Parameter(torch.empty(out_features, in_features, dtype=dtype)),
-                           ShardSpec((out_features, in_features), grad_reduce=True, layer=layer))
+                           ShardSpec((out_features, in_features), grad_reduce=partial_grads, layer=layer))
         self.bias = mark(nn.Parameter(torch.zeros(out_features, dtype=dtype)),
-                         ShardSpec((out_features,), grad_reduce=True, layer=layer)) if bias else None
+                         ShardSpec((out_features,), grad_reduce=partial_grads, layer=layer)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), self.weight, self.bias)
+        if not self.partial:
+            return F.linear(x, self.weight, self.bias)
+        b = tp_reduced_grad(self.bias) if self.bias is not None else None
+        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), tp_reduced_grad(self.weight), b)
 
 
 class PackedColumnParallelLinear(nn.Module):
@@ -58,4 +66,27 @@ class PackedColumnParallelLinear(nn.Module):
         self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), self.weight)
+        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), packed_weight(self.weight))
+
+
+def packed_weight(w: torch.Tensor) -> torch.Tensor:
+    """``w`` with the gradient of its whole (replicated) blocks summed over TP; split blocks untouched."""
+    spec: ShardSpec = w.shard_spec
+    if not spec.whole_parts or state.tp_size() == 1:
+        return w
+    tp = state.tp_size()
+    widths = [p if i in spec.whole_parts else p // tp for i, p in enumerate(spec.parts)]
+    pieces = w.split(widths, dim=spec.dim)
+    return torch.cat([tp_reduced_grad(p) if i in spec.whole_parts else p for i, p in enumerate(pieces)], spec.dim)
+
+
+class PackedRowParallelLinear(nn.Module):
+    """Row-parallel linear whose input packs blocks split separately over TP (a value-sharded GLA layer
+    with several heads holds a slice of every head). x [..., local in] -> [..., out], all-reduced."""
+
+    def __init__(self, out_features: int, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reduce_from_tensor_model_parallel_region(F.linear(x, self.weight), state.tp_group())
