@@ -7,6 +7,9 @@ from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.config import Mamba2Config
 
 
+MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, chunk_size=256)
+
+
 class MambaSSM(HFFormat):
     name, arch, prefix = "mamba_ssm", "mamba2", "backbone."
     weights_file = "pytorch_model.bin"
@@ -46,8 +49,10 @@ class MambaSSM(HFFormat):
     def write_config(cls, config: Mamba2Config, base: dict | None = None) -> dict:
         cfg = dict(base or {})
         ssm = dict(cfg.get("ssm_cfg") or {"layer": "Mamba2"})
-        ssm.update(d_state=max(config.d_state), expand=config.expand, headdim=config.headdim,
-                   ngroups=config.ngroups, d_conv=config.d_conv, chunk_size=config.chunk_size)
+        values = dict(d_state=max(config.d_state), expand=config.expand, headdim=config.headdim,
+                      ngroups=config.ngroups, d_conv=config.d_conv, chunk_size=config.chunk_size)
+        # keys at mamba_ssm's defaults stay implicit unless the source wrote them
+        ssm.update({k: v for k, v in values.items() if k in ssm or MAMBA2_DEFAULTS[k] != v})
         cfg.update(d_model=config.hidden_size, d_intermediate=0, n_layer=config.num_layers,
                    vocab_size=config.vocab_size, ssm_cfg=ssm, rms_norm=True,
                    residual_in_fp32=config.residual_in_fp32, fused_add_norm=cfg.get("fused_add_norm", True),

@@ -6,6 +6,11 @@ from statex_dist.models.mamba2 import Mamba2ForCausalLM
 def build_model(config, dtype=None, init: bool = True):
     """The model class for ``config.arch`` on this process's TP rank (debug mode: a world of one)."""
     import torch
+
+    from statex_dist.parallel import state
+    from statex_dist.parallel.validate import check_parallel_sizes
+    state.ensure_initialized()
+    check_parallel_sizes(config, state.tp_size())
     cls = {"gla": GLAForCausalLM, "mamba2": Mamba2ForCausalLM}[config.arch]
     return cls(config, dtype=dtype or torch.float32, init=init)
 

@@ -84,7 +84,7 @@ class ShortConvolution(nn.Module):
         self.weight = _local_param(spec, tp, dtype, lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")[0]
+        return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
 
 
 class GatedLinearAttention(nn.Module):

@@ -121,7 +121,7 @@ class Mamba2Mixer(nn.Module):
         E, GN, h, g, N = self.E_l, self.GN_in, self.local_heads, self.local_groups, self.N
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
         xBC = causal_conv1d(xBC, packed_weight(self.conv1d.weight)[:, 0, :], packed_weight(self.conv1d.bias),
-                            activation="silu")[0]
+                            activation="silu")
         xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
         if self.bc_whole:
             Bm, Cm = (t.reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))

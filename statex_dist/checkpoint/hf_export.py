@@ -1,0 +1,52 @@
+"""Writing a Hugging Face folder in a source's own format (fla GLA, mamba_ssm, transformers Mamba2).
+
+A model whose layers are all alike loads in the ecosystem's stock classes. One whose heads / d_state
+differ per layer records them in config.json (``statex_*`` keys) and loads through ``load_model``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from statex_dist.checkpoint.hf_format import HFFormat
+from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
+from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
+from statex_dist.checkpoint.tensor_files import write_json
+from statex_dist.config import ModelConfig
+from statex_dist.models import specs_for
+
+
+def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+             dtypes: dict[str, torch.dtype], base_config: Optional[dict] = None, progress=None) -> None:
+    """Stream full tensors (internal names, checkpoint shapes, ``specs_for`` order) into ``folder``."""
+    from statex_dist.checkpoint.sources import checkpoint_shape
+    names = list(specs_for(config, 1))
+    cfg = fmt.write_config(config, base_config)
+    cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = str(dtypes[names[0]]).replace("torch.", "")
+    write_json(cfg, folder / "config.json")
+    if fmt is MambaSSM:
+        # mamba_ssm's from_pretrained reads pytorch_model.bin only; torch.save needs the dict whole.
+        sd = {}
+        for name, t in tensors:
+            sd[fmt.hf_names(name, config)[0]] = t.to(dtypes[name]).contiguous().clone()
+            if progress is not None:
+                progress(name, t)
+        if config.tie_word_embeddings:
+            sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+        tmp = folder / "pytorch_model.bin.tmp"
+        torch.save(sd, tmp)
+        tmp.rename(folder / "pytorch_model.bin")
+        return
+    entries = [(fmt.hf_names(n, config)[0], dtypes[n], checkpoint_shape(config, n)) for n in names]
+    writer = StreamingSafetensorsWriter(folder / "model.safetensors", entries, {"format": "pt"})
+    try:
+        for name, t in tensors:
+            writer.write(fmt.hf_names(name, config)[0], t.to(dtypes[name]))
+            if progress is not None:
+                progress(name, t)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

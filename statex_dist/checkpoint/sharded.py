@@ -1,0 +1,184 @@
+"""This project's sharded checkpoint: one safetensors file per (TP rank, pipeline stage).
+
+    DST/manifest.json          format, config (per-layer shapes), tp, pp, stages, weight_map, the source's
+                               Hugging Face format and config.json (for export back), files with sha256
+    DST/weights/tp00-pp00.safetensors ...   each rank's TP slice (ShardSpec.shard) of its stage's tensors
+
+Tensors are stored at their TP-padded shape under the models' internal names, so a rank of the same
+layout loads its file as is; another layout reads every slice of a tensor and re-slices it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+
+from statex_dist.checkpoint.atomic import MANIFEST, verify_manifest, write_manifest
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
+from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
+from statex_dist.config import ModelConfig, config_from_dict
+from statex_dist.models import specs_for
+from statex_dist.parallel.sharding import ShardSpec
+
+FORMAT = "statex-sharded"
+
+
+def is_sharded(folder: Path) -> bool:
+    p = Path(folder) / MANIFEST
+    if not p.exists():
+        return False
+    try:
+        return json.loads(p.read_text()).get("format") == FORMAT
+    except json.JSONDecodeError:
+        return True  # ours but damaged: ShardedCheckpoint reports it
+
+
+def stage_of_layers(config: ModelConfig, pp: int) -> list[list[int]]:
+    """Contiguous layers per pipeline stage, balanced by parameter count (embedding on the first stage,
+    final norm and LM head on the last) as DeepSpeed's partition_method='parameters' balances them."""
+    from deepspeed.runtime.utils import partition_balanced
+    if pp > config.num_layers:
+        raise CheckpointError(f"PP={pp} is larger than the {config.num_layers} layers; use PP <= {config.num_layers}")
+    specs = specs_for(config, 1)
+    per_layer = [0] * config.num_layers
+    for s in specs.values():
+        if s.layer is not None:
+            per_layer[s.layer] += int(torch.Size(s.shape).numel())
+    emb = sum(int(torch.Size(s.shape).numel()) for n, s in specs.items() if s.layer is None)
+    weights = [emb // 2] + per_layer + [emb - emb // 2]
+    parts = [int(p) for p in partition_balanced(weights, pp)]
+    stages = []
+    for s in range(pp):
+        lo, hi = parts[s], parts[s + 1]
+        stages.append([i - 1 for i in range(lo, hi) if 1 <= i <= config.num_layers])
+    if any(not st for st in stages):  # tiny models: fall back to an even split of layers
+        n, stages = config.num_layers, []
+        for s in range(pp):
+            stages.append(list(range(s * n // pp, (s + 1) * n // pp)))
+    return stages
+
+
+def stage_of(spec: ShardSpec, stages: list[list[int]], name: str) -> int:
+    if spec.layer is not None:
+        return next(s for s, layers in enumerate(stages) if spec.layer in layers)
+    if name in ("embeddings.weight", "embedding.weight"):
+        return 0
+    return len(stages) - 1
+
+
+def shard_file(tp_rank: int, stage: int) -> str:
+    return f"weights/tp{tp_rank:02d}-pp{stage:02d}.safetensors"
+
+
+def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+                  dtypes: dict[str, torch.dtype], tp: int, pp: int, hf: Optional[dict] = None,
+                  extra: Optional[dict] = None, progress=None) -> dict:
+    """Stream full tensors (checkpoint shape, in ``specs_for`` order) into ``folder`` as TP x PP shards.
+
+    Only one full tensor and its slices are in memory at a time. Returns the manifest written.
+    """
+    specs = specs_for(config, tp)
+    stages = stage_of_layers(config, pp)
+    (folder / "weights").mkdir(parents=True, exist_ok=True)
+    entries: dict[tuple[int, int], list] = {}
+    where = {}
+    for name, spec in specs.items():
+        s = stage_of(spec, stages, name)
+        where[name] = s
+        for r in range(tp):
+            entries.setdefault((r, s), []).append((name, dtypes[name], spec.local_shape(tp)))
+    writers = {key: StreamingSafetensorsWriter(folder / shard_file(*key), ent, {"format": FORMAT})
+               for key, ent in entries.items()}
+    try:
+        for name, full in tensors:
+            spec = specs[name]
+            full = full.to(dtypes[name])
+            if full.shape[0] < spec.shape[0] and name in VOCAB_TENSORS:
+                full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+            for r in range(tp):
+                writers[(r, where[name])].write(name, spec.shard(full, r, tp, name))
+            if progress is not None:
+                progress(name, full)
+        for w in writers.values():
+            w.close()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    body = {"format": FORMAT, "version": 1, "config": config.to_dict(), "tp": tp, "pp": pp, "stages": stages,
+            "weight_map": {n: where[n] for n in specs}, "hf": hf or {}, **(extra or {})}
+    return write_manifest(folder, body)
+
+
+class ShardedCheckpoint:
+    """Read a sharded checkpoint: full tensors (any consumer) or one rank's slice (any TP layout)."""
+
+    def __init__(self, folder: str | os.PathLike, verify: bool = True):
+        self.folder = Path(folder)
+        self.manifest = verify_manifest(self.folder, deep=verify)
+        if self.manifest.get("format") != FORMAT:
+            raise CheckpointError(f"{self.folder / MANIFEST}: not a {FORMAT} manifest")
+        try:
+            self.config = config_from_dict(self.manifest["config"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{self.folder / MANIFEST}: bad config ({e})") from e
+        self.tp, self.pp = self.manifest["tp"], self.manifest["pp"]
+        self.specs = specs_for(self.config, self.tp)
+        self._handles = {}
+        hf = self.manifest.get("hf") or {}
+        self.hf_config, self.hf_format_name = hf.get("config"), hf.get("format")
+
+    def _file(self, name: str, rank: int):
+        if name not in self.manifest["weight_map"]:
+            raise CheckpointError(f"{self.folder / MANIFEST}: no tensor {name!r} in the weight map")
+        path = self.folder / shard_file(rank, self.manifest["weight_map"][name])
+        if path not in self._handles:
+            self._handles[path] = safe_open(str(path), framework="pt")
+        return self._handles[path], path
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.local(name, 0).dtype
+
+    def local(self, name: str, rank: int) -> torch.Tensor:
+        """The stored slice of TP rank ``rank`` (of this checkpoint's TP size)."""
+        h, path = self._file(name, rank)
+        t = h.get_tensor(name)
+        want = self.specs[name].local_shape(self.tp)
+        if tuple(t.shape) != tuple(want):
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(want)}")
+        return t
+
+    def padded(self, name: str) -> torch.Tensor:
+        """The full tensor at this checkpoint's TP-padded shape."""
+        return self.specs[name].unshard([self.local(name, r) for r in range(self.tp)], name)
+
+    def get(self, name: str) -> torch.Tensor:
+        """The full tensor at its checkpoint shape (TP padding of the vocab removed)."""
+        t = self.padded(name)
+        if name in VOCAB_TENSORS:
+            t = t[: self.config.checkpoint_vocab_size()]
+        return t
+
+    def load_into(self, model: nn.Module, tp_rank: int, tp: int) -> None:
+        """Copy this rank's slices into ``model`` (built for ``tp``); any stored TP size works."""
+        specs = specs_for(self.config, tp)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                if tp == self.tp:
+                    p.copy_(self.local(name, tp_rank))
+                    continue
+                full = self.get(name)
+                spec = specs[name]
+                if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
+                    full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+                p.copy_(spec.shard(full, tp_rank, tp, name))

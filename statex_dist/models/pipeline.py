@@ -1,0 +1,255 @@
+"""GLA and Mamba2 as a DeepSpeed ``PipelineModule``: the model as a flat list of stage pieces.
+
+    [embedding, block 0, ..., block L-1, final norm, LM head]
+
+Each piece is a LayerSpec (built only on the stage that owns it) holding the same megatron-core TP layers
+as the one-module model, so TP and PP compose. A tied LM head is a second use of the embedding piece
+(TiedLayerSpec): DeepSpeed keeps a copy on the first and the last stage and all-reduces its gradient
+between them. Stages are balanced by parameter count, so StateX-expanded layers weigh what they weigh.
+
+Parameters keep the model's own names through :func:`internal_names` (``5.attn.q_proj.weight`` on a
+stage is ``layers.4.attn.q_proj.weight``), so the ShardSpecs of ``statex_dist.models.specs_for`` and
+the full-tensor helpers apply per stage: :func:`load_full` copies this rank's TP slice of the stage's
+parameters, :func:`gather_full` collects the full model over TP and over the pipeline stages.
+
+Data: the engine's iterator yields ``(input_ids [b, T], labels [b, T])`` per micro-batch of size b; the
+first stage reads the ids, the last the labels. Activations between stages are hidden [b, T, D].
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from megatron.core import parallel_state as ps
+
+from statex_dist.models.common import LMHead, RMSNorm, embedding
+from statex_dist.models.gla import GLABlock
+from statex_dist.models.mamba2 import Mamba2Block
+from statex_dist.parallel import state, weights
+from statex_dist.parallel.deepspeed_mpu import (MegatronMPU, check_grid_agrees, ensure_deepspeed_comm,
+                                                pipeline_topology)
+from statex_dist.parallel.sharding import ShardSpec
+
+# arch -> (embedding attribute, final-norm attribute, block class): the model's own names
+_ARCH = {"gla": ("embeddings", "norm", GLABlock), "mamba2": ("embedding", "norm_f", Mamba2Block)}
+TIED_KEY = "embed"
+
+
+def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
+    """Check the parallel sizes against the model and the world before any process group exists.
+
+    Returns the data-parallel size ``world_size / (tp * pp)``. Raises ValueError naming the constraint
+    and the sizes that would work when PP exceeds the number of layers (a stage without a block), when
+    the world is not TP x PP x DP, or when a tensor does not split over TP.
+    """
+    L = config.num_layers
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tensor_parallel ({tp}) and pipeline_parallel ({pp}) must be >= 1")
+    if pp > L:
+        fits = [p for p in range(1, L + 1) if world_size % (tp * p) == 0]
+        raise ValueError(
+            f"pipeline_parallel={pp} exceeds the model's {L} layers: every pipeline stage must hold at "
+            f"least one layer, so PP <= {L}; with TP={tp} and {world_size} processes, PP in {fits} works")
+    if world_size % (tp * pp):
+        fits = [p for p in range(1, L + 1) if world_size % (tp * p) == 0]
+        worlds = [tp * pp * d for d in (1, 2, 3, 4)]
+        raise ValueError(
+            f"world size {world_size} is not TP x PP x DP = {tp} x {pp} x DP for any whole DP: use "
+            f"{worlds[0]}, {worlds[1]}, {worlds[2]}, ... processes, or with {world_size} processes and "
+            f"TP={tp} a PP in {fits or 'none (TP does not divide the world)'}")
+    from statex_dist.models import specs_for
+    for name, spec in specs_for(config, tp).items():
+        spec._check(tp, name)
+    return world_size // (tp * pp)
+
+
+class EmbeddingPiece(nn.Module):
+    """Vocab-parallel embedding: input_ids [b, T] -> hidden [b, T, D].
+
+    Its parameter is named as in the model (``embeddings.weight`` / ``embedding.weight``). When the
+    embeddings are tied, the last stage's copy is also the LM head (:func:`tied_head_forward`).
+    """
+
+    def __init__(self, config, dtype: torch.dtype):
+        super().__init__()
+        mcfg = state.megatron_config(dtype, init=False)
+        padded = config.padded_vocab_size(state.tp_size())
+        self.attr = _ARCH[config.arch][0]
+        setattr(self, self.attr, embedding(padded, config.hidden_size, mcfg))
+        if config.tie_word_embeddings:
+            self.head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, tied=True)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self, self.attr).weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.attr)(input_ids)
+
+
+def tied_head_forward(piece: EmbeddingPiece, h: torch.Tensor) -> torch.Tensor:
+    """The tied LM head on the last stage: h [b, T, D] -> local logits [b, T, V_pad / TP]."""
+    return piece.head(h, piece.weight)
+
+
+class FinalNorm(nn.Module):
+    """The final RMSNorm, named as in the model (``norm`` / ``norm_f``). h [b, T, D] -> [b, T, D]."""
+
+    def __init__(self, config, dtype: torch.dtype):
+        super().__init__()
+        self.attr = _ARCH[config.arch][1]
+        setattr(self, self.attr, RMSNorm(config.hidden_size, config.norm_eps, None, dtype))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.attr)(h)
+
+
+class HeadPiece(nn.Module):
+    """Untied vocab-parallel LM head (``lm_head.weight``): h [b, T, D] -> local logits [b, T, V_pad / TP]."""
+
+    def __init__(self, config, dtype: torch.dtype):
+        super().__init__()
+        mcfg = state.megatron_config(dtype, init=False)
+        padded = config.padded_vocab_size(state.tp_size())
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, tied=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(h)
+
+
+class VocabParallelLoss:
+    """The engine's ``loss_fn(local_logits [b, T, V_pad / TP], labels [b, T])``: LMHead.loss, i.e. the
+    token-mean vocab-parallel cross entropy with the padded vocab columns masked.
+
+    A plain object, not a module, so the PipelineModule does not register it as a submodule.
+    """
+
+    def __init__(self, config):
+        mcfg = state.megatron_config(torch.float32, init=False)
+        self.head = LMHead(config.hidden_size, config.vocab_size, config.padded_vocab_size(state.tp_size()),
+                           mcfg, tied=True)  # owns no weight: only the vocab range and the masking
+
+    def __call__(self, local_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.head.loss(local_logits, labels)
+
+
+def _pipeline_module_cls():
+    from deepspeed.pipe import PipelineModule
+
+    class MegatronPipelineModule(PipelineModule):
+        """A PipelineModule whose ``mpu`` (what ``deepspeed.initialize`` hands the engine and ZeRO, as it
+        takes no ``mpu`` argument with a pipeline) is megatron-core's groups; the grid DeepSpeed builds
+        for its point-to-point and tied-weight traffic is checked to hold the same ranks."""
+
+        def mpu(self):
+            return MegatronMPU()
+
+    return MegatronPipelineModule
+
+
+def layer_specs(config, dtype: torch.dtype = torch.float32) -> list:
+    """The stage pieces as LayerSpecs: embedding, one per block, final norm, LM head (tied or not)."""
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+    emb_attr, _, block_cls = _ARCH[config.arch]
+    mcfg = state.megatron_config(dtype, init=False)
+    tied = config.tie_word_embeddings
+    specs = [TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, tied_weight_attr=[f"{emb_attr}.weight"])
+             if tied else LayerSpec(EmbeddingPiece, config, dtype)]
+    specs += [LayerSpec(block_cls, config, i, mcfg) for i in range(config.num_layers)]
+    specs.append(LayerSpec(FinalNorm, config, dtype))
+    specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, forward_fn=tied_head_forward,
+                               tied_weight_attr=[f"{emb_attr}.weight"])
+                 if tied else LayerSpec(HeadPiece, config, dtype))
+    return specs
+
+
+def pipeline_module(config, dtype: torch.dtype = torch.float32, tp: int = 1, pp: int = 1,
+                    activation_checkpoint_interval: int = 0):
+    """The model as a ``deepspeed.pipe.PipelineModule`` over PP stages of TP ranks (DP = the rest).
+
+    Call after ``statex_dist.parallel.state.initialize(tp, pp)``. Weights are not drawn (a stage cannot
+    draw the one-process model's random sequence): load them with :func:`load_full`. Checks the sizes
+    (:func:`validate_parallel`) and that DeepSpeed's grid equals megatron-core's groups on every rank.
+    """
+    world = dist.get_world_size()
+    dp = validate_parallel(config, world, tp, pp)
+    if (state.tp_size(), ps.get_pipeline_model_parallel_world_size()) != (tp, pp):
+        raise RuntimeError(
+            f"parallel_state has TP={state.tp_size()} PP={ps.get_pipeline_model_parallel_world_size()}, "
+            f"the pipeline asks for TP={tp} PP={pp}: call state.initialize({tp}, {pp}) first")
+    if "LOCAL_RANK" not in os.environ:
+        if world > 1:
+            raise RuntimeError("LOCAL_RANK is not set: start the job with torchrun or the deepspeed launcher")
+        os.environ["LOCAL_RANK"] = "0"  # a world of one (debug mode): DeepSpeed reads it
+    ensure_deepspeed_comm()
+    module = _pipeline_module_cls()(
+        layers=layer_specs(config, dtype), topology=pipeline_topology(tp, pp, dp),
+        loss_fn=VocabParallelLoss(config), partition_method="parameters",
+        activation_checkpoint_interval=activation_checkpoint_interval)
+    check_grid_agrees(module._grid)
+    module.model_config = config
+    return module
+
+
+def internal_names(module) -> dict[str, str]:
+    """PipelineModule parameter name -> the model's own name, for this stage's parameters.
+
+    ``tied_modules.embed.embeddings.weight`` -> ``embeddings.weight`` (on both tied stages);
+    ``{k}.X`` -> ``layers.{k-1}.X`` for a block piece (k in 1..L), else ``X`` (``norm.weight``,
+    ``lm_head.weight``, ``embedding.weight``, ...).
+    """
+    L = module.model_config.num_layers
+    out = {}
+    for name, _ in module.named_parameters():
+        head, _, rest = name.partition(".")
+        if head == "tied_modules":
+            out[name] = rest.partition(".")[2]
+        else:
+            k = int(head)
+            out[name] = f"layers.{k - 1}.{rest}" if 1 <= k <= L else rest
+    return out
+
+
+class _ByInternalName:
+    """A stage seen through the model's own parameter names (what weights.load_full / gather_full read)."""
+
+    def __init__(self, module):
+        self.module, self.names = module, internal_names(module)
+
+    def named_parameters(self):
+        for name, p in self.module.named_parameters():
+            yield self.names[name], p
+
+
+def load_full(module, full: Mapping[str, torch.Tensor], specs: Mapping[str, ShardSpec]) -> None:
+    """Copy this rank's TP slice of its stage's parameters from full tensors (the model's own names).
+
+    Both copies of a tied embedding load the same tensor.
+    """
+    weights.load_full(_ByInternalName(module), full, specs)
+
+
+def stage_full(module, specs: Mapping[str, ShardSpec],
+               pick: Callable[[nn.Parameter], torch.Tensor] = lambda p: p.detach()) -> dict[str, torch.Tensor]:
+    """This stage's parameters (or ``pick(p)``, e.g. the grad) at full shape, gathered over TP."""
+    return weights.gather_full(_ByInternalName(module), specs, pick)
+
+
+def gather_full(module, specs: Mapping[str, ShardSpec],
+                pick: Callable[[nn.Parameter], torch.Tensor] = lambda p: p.detach()) -> dict[str, torch.Tensor]:
+    """The whole model at full shape on every rank: gathered over TP, then over the pipeline stages.
+
+    A tied embedding present on two stages is taken from the first. Collective over the TP and PP
+    groups; tensors come back on the CPU.
+    """
+    mine = {k: v.cpu() for k, v in stage_full(module, specs, pick).items()}
+    stages: list[Optional[dict]] = [None] * ps.get_pipeline_model_parallel_world_size()
+    dist.all_gather_object(stages, mine, group=ps.get_pipeline_model_parallel_group())
+    out: dict[str, torch.Tensor] = {}
+    for s in stages:
+        for k, v in s.items():
+            out.setdefault(k, v)
+    return out

@@ -1,0 +1,139 @@
+"""DeepSpeed's view of the process groups, taken from megatron-core's ``parallel_state``.
+
+DeepSpeed reads the groups from an ``mpu`` object. Without one it treats every rank as a data-parallel
+rank, so ZeRO would shard (and average) over tensor-parallel ranks too: silently wrong. With a
+``PipelineModule`` it refuses an ``mpu`` and uses its own grid, built from a ``ProcessTopology``; that grid
+must then hold the same ranks in each group as megatron-core, which :func:`check_grid_agrees` asserts.
+
+DeepSpeed's words: "model parallel" = every rank holding another part of one replica (TP x PP),
+"slice parallel" = tensor parallel, "pipe parallel" = pipeline parallel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+
+class MegatronMPU:
+    """The ``mpu`` DeepSpeed accepts, answering from megatron-core's groups (ZeRO shards over DP only)."""
+
+    # tensor parallel (DeepSpeed's "slice parallel")
+    def get_tensor_model_parallel_rank(self) -> int:
+        return ps.get_tensor_model_parallel_rank()
+
+    def get_tensor_model_parallel_world_size(self) -> int:
+        return ps.get_tensor_model_parallel_world_size()
+
+    def get_tensor_model_parallel_group(self):
+        return ps.get_tensor_model_parallel_group()
+
+    def get_tensor_model_parallel_src_rank(self) -> int:
+        return ps.get_tensor_model_parallel_src_rank()
+
+    get_slice_parallel_rank = get_tensor_model_parallel_rank
+    get_slice_parallel_world_size = get_tensor_model_parallel_world_size
+    get_slice_parallel_group = get_tensor_model_parallel_group
+
+    # model parallel = TP x PP (gradient norms are summed over it; equals TP when PP = 1)
+    def get_model_parallel_rank(self) -> int:
+        return dist.get_rank(ps.get_model_parallel_group())
+
+    def get_model_parallel_world_size(self) -> int:
+        return dist.get_world_size(ps.get_model_parallel_group())
+
+    def get_model_parallel_group(self):
+        return ps.get_model_parallel_group()
+
+    # data parallel: what ZeRO partitions over and averages gradients over
+    def get_data_parallel_rank(self) -> int:
+        return ps.get_data_parallel_rank()
+
+    def get_data_parallel_world_size(self) -> int:
+        return ps.get_data_parallel_world_size()
+
+    def get_data_parallel_group(self):
+        return ps.get_data_parallel_group()
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return dist.get_process_group_ranks(ps.get_data_parallel_group())
+
+    # pipeline parallel
+    def get_pipeline_model_parallel_rank(self) -> int:
+        return ps.get_pipeline_model_parallel_rank()
+
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        return ps.get_pipeline_model_parallel_world_size()
+
+    def get_pipeline_model_parallel_group(self):
+        return ps.get_pipeline_model_parallel_group()
+
+    get_pipe_parallel_rank = get_pipeline_model_parallel_rank
+    get_pipe_parallel_world_size = get_pipeline_model_parallel_world_size
+    get_pipe_parallel_group = get_pipeline_model_parallel_group
+
+
+def pipeline_topology(tp: int, pp: int, dp: int):
+    """DeepSpeed's topology for PP x DP x TP ranks: axes ['pipe', 'data', 'model'], TP innermost.
+
+    That is megatron-core's default order (TP, then DP, then PP), so rank r has the same coordinates in
+    both when parallel_state was initialised with the same TP and PP sizes.
+    """
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+    return PipeModelDataParallelTopology(num_pp=pp, num_mp=tp, num_dp=dp)
+
+
+def ensure_deepspeed_comm() -> None:
+    """Let ``deepspeed.comm`` wrap the torch.distributed world already set up by ``state.initialize``."""
+    import deepspeed
+    from deepspeed import comm
+    if not comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+
+
+def _grid_view(grid) -> dict[str, tuple]:
+    """(rank within, world size, member ranks) of each group of DeepSpeed's PipelineParallelGrid."""
+    me = dist.get_rank()
+    return {
+        "TP": (grid.get_slice_parallel_rank(), grid.get_slice_parallel_world_size(), sorted(grid.slice_group)),
+        "DP": (grid.get_data_parallel_rank(), grid.get_data_parallel_world_size(), sorted(grid.dp_group)),
+        "PP": (grid.get_stage_id(), grid.get_pipe_parallel_world_size(), sorted(grid.pp_group)),
+        "model": (grid.get_model_parallel_rank(), grid.get_model_parallel_world_size(),
+                  sorted(grid._topo.filter_match(data=grid._topo.get_coord(me).data))),
+    }
+
+
+def _megatron_view() -> dict[str, tuple]:
+    def ranks(group):
+        return sorted(dist.get_process_group_ranks(group))
+    mpu = MegatronMPU()
+    return {
+        "TP": (mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size(),
+               ranks(mpu.get_tensor_model_parallel_group())),
+        "DP": (mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size(),
+               ranks(mpu.get_data_parallel_group())),
+        "PP": (mpu.get_pipeline_model_parallel_rank(), mpu.get_pipeline_model_parallel_world_size(),
+               ranks(mpu.get_pipeline_model_parallel_group())),
+        "model": (mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size(),
+                  ranks(mpu.get_model_parallel_group())),
+    }
+
+
+def check_grid_agrees(grid) -> None:
+    """Fail on every rank, before any training collective, if DeepSpeed's grid and megatron-core's groups
+    differ anywhere (rank within a group, group size or members, for TP, DP, PP and model parallel).
+
+    The verdict is all-reduced, so a rank whose own coordinates happen to agree does not go on to wait
+    in a collective its peers never join.
+    """
+    ds, mc = _grid_view(grid), _megatron_view()
+    diff = [f"{k}: DeepSpeed (rank {ds[k][0]} of {ds[k][1]}, ranks {ds[k][2]}) vs megatron-core "
+            f"(rank {mc[k][0]} of {mc[k][1]}, ranks {mc[k][2]})" for k in ds if ds[k] != mc[k]]
+    bad = torch.tensor([1 if diff else 0])
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item():
+        mine = "; ".join(diff) if diff else "this rank agrees, another does not"
+        raise RuntimeError(
+            f"rank {dist.get_rank()}: DeepSpeed's pipeline topology and megatron-core's process groups "
+            f"disagree ({mine}). Build the topology with pipeline_topology(tp, pp, dp) and initialise "
+            f"parallel_state with the same TP and PP sizes and its default order.")

@@ -1,0 +1,127 @@
+"""Expand (StateX), reshard and export checkpoints in one streaming pass: the engine of
+``tools/reshard_expand.py``. One full tensor (and its TP slices) is in memory at a time."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from statex_dist.checkpoint.atomic import atomic_dir
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.hf_export import write_hf
+from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
+from statex_dist.checkpoint.sources import HFSource, hf_format_named, open_source
+from statex_dist.models import specs_for
+from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor, state_floats
+from statex_dist.statex import count_params
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="reshard_expand.py",
+        description="Expand the recurrent state of chosen layers (StateX), shard for any TP x PP layout, or "
+                    "export back to the source's Hugging Face format, in one streaming pass.")
+    ap.add_argument("--src", required=True, help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2) "
+                                                 "or a statex-dist sharded checkpoint")
+    ap.add_argument("--dst", required=True, help="output folder (written atomically)")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the sharded output")
+    ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the sharded output")
+    ap.add_argument("--format", choices=["sharded", "hf"], default="sharded")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--expand-every", type=int, metavar="K", help="expand layers 0, K, 2K, ... (default K=6 "
+                                                                 "when another expansion flag is given)")
+    g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
+    ap.add_argument("--gla-heads", type=int, help="GLA: heads of each expanded layer (default 1)")
+    ap.add_argument("--d-state", type=int, help="Mamba2: d_state of each expanded layer (default 4x)")
+    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero (default reinit)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the re-initialised tensors")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "keep"], default="keep")
+    ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    return ap
+
+
+def make_plan(args, config) -> Optional[ExpansionPlan]:
+    wanted = any(v is not None for v in (args.expand_every, args.expand_layers, args.gla_heads, args.d_state,
+                                         args.init))
+    if not wanted:
+        return None
+    layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None
+    chosen = choose_layers(config.num_layers, every=args.expand_every, layers=layers)
+    if config.arch == "gla":
+        return ExpansionPlan(layers=chosen, gla_heads=args.gla_heads or 1, init=args.init or "reinit",
+                             seed=args.seed)
+    if args.gla_heads is not None:
+        raise ValueError("--gla-heads applies to GLA checkpoints; this is a Mamba2 checkpoint (use --d-state)")
+    d_state = args.d_state or 4 * max(config.d_state[i] for i in chosen)
+    return ExpansionPlan(layers=chosen, d_state=d_state, init=args.init or "reinit", seed=args.seed)
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    if args.format == "hf" and (args.tp != 1 or args.pp != 1):
+        raise ValueError("--format hf writes one unsharded folder: drop --tp/--pp (or use --format sharded)")
+    if args.tp < 1 or args.pp < 1:
+        raise ValueError("--tp and --pp must be >= 1")
+    if Path(args.dst).exists() and not args.overwrite:
+        raise CheckpointError(f"{Path(args.dst).absolute()}: already exists; pass --overwrite to replace it")
+    src = open_source(args.src)
+    old = src.config
+    plan = make_plan(args, old)
+    new = expand_config(old, plan) if plan else old
+    check_parallel_sizes(new, args.tp, args.pp)  # before anything is written
+    names = list(specs_for(new, args.tp))
+    dtypes = {n: DTYPES[args.dtype] if args.dtype != "keep" else src.dtype(n) for n in names}
+    if isinstance(src, HFSource):
+        fmt, hf_cfg = src.fmt, src.hf_config
+    else:
+        fmt, hf_cfg = hf_format_named(src.hf_format_name or {"gla": "fla-gla", "mamba2": "transformers-mamba2"}[new.arch]), src.hf_config
+    stats = {"tensors": 0, "bytes": 0}
+    bar = tqdm(total=len(names), unit="tensor", desc="reshard_expand", disable=None)
+
+    def tensors():
+        for name in names:
+            t = src.get(name)
+            if plan is not None:
+                t = expand_tensor(name, t, old, new, plan)
+            yield name, t
+
+    def progress(name, t):
+        stats["tensors"] += 1
+        stats["bytes"] += t.numel() * dtypes[name].itemsize
+        bar.update(1)
+
+    with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
+        if args.format == "hf":
+            write_hf(tmp, fmt, new, tensors(), dtypes, base_config=hf_cfg, progress=progress)
+        else:
+            write_sharded(tmp, new, tensors(), dtypes, args.tp, args.pp,
+                          hf={"format": fmt.name, "config": hf_cfg}, progress=progress)
+    bar.close()
+    secs = time.time() - t0
+    result = dict(stats, seconds=secs, state_before=state_floats(old), state_after=state_floats(new),
+                  params_before=count_params(old), params_after=count_params(new),
+                  expanded=list(plan.layers) if plan else [])
+    gbs = stats["bytes"] / max(secs, 1e-9) / 1e9
+    what = f"expanded layers {result['expanded']}, " if plan else ""
+    layout = "HF " + fmt.name if args.format == "hf" else f"sharded TP={args.tp} x PP={args.pp}"
+    print(f"reshard_expand: {what}{stats['tensors']} tensors, {stats['bytes'] / 1e9:.3f} GB -> {args.dst} "
+          f"({layout}) in {secs:.1f}s ({gbs:.2f} GB/s); params {result['params_before']:,} -> "
+          f"{result['params_after']:,}; recurrent state {result['state_before']:,} -> {result['state_after']:,} floats")
+    return result
+
+
+def main(argv=None) -> int:
+    try:
+        run(argv)
+    except (CheckpointError, ValueError) as e:
+        print(f"reshard_expand: error: {e}")
+        return 2
+    return 0
