@@ -13,7 +13,7 @@ def test_mamba2_heads_not_divisible():
 def test_mamba2_groups_and_tp():
     from statex_dist.config import Mamba2Config
     cfg = Mamba2Config(vocab_size=10, hidden_size=96, num_layers=2, d_state=8, headdim=16, ngroups=3)
-    with pytest.raises(ValueError, match=r"ngroups 3 and TP must divide one another; TP sizes that work: \[1, 3, 6\]"):
+    with pytest.raises(ValueError, match=r"ngroups 3 and TP must divide one another; TP sizes that work: \[1, 3, 6, 12\]"):
         check_parallel_sizes(cfg, tp=2)
 
 
