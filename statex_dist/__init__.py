@@ -1,4 +1,9 @@
 """statex-dist: distributed post-training with state expansion (StateX) for GLA and Mamba2 LMs."""
+import warnings
+
+# megatron-core warns at import that its optional fused kernels (Transformer Engine, Apex) are absent;
+# the models here use none of them.
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
 
 def load_model(path, dtype=None):

@@ -50,17 +50,20 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def file_table(folder: Path) -> dict[str, dict]:
-    """Size and sha256 of every file below ``folder`` except the manifest itself."""
+def file_table(folder: Path, known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Size and sha256 of every file below ``folder`` except the manifest; ``known`` entries (hashed while
+    they were written) are taken as they are."""
+    known = known or {}
     out = {}
     for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
         if p.is_file() and p.name != MANIFEST:
-            out[str(p.relative_to(folder))] = {"size": p.stat().st_size, "sha256": sha256(p)}
+            out[rel] = known.get(rel) or {"size": p.stat().st_size, "sha256": sha256(p)}
     return out
 
 
-def write_manifest(folder: Path, body: dict) -> dict:
-    body = dict(body, files=file_table(folder))
+def write_manifest(folder: Path, body: dict, known: dict[str, dict] | None = None) -> dict:
+    body = dict(body, files=file_table(folder, known))
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(body, indent=2) + "\n")
     os.replace(tmp, folder / MANIFEST)

@@ -12,10 +12,9 @@ from statex_dist.checkpoint.fla_gla import FlaGLA
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
-from statex_dist.config import ModelConfig
-from statex_dist.parallel import state
-from statex_dist.parallel.sharding import ShardSpec
 from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
+from statex_dist.config import ModelConfig
+from statex_dist.parallel.sharding import ShardSpec
 
 FORMATS: tuple[type[HFFormat], ...] = (FlaGLA, TransformersMamba2, MambaSSM)
 VOCAB_TENSORS = ("embeddings.weight", "embedding.weight", "lm_head.weight")
@@ -66,6 +65,7 @@ def find_tensor(reader: TensorReader, fmt: type[HFFormat], name: str, config: Mo
 
 def load_hf_into(model: nn.Module, folder: str | os.PathLike, fmt: type[HFFormat], specs: dict[str, ShardSpec]) -> None:
     """Copy every parameter's TP slice from the folder; shapes are checked against ``specs`` first."""
+    from statex_dist.parallel import state  # megatron-core: only where a model exists
     config = model.config
     reader = TensorReader(folder)
     rank, tp = state.tp_rank(), state.tp_size()

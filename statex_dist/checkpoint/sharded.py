@@ -16,12 +16,12 @@ from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 
 from statex_dist.checkpoint.atomic import MANIFEST, verify_manifest, write_manifest
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
+from statex_dist.checkpoint.tensor_files import SafetensorsFile
 from statex_dist.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
 from statex_dist.parallel.sharding import ShardSpec
@@ -42,7 +42,6 @@ def is_sharded(folder: Path) -> bool:
 def stage_of_layers(config: ModelConfig, pp: int) -> list[list[int]]:
     """Contiguous layers per pipeline stage, balanced by parameter count (embedding on the first stage,
     final norm and LM head on the last) as DeepSpeed's partition_method='parameters' balances them."""
-    from deepspeed.runtime.utils import partition_balanced
     if pp > config.num_layers:
         raise CheckpointError(f"PP={pp} is larger than the {config.num_layers} layers; use PP <= {config.num_layers}")
     specs = specs_for(config, 1)
@@ -52,7 +51,7 @@ def stage_of_layers(config: ModelConfig, pp: int) -> list[list[int]]:
             per_layer[s.layer] += int(torch.Size(s.shape).numel())
     emb = sum(int(torch.Size(s.shape).numel()) for n, s in specs.items() if s.layer is None)
     weights = [emb // 2] + per_layer + [emb - emb // 2]
-    parts = [int(p) for p in partition_balanced(weights, pp)]
+    parts = balanced_bounds(weights, pp)
     stages = []
     for s in range(pp):
         lo, hi = parts[s], parts[s + 1]
@@ -62,6 +61,31 @@ def stage_of_layers(config: ModelConfig, pp: int) -> list[list[int]]:
         for s in range(pp):
             stages.append(list(range(s * n // pp, (s + 1) * n // pp)))
     return stages
+
+
+def balanced_bounds(weights: list[int], parts: int) -> list[int]:
+    """Contiguous split of ``weights`` into ``parts`` minimising the heaviest part (binary search on the
+    bound); returns ``parts + 1`` boundaries like DeepSpeed's ``partition_balanced``."""
+    def cuts(limit: int):
+        bounds, acc = [0], 0
+        for i, w in enumerate(weights):
+            if acc + w > limit and acc > 0:
+                bounds.append(i)
+                acc = 0
+            acc += w
+        return bounds
+
+    lo, hi = max(weights), sum(weights)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(cuts(mid)) <= parts:
+            hi = mid
+        else:
+            lo = mid + 1
+    bounds = cuts(lo)
+    while len(bounds) < parts:  # fewer natural cuts than parts: split the trailing items further
+        bounds.append(bounds[-1] + 1)
+    return sorted(bounds)[:parts] + [len(weights)]
 
 
 def stage_of(spec: ShardSpec, stages: list[list[int]], name: str) -> int:
@@ -102,18 +126,19 @@ def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str
             if full.shape[0] < spec.shape[0] and name in VOCAB_TENSORS:
                 full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
             for r in range(tp):
-                writers[(r, where[name])].write(name, spec.shard(full, r, tp, name))
+                # split along dim 0: stream the pieces, the file bytes are their concatenation
+                piece = spec.shard_pieces(full, r, tp, name) if spec.dim in (0, None) else spec.shard(full, r, tp, name)
+                writers[(r, where[name])].write(name, piece)
             if progress is not None:
                 progress(name, full)
-        for w in writers.values():
-            w.close()
+        known = {shard_file(*key): w.close() for key, w in writers.items()}
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
     body = {"format": FORMAT, "version": 1, "config": config.to_dict(), "tp": tp, "pp": pp, "stages": stages,
             "weight_map": {n: where[n] for n in specs}, "hf": hf or {}, **(extra or {})}
-    return write_manifest(folder, body)
+    return write_manifest(folder, body, known)
 
 
 class ShardedCheckpoint:
@@ -139,7 +164,7 @@ class ShardedCheckpoint:
             raise CheckpointError(f"{self.folder / MANIFEST}: no tensor {name!r} in the weight map")
         path = self.folder / shard_file(rank, self.manifest["weight_map"][name])
         if path not in self._handles:
-            self._handles[path] = safe_open(str(path), framework="pt")
+            self._handles[path] = SafetensorsFile(path)
         return self._handles[path], path
 
     def names(self) -> list[str]:
@@ -151,7 +176,7 @@ class ShardedCheckpoint:
     def local(self, name: str, rank: int) -> torch.Tensor:
         """The stored slice of TP rank ``rank`` (of this checkpoint's TP size)."""
         h, path = self._file(name, rank)
-        t = h.get_tensor(name)
+        t = h.get(name)
         want = self.specs[name].local_shape(self.tp)
         if tuple(t.shape) != tuple(want):
             raise CheckpointError(f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(want)}")

@@ -37,8 +37,7 @@ class HFSource:
         return list(self._names)
 
     def dtype(self, name: str) -> torch.dtype:
-        return getattr(torch, {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}.get(
-            self.reader.dtype(self._names[name]), self.reader.dtype(self._names[name])))
+        return self.reader.dtype(self._names[name])
 
     def get(self, name: str) -> torch.Tensor:
         hf = self._names[name]

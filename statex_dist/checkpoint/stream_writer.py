@@ -8,9 +8,12 @@ here are read back by ``safetensors.safe_open`` in the tests.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,7 +24,11 @@ DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", to
 
 
 class StreamingSafetensorsWriter:
-    """Write ``entries`` [(name, dtype, shape), ...] in that order: ``write(name, tensor)`` each, then ``close()``."""
+    """Write ``entries`` [(name, dtype, shape), ...] in that order: ``write(name, tensor)`` each, then ``close()``.
+
+    Hashing and writing run on a background thread (both release the GIL), so the caller reads and
+    transforms the next tensor meanwhile; a short queue bounds the memory held in flight.
+    """
 
     def __init__(self, path: str | os.PathLike, entries: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
                  metadata: Optional[dict[str, str]] = None):
@@ -38,28 +45,68 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data section 8-byte aligned, as safetensors writes it
         self._fh = open(self.path, "wb")
-        self._fh.write(len(raw).to_bytes(8, "little"))
-        self._fh.write(raw)
+        self.sha256 = hashlib.sha256()  # hashed as written: the manifest needs no second read of the file
+        self.size = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+        self._emit(len(raw).to_bytes(8, "little"))
+        self._emit(raw)
         self._next = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._fh.write(data)
+                    self.sha256.update(data)
+                except BaseException as e:  # reported to the caller at the next write or close
+                    self._error = e
+
+    def _emit(self, data) -> None:
+        if self._error is not None:
+            raise self._error
+        self.size += memoryview(data).nbytes
+        self._queue.put(data)
+
+    def write(self, name: str, tensor: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Append one tensor, or the pieces whose concatenation along dim 0 is the tensor (no copy made)."""
         if self._next >= len(self._order) or self._order[self._next] != name:
             want = self._order[self._next] if self._next < len(self._order) else "nothing"
             raise RuntimeError(f"{self.path}: expected tensor {want!r} next, got {name!r}")
+        pieces = [tensor] if isinstance(tensor, torch.Tensor) else list(tensor)
         dtype, shape = self._spec[name]
-        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
-            raise RuntimeError(f"{self.path}: tensor {name!r} is {tensor.dtype} {list(tensor.shape)}, "
+        rows = sum(p.shape[0] for p in pieces) if shape else 1
+        if any(p.dtype != dtype or tuple(p.shape[1:]) != shape[1:] for p in pieces) or (shape and rows != shape[0]):
+            found = [list(p.shape) for p in pieces]
+            raise RuntimeError(f"{self.path}: tensor {name!r} is {pieces[0].dtype} {found}, "
                                f"the header says {dtype} {list(shape)}")
-        t = tensor.detach().contiguous().cpu()
-        self._fh.write(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        for p in pieces:
+            t = p.detach().contiguous().cpu()
+            if t.numel():
+                self._emit(t.reshape(-1).view(torch.uint8).numpy())
         self._next += 1
 
-    def close(self) -> None:
+    def _finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def close(self) -> dict:
+        """Finish the file; returns its manifest entry {size, sha256}."""
         if self._next != len(self._order):
+            self.abort()
             raise RuntimeError(f"{self.path}: {len(self._order) - self._next} tensors were never written")
+        self._finish()
+        if self._error is not None:
+            self._fh.close()
+            raise self._error
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        return {"size": self.size, "sha256": self.sha256.hexdigest()}
 
     def abort(self) -> None:
+        if self._thread.is_alive():
+            self._finish()
         self._fh.close()

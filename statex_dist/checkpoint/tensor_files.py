@@ -11,13 +11,76 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from statex_dist.checkpoint.errors import CheckpointError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class SafetensorsFile:
+    """One safetensors file read with plain positioned reads.
+
+    ``safe_open`` memory-maps the whole file, and every page a read touches stays in the process's RSS
+    until the handle closes: streaming a 3 GB checkpoint through it would cost 3 GB. Reading each tensor
+    into its own buffer keeps the peak at one tensor.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        try:
+            with open(self.path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n <= 0 or 8 + n > size:
+                    raise ValueError(f"header length {n} does not fit in {size} bytes")
+                header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(
+                f"{self.path}: unreadable safetensors file ({e}); it is truncated or corrupt: download or copy it again"
+            ) from e
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries = header
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if self.base + end > size:
+            raise CheckpointError(
+                f"{self.path}: truncated: the header describes {self.base + end} bytes but the file has {size}; "
+                f"copy or download it again")
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key]["shape"])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return _ST_DTYPES[self.entries[key]["dtype"]]
+
+    def get(self, key: str) -> torch.Tensor:
+        e = self.entries[key]
+        lo, hi = e["data_offsets"]
+        dtype = _ST_DTYPES[e["dtype"]]
+        raw = torch.empty(hi - lo, dtype=torch.uint8)  # not zero-filled, unlike bytearray
+        view, got = memoryview(raw.numpy()), 0
+        while got < len(view):
+            n = os.preadv(self._fd, [view[got:]], self.base + lo + got)
+            if n <= 0:
+                raise CheckpointError(f"{self.path}: tensor {key!r} ends early; the file is truncated")
+            got += n
+        return raw.view(dtype).reshape(e["shape"])
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
 
 class TensorReader:
@@ -59,35 +122,15 @@ class TensorReader:
         if not path.exists():
             raise CheckpointError(f"{path}: listed in the index but missing; copy the whole checkpoint folder")
         if path.suffix == ".safetensors":
-            try:
-                h = safe_open(str(path), framework="pt")
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(
-                    f"{path}: unreadable safetensors file ({e}); it is truncated or corrupt: download or copy it again"
-                ) from e
-            size = path.stat().st_size
+            h = SafetensorsFile(path)
             self._handles[path] = h
-            self._check_extent(path, h, size)
-            return list(h.keys())
+            return h.keys()
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises several types for truncated or unsafe pickles
             raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
         self._bin[path] = sd
         return list(sd.keys())
-
-    @staticmethod
-    def _check_extent(path: Path, handle, size: int) -> None:
-        # safe_open validates the header; a file cut inside the data section is caught here, not later
-        # when a tensor is read and the whole job has started.
-        with open(path, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + header_len + end > size:
-            raise CheckpointError(
-                f"{path}: truncated: the header describes {8 + header_len + end} bytes but the file has {size}; "
-                f"copy or download it again")
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -104,22 +147,19 @@ class TensorReader:
             raise CheckpointError(f"{self.folder}: tensor {key!r} is missing from the checkpoint")
         if path in self._bin:
             return self._bin[path][key]
-        try:
-            return self._handles[path].get_tensor(key)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path}: tensor {key!r} cannot be read ({e}); the file is corrupt") from e
+        return self._handles[path].get(key)
 
     def shape(self, key: str) -> tuple[int, ...]:
         path = self._where[key]
         if path in self._bin:
             return tuple(self._bin[path][key].shape)
-        return tuple(self._handles[path].get_slice(key).get_shape())
+        return self._handles[path].shape(key)
 
-    def dtype(self, key: str) -> str:
+    def dtype(self, key: str) -> torch.dtype:
         path = self._where[key]
         if path in self._bin:
-            return str(self._bin[path][key].dtype).replace("torch.", "")
-        return self._handles[path].get_slice(key).get_dtype()
+            return self._bin[path][key].dtype
+        return self._handles[path].dtype(key)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for k in self._where:

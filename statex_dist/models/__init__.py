@@ -1,6 +1,8 @@
-"""GLA and Mamba2 language models built from megatron-core's tensor-parallel layers."""
-from statex_dist.models.gla import GLAForCausalLM
-from statex_dist.models.mamba2 import Mamba2ForCausalLM
+"""GLA and Mamba2 language models built from megatron-core's tensor-parallel layers.
+
+The model classes import megatron-core; the layouts (``specs_for``) do not, so checkpoint tools that only
+move tensors start without it.
+"""
 
 
 def build_model(config, dtype=None, init: bool = True):
@@ -11,14 +13,30 @@ def build_model(config, dtype=None, init: bool = True):
     from statex_dist.parallel.validate import check_parallel_sizes
     state.ensure_initialized()
     check_parallel_sizes(config, state.tp_size())
-    cls = {"gla": GLAForCausalLM, "mamba2": Mamba2ForCausalLM}[config.arch]
+    if config.arch == "gla":
+        from statex_dist.models.gla import GLAForCausalLM as cls
+    else:
+        from statex_dist.models.mamba2 import Mamba2ForCausalLM as cls
     return cls(config, dtype=dtype or torch.float32, init=init)
 
 
 def specs_for(config, tp: int = 1):
     """Every parameter's ShardSpec for ``config`` at this TP size (see statex_dist.parallel.sharding)."""
-    from statex_dist.models import gla, mamba2
-    return {"gla": gla.param_specs, "mamba2": mamba2.param_specs}[config.arch](config, tp)
+    if config.arch == "gla":
+        from statex_dist.models.gla_layout import param_specs
+    else:
+        from statex_dist.models.mamba2_layout import param_specs
+    return param_specs(config, tp)
+
+
+def __getattr__(name):
+    if name == "GLAForCausalLM":
+        from statex_dist.models.gla import GLAForCausalLM
+        return GLAForCausalLM
+    if name == "Mamba2ForCausalLM":
+        from statex_dist.models.mamba2 import Mamba2ForCausalLM
+        return Mamba2ForCausalLM
+    raise AttributeError(name)
 
 
 __all__ = ["GLAForCausalLM", "Mamba2ForCausalLM", "build_model", "specs_for"]

@@ -13,33 +13,13 @@ import torch
 import torch.nn as nn
 
 from statex_dist.config import Mamba2Config
+from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F401  (re-exported)
 from statex_dist.models.common import LMHead, RMSNorm, embedding, row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import PackedColumnParallelLinear, mark, packed_weight
 from statex_dist.parallel.mappings import all_reduce_sum
 from statex_dist.parallel.sharding import ShardSpec
-
-
-def _mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
-    E, G, N, Hh, W, D = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads, cfg.d_conv, cfg.hidden_size
-    # B and C split by groups when the groups divide over TP; otherwise every rank keeps them whole and
-    # the model stays exactly a G-group model (Megatron-LM refuses this case).
-    bc_whole = G % tp != 0
-    whole_in = (2, 3) if bc_whole else ()
-    whole_conv = (1, 2) if bc_whole else ()
-    heads = ShardSpec((Hh,), dim=0, layer=layer)
-    return {
-        "in_proj.weight": ShardSpec((2 * E + 2 * G * N + Hh, D), dim=0, parts=(E, E, G * N, G * N, Hh),
-                                    whole_parts=whole_in, layer=layer),
-        "conv1d.weight": ShardSpec((E + 2 * G * N, 1, W), dim=0, parts=(E, G * N, G * N),
-                                   whole_parts=whole_conv, layer=layer),
-        "conv1d.bias": ShardSpec((E + 2 * G * N,), dim=0, parts=(E, G * N, G * N),
-                                 whole_parts=whole_conv, layer=layer),
-        "dt_bias": heads, "A_log": heads, "D": heads,
-        "norm.weight": ShardSpec((E,), dim=0, layer=layer),
-        "out_proj.weight": ShardSpec((D, E), dim=1, layer=layer),
-    }
 
 
 class Mamba2Mixer(nn.Module):
@@ -58,7 +38,7 @@ class Mamba2Mixer(nn.Module):
         if G % tp and tp % G:
             raise ValueError(f"Mamba2: ngroups {G} and TP={tp} must divide one another")
         self.cfg, self.layer = cfg, layer
-        specs = _mixer_specs(cfg, layer, tp)
+        specs = mixer_specs(cfg, layer, tp)
         dtype = mcfg.params_dtype
         self.bc_whole = G % tp != 0
         # With B/C whole, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
@@ -179,15 +159,3 @@ class Mamba2ForCausalLM(nn.Module):
         if labels is not None:
             return self.lm_head.loss(local_logits, labels)
         return self.lm_head.logits(local_logits)
-
-
-def param_specs(config: Mamba2Config, tp: int = 1) -> dict[str, ShardSpec]:
-    """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
-    D, padded = config.hidden_size, config.padded_vocab_size(tp)
-    specs = {"embedding.weight": ShardSpec((padded, D), dim=0), "norm_f.weight": ShardSpec((D,))}
-    if not config.tie_word_embeddings:
-        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
-    for i in range(config.num_layers):
-        specs[f"layers.{i}.norm.weight"] = ShardSpec((D,), layer=i)
-        specs.update({f"layers.{i}.mixer.{k}": v for k, v in _mixer_specs(config, i, tp).items()})
-    return specs

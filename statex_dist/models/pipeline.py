@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from megatron.core import parallel_state as ps
+from megatron.core.model_parallel_config import ModelParallelConfig
 
 from statex_dist.models.common import LMHead, RMSNorm, embedding
 from statex_dist.models.gla import GLABlock
@@ -36,6 +37,15 @@ from statex_dist.parallel.sharding import ShardSpec
 # arch -> (embedding attribute, final-norm attribute, block class): the model's own names
 _ARCH = {"gla": ("embeddings", "norm", GLABlock), "mamba2": ("embedding", "norm_f", Mamba2Block)}
 TIED_KEY = "embed"
+
+
+def _megatron_config(dtype: torch.dtype) -> ModelParallelConfig:
+    """state.megatron_config(dtype, init=False) plus the ``pipeline_dtype`` megatron-core demands once
+    PP > 1 (state.megatron_config omits it and raises there)."""
+    return ModelParallelConfig(
+        tensor_model_parallel_size=state.tp_size(),
+        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        params_dtype=dtype, pipeline_dtype=dtype, use_cpu_initialization=True, perform_initialization=False)
 
 
 def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
@@ -62,7 +72,8 @@ def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
             f"TP={tp} a PP in {fits or 'none (TP does not divide the world)'}")
     from statex_dist.models import specs_for
     for name, spec in specs_for(config, tp).items():
-        spec._check(tp, name)
+        if spec.dim is not None:
+            spec._check(tp, name)
     return world_size // (tp * pp)
 
 
@@ -75,7 +86,7 @@ class EmbeddingPiece(nn.Module):
 
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
-        mcfg = state.megatron_config(dtype, init=False)
+        mcfg = _megatron_config(dtype)
         padded = config.padded_vocab_size(state.tp_size())
         self.attr = _ARCH[config.arch][0]
         setattr(self, self.attr, embedding(padded, config.hidden_size, mcfg))
@@ -112,7 +123,7 @@ class HeadPiece(nn.Module):
 
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
-        mcfg = state.megatron_config(dtype, init=False)
+        mcfg = _megatron_config(dtype)
         padded = config.padded_vocab_size(state.tp_size())
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, tied=False)
 
@@ -128,7 +139,7 @@ class VocabParallelLoss:
     """
 
     def __init__(self, config):
-        mcfg = state.megatron_config(torch.float32, init=False)
+        mcfg = _megatron_config(torch.float32)
         self.head = LMHead(config.hidden_size, config.vocab_size, config.padded_vocab_size(state.tp_size()),
                            mcfg, tied=True)  # owns no weight: only the vocab range and the masking
 
@@ -154,7 +165,7 @@ def layer_specs(config, dtype: torch.dtype = torch.float32) -> list:
     """The stage pieces as LayerSpecs: embedding, one per block, final norm, LM head (tied or not)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
     emb_attr, _, block_cls = _ARCH[config.arch]
-    mcfg = state.megatron_config(dtype, init=False)
+    mcfg = _megatron_config(dtype)
     tied = config.tie_word_embeddings
     specs = [TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, tied_weight_attr=[f"{emb_attr}.weight"])
              if tied else LayerSpec(EmbeddingPiece, config, dtype)]

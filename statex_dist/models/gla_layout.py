@@ -1,0 +1,67 @@
+"""Every GLA parameter's full shape and tensor-parallel layout, from the config alone.
+
+Read by the model (to build its local shards), the checkpoint loader, the resharder and the exporter;
+free of megatron-core and DeepSpeed so the streaming tools start fast.
+"""
+from __future__ import annotations
+
+from statex_dist.config import GLAConfig
+from statex_dist.parallel.sharding import ShardSpec
+
+
+def tp_mode(heads: int, tp: int) -> str:
+    """'heads' when the layer's heads split over TP; else 'values': every rank holds all heads but a
+    slice of each head's value channels (the state d_k x d_v splits by columns, which need the full q,
+    k and gate). The 1-head layers StateX makes are always value-sharded at TP > 1."""
+    return "heads" if heads % tp == 0 else "values"
+
+
+def attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+    D, K, V, H, r = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer], cfg.gate_low_rank_dim
+    dv, W = V // H, cfg.conv_size
+    rep = dict(grad_reduce=True, layer=layer)
+    if tp_mode(H, tp) == "heads":
+        qk = dict(dim=0, layer=layer)
+        val = dict(dim=0, layer=layer)
+        out = dict(dim=1, layer=layer)
+        norm = ShardSpec((dv,), **rep)
+    else:
+        qk = rep
+        val = dict(dim=0, parts=(dv,) * H, layer=layer)
+        out = dict(dim=1, parts=(dv,) * H, layer=layer)
+        norm = ShardSpec((dv,), dim=0, layer=layer)
+    specs = {
+        "q_proj.weight": ShardSpec((K, D), **qk), "k_proj.weight": ShardSpec((K, D), **qk),
+        "v_proj.weight": ShardSpec((V, D), **val),
+        # its consumer (gk_proj.1) returns full gradients in both modes, so it is a plain replica
+        "gk_proj.0.weight": ShardSpec((r, D), layer=layer),
+        "gk_proj.1.weight": ShardSpec((K, r), **qk), "gk_proj.1.bias": ShardSpec((K,), **qk),
+        "o_proj.weight": ShardSpec((D, V), **out), "g_norm.weight": norm,
+    }
+    if cfg.use_output_gate:
+        specs["g_proj.weight"] = ShardSpec((V, D), **val)
+    if cfg.use_short_conv:
+        specs["q_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
+        specs["k_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
+        specs["v_conv1d.weight"] = ShardSpec((V, 1, W), **val)
+    return specs
+
+
+def param_specs(config: GLAConfig, tp: int = 1) -> dict[str, ShardSpec]:
+    """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
+    D, I = config.hidden_size, config.intermediate_size
+    padded = config.padded_vocab_size(tp)
+    specs = {"embeddings.weight": ShardSpec((padded, D), dim=0), "norm.weight": ShardSpec((D,))}
+    if not config.tie_word_embeddings:
+        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
+    for i in range(config.num_layers):
+        p = f"layers.{i}."
+        specs.update({p + "attn." + k: v for k, v in attn_specs(config, i, tp).items()})
+        specs.update({
+            p + "attn_norm.weight": ShardSpec((D,), layer=i),
+            p + "mlp_norm.weight": ShardSpec((D,), layer=i),
+            p + "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=i),
+            p + "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=i),
+            p + "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=i),
+        })
+    return specs
