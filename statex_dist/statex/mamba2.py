@@ -15,6 +15,11 @@ from statex_dist.statex.plan import ExpansionPlan
 from statex_dist.statex.tensors import check_shape, default_bound, generator, uniform
 
 
+def _drawer(gen: torch.Generator, bound: float, like: torch.Tensor):
+    """shape -> U(-bound, bound) from ``gen``; successive calls continue the stream (B, then C)."""
+    return lambda shape: uniform(shape, -bound, bound, gen, like)
+
+
 def _grow(block: torch.Tensor, G: int, N: int, N2: int, mode: str, fresh) -> torch.Tensor:
     """B or C rows [G*N, ...] -> [G*N2, ...]. ``fresh(shape)`` draws the ``reinit`` values."""
     rest = block.shape[1:]
@@ -41,15 +46,13 @@ def expand_mamba2_layer(name: str, local: str, tensor: torch.Tensor, layer: int,
     if local == "mixer.in_proj.weight":
         check_shape(name, tensor, (2 * E + 2 * G * N + Hh, D))
         zx, B, C, dt = tensor.split([2 * E, G * N, G * N, Hh])
-        b = default_bound(D)
-        fresh = lambda shape: uniform(shape, -b, b, gen, tensor)  # noqa: E731 - B first, then C
+        fresh = _drawer(gen, default_bound(D), tensor)  # nn.Linear's default, fan_in = D
         return torch.cat([zx, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh), dt])
     if local in ("mixer.conv1d.weight", "mixer.conv1d.bias"):
         want = (E + 2 * G * N, 1, W) if local.endswith("weight") else (E + 2 * G * N,)
         check_shape(name, tensor, want)
         x, B, C = tensor.split([E, G * N, G * N])
-        b = default_bound(W)  # depthwise conv: fan_in = 1 * W, for the weight and the bias alike
-        fresh = lambda shape: uniform(shape, -b, b, gen, tensor)  # noqa: E731
+        fresh = _drawer(gen, default_bound(W), tensor)  # depthwise nn.Conv1d: fan_in = 1 * W, weight and bias
         return torch.cat([x, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh)])
     if local in ("mixer.dt_bias", "mixer.A_log", "mixer.norm.weight"):
         check_shape(name, tensor, (E,) if local == "mixer.norm.weight" else (Hh,))
