@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from statex_dist.config import GLAConfig
@@ -173,11 +174,15 @@ class GLAForCausalLM(nn.Module):
         self.layers = nn.ModuleList([GLABlock(config, i, mcfg) for i in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.norm_eps, None, dtype)
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings)
+        self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.embeddings(input_ids)
         for block in self.layers:
-            h = block(h)
+            if self.activation_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
         local_logits = self.lm_head(self.norm(h), self.embeddings.weight)
         if labels is not None:
             return self.lm_head.loss(local_logits, labels)

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
 from statex_dist.config import Mamba2Config
 from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F401  (re-exported)
@@ -150,11 +151,15 @@ class Mamba2ForCausalLM(nn.Module):
         self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg) for i in range(config.num_layers)])
         self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, None, dtype)
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings)
+        self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.embedding(input_ids)
         for block in self.layers:
-            h = block(h)
+            if self.activation_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
         local_logits = self.lm_head(self.norm_f(h), self.embedding.weight)
         if labels is not None:
             return self.lm_head.loss(local_logits, labels)

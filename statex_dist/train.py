@@ -1,0 +1,213 @@
+"""The training job: config -> process groups -> weights (optionally StateX-expanded) -> model -> DeepSpeed
+engine -> webdataset shards split by DP rank -> steps -> tensorboard / eval / checkpoints.
+
+    deepspeed --num_gpus N -m statex_dist.train CONFIG.yaml [key.sub=value ...]   (or launch/train.sh)
+    python -m statex_dist.train CONFIG.yaml ...                                     (one process, debug mode)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from statex_dist.run_config import RunConfig, load_run_config
+
+
+class Run:
+    """One training run on this rank; ``Run(cfg).train()``."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        # everything that can be checked without peers is checked before any collective
+        from statex_dist.parallel.validate import check_parallel_sizes
+        from statex_dist.training.initial_weights import weight_source
+        self.source = weight_source(cfg)
+        self.model_config = self.source.config
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        tp, pp = cfg.parallel.tp, cfg.parallel.pp
+        check_parallel_sizes(self.model_config, tp, pp, world)
+        from statex_dist.data import check_shards
+        check_shards(cfg.data.train)
+        if cfg.data.valid:
+            check_shards(cfg.data.valid)
+        self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.logging.dir) / "checkpoints")
+        self._setup()
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from megatron.core import parallel_state as ps
+
+        from statex_dist.parallel import state
+        from statex_dist.training import ds_setup, optim
+        from statex_dist.training.initial_weights import fill
+        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
+        if "RANK" in os.environ and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        state.initialize(tp, pp)
+        torch.manual_seed(cfg.seed)
+        self.rank = dist.get_rank()
+        self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        self.stage = ps.get_pipeline_model_parallel_rank()
+        self.dtype = ds_setup.dtype_of(cfg)
+        self.pipeline = pp > 1
+        if self.pipeline:
+            from statex_dist.models.pipeline import pipeline_module
+            model = pipeline_module(self.model_config, torch.float32, tp, pp,
+                                    activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0)
+        else:
+            from statex_dist.models import build_model
+            model = build_model(self.model_config, dtype=torch.float32, init=False)
+            model.activation_checkpointing = cfg.parallel.activation_checkpointing
+        fill(model, self.source, self.tp_rank, tp)
+        if torch.cuda.is_available():
+            model.cuda()
+        self.trainable = sum(p.numel() for p in model.parameters())
+        if cfg.optimizer.freeze_unexpanded:
+            if not self.model_config.expanded_layers:
+                raise ValueError("optimizer.freeze_unexpanded needs an expanded model (expansion.enabled or a "
+                                 "StateX checkpoint)")
+            self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
+        opt = optim.adamw(model, cfg.optimizer)
+        sched = optim.scheduler(opt, cfg.schedule, cfg.optimizer.lr)
+        self.ds_config = ds_setup.deepspeed_config(cfg, self.dp, self.dtype)
+        self.gas = self.ds_config["gradient_accumulation_steps"]
+        self.module = model
+        self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
+        self.step = 0
+        self.data_position = None
+        from statex_dist.training import checkpoints
+        resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
+        if resume is not None:
+            meta = checkpoints.load(self.engine, resume)
+            self.step = meta["step"]
+            self.data_position = meta["data"][str(self.rank)]
+            self.log(f"resumed from {resume} at step {self.step}")
+        from statex_dist.data import build_loader
+        d = cfg.data
+        self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
+                                   seed=d.seed, workers=d.workers, shuffle_buffer=d.shuffle_buffer,
+                                   position=self.data_position)
+        self.batches = iter(self.loader)
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(cfg.logging.dir)
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[statex-dist] {msg}", flush=True)
+
+    # --- steps ------------------------------------------------------------------------------------
+    def _micro(self):
+        b = next(self.batches)
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        return b["input_ids"].to(dev), b["labels"].to(dev)
+
+    def train_step(self) -> float:
+        """One optimizer step (``gas`` micro-batches); returns the mean loss over DP ranks."""
+        if self.pipeline:
+            return float(self.engine.train_batch(data_iter=_PipeIter(self)))
+        total = 0.0
+        for _ in range(self.gas):
+            ids, labels = self._micro()
+            loss = self.engine(ids, labels=labels)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        total = torch.as_tensor(total / self.gas)
+        from megatron.core import parallel_state as ps
+        dist.all_reduce(total, group=ps.get_data_parallel_group())
+        return float(total) / self.dp
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
+        self.log(f"{self.model_config.arch}: {self.source.description}; TP={cfg.parallel.tp} PP={cfg.parallel.pp} "
+                 f"DP={self.dp} ZeRO-{cfg.parallel.zero_stage}; {self.gas} micro-batches/step; "
+                 f"steps {self.step}..{cfg.schedule.total_steps}")
+        losses = []
+        t_last = time.time()
+        while self.step < cfg.schedule.total_steps:
+            loss = self.train_step()
+            self.step += 1
+            losses.append(loss)
+            now = time.time()
+            dt, t_last = now - t_last, now
+            if self.writer is not None:
+                self._scalars(loss, tokens_per_step, dt)
+            if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.total_steps:
+                self.log(f"step {self.step}/{cfg.schedule.total_steps} loss {loss:.4f} "
+                         f"lr {self.engine.get_lr()[0]:.3e} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                self.save()
+        if not cfg.checkpoint.every or self.step % cfg.checkpoint.every:
+            self.save()
+        if self.writer is not None:
+            self.writer.flush()
+        return {"losses": losses, "step": self.step}
+
+    def _scalars(self, loss: float, tokens_per_step: int, dt: float) -> None:
+        w, s = self.writer, self.step
+        w.add_scalar("train/loss", loss, s)
+        w.add_scalar("train/lr", self.engine.get_lr()[0], s)
+        gn = self.engine.get_global_grad_norm()
+        if gn is not None:
+            w.add_scalar("train/grad_norm", float(gn), s)
+        w.add_scalar("train/tokens_per_s", tokens_per_step / max(dt, 1e-9), s)
+        w.add_scalar("train/tokens_seen", tokens_per_step * s, s)
+        if torch.cuda.is_available():
+            w.add_scalar("train/memory_gb", torch.cuda.max_memory_allocated() / 1e9, s)
+            flops = 6 * self.trainable * tokens_per_step / max(dt, 1e-9) / dist.get_world_size()
+            w.add_scalar("train/model_tflops_per_gpu", flops / 1e12, s)
+        else:
+            import resource
+            w.add_scalar("train/memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, s)
+
+    def save(self) -> Path:
+        from statex_dist.training import checkpoints
+        data_state = self.loader.state_dict()
+        return checkpoints.save(self.engine, self.module, self.cfg, self.model_config, self.step, data_state,
+                                self.ckpt_dir, self.cfg.checkpoint.keep, self.tp_rank, self.cfg.parallel.tp,
+                                self.cfg.parallel.pp, self.stage, self.dp_rank)
+
+
+class _PipeIter:
+    """The pipeline engine's data iterator: (input_ids, labels) per micro-batch."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.run._micro()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="statex_dist.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", help="YAML run config (configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        run = Run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"statex_dist.train: error: {e}", file=sys.stderr)
+        return 2
+    out = run.train()
+    run.log(f"done: {out['step']} steps, final loss {out['losses'][-1]:.4f}" if out["losses"] else "done: 0 steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Training checkpoints: DeepSpeed's own (model, optimizer, scheduler) plus this project's metadata and
+the model weights in the sharded format, so tools/reshard_expand.py reads a training checkpoint directly.
+
+    <dir>/step00000100/            a complete checkpoint (renamed into place only once every rank is done)
+        <DeepSpeed files>          engine.save_checkpoint(..., tag)
+        model/manifest.json        sharded format (statex_dist.checkpoint.sharded), one file per TP x PP rank
+        model/weights/tpRR-ppSS.safetensors
+        statex.json                run config, step, data position, RNG states, model config (written last)
+    <dir>/.staging/step...         where a checkpoint is written; a job killed here leaves only this
+
+Resume picks the newest ``step*`` folder holding ``statex.json``; anything in ``.staging`` is ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from statex_dist.checkpoint.atomic import write_manifest
+from statex_dist.checkpoint.sharded import FORMAT, shard_file
+from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
+from statex_dist.models import specs_for
+from statex_dist.training.initial_weights import named_internal_parameters
+
+META = "statex.json"
+_STEP = re.compile(r"step(\d{8})$")
+
+
+def tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.exists():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if _STEP.match(p.name) and (p / META).exists()]
+    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state().tolist(), "numpy": np.random.get_state()[1].tolist(),
+            "python": random.getstate()[1]}
+
+
+def _zero3_gathered(p):
+    import deepspeed
+    return deepspeed.zero.GatheredParameters([p]) if hasattr(p, "ds_id") else _Null()
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _write_model_shard(folder: Path, module, config, tp_rank: int, tp: int, stage: int) -> dict:
+    """This rank's TP slice of its stage's parameters (one file); returns {name: stage} and the file entry."""
+    specs = specs_for(config, tp)
+    own = [(n, p) for n, p in named_internal_parameters(module)]
+    seen, entries = set(), []
+    for n, p in own:
+        if n not in seen:
+            seen.add(n)
+            entries.append((n, p))
+    path = folder / shard_file(tp_rank, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = []
+    for n, p in entries:
+        header.append((n, p.dtype, specs[n].local_shape(tp)))
+    w = StreamingSafetensorsWriter(path, header, {"format": FORMAT})
+    try:
+        for n, p in entries:
+            with _zero3_gathered(p):
+                w.write(n, p.detach().clone())
+        info = w.close()
+    except BaseException:
+        w.abort()
+        raise
+    return {"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "info": info}
+
+
+def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckpt_dir: Path, keep: int,
+         tp_rank: int, tp: int, pp: int, stage: int, dp_rank: int, hf: Optional[dict] = None) -> Path:
+    """Write a checkpoint collectively; every rank calls it. Returns the final folder."""
+    staging = ckpt_dir / ".staging"
+    name = tag(step)
+    rank = dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(staging / name, ignore_errors=True)
+        (staging / name).mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    engine.save_checkpoint(str(staging), tag=name, client_state={"step": step}, save_latest=False)
+    part = None
+    if dp_rank == 0:  # one writer per (TP rank, stage)
+        part = _write_model_shard(staging / name / "model", module, model_config, tp_rank, tp, stage)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (part, data_state, rng_state()))
+    if rank == 0:
+        weight_map, known = {}, {}
+        for p, _, _ in parts:
+            if p is None:
+                continue
+            stage_of = int(p["file"].split("-pp")[1].split(".")[0])
+            for n in p["names"]:
+                weight_map.setdefault(n, stage_of)
+            known[p["file"]] = p["info"]
+        stages = [[] for _ in range(pp)]
+        for n, s in weight_map.items():
+            m = re.match(r"layers\.(\d+)\.", n)
+            if m and int(m.group(1)) not in stages[s]:
+                stages[s].append(int(m.group(1)))
+        body = {"format": FORMAT, "version": 1, "config": model_config.to_dict(), "tp": tp, "pp": pp,
+                "stages": [sorted(s) for s in stages], "weight_map": weight_map, "hf": hf or {}}
+        write_manifest(staging / name / "model", body, known)
+        meta = {"step": step, "run_config": run_cfg.to_dict(), "model_config": model_config.to_dict(),
+                "data": {str(r): d for r, (_, d, _) in enumerate(parts)},
+                "rng": {str(r): s for r, (_, _, s) in enumerate(parts)}, "world_size": dist.get_world_size(),
+                "tp": tp, "pp": pp}
+        tmp = staging / name / (META + ".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, staging / name / META)
+        final = ckpt_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / name, final)
+        for old in complete_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return ckpt_dir / name
+
+
+def resume_point(resume: str, ckpt_dir: Path) -> Optional[Path]:
+    if resume == "none":
+        return None
+    if resume != "auto":
+        p = Path(resume)
+        if not (p / META).exists():
+            raise FileNotFoundError(f"{p}: not a complete checkpoint (no {META}); pass a step folder or 'auto'")
+        return p
+    found = complete_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def load(engine, path: Path) -> dict:
+    """Restore DeepSpeed's state from ``path``; returns this project's metadata."""
+    meta = json.loads((path / META).read_text())
+    engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
+    rank = str(dist.get_rank())
+    st = meta["rng"][rank]
+    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    return meta

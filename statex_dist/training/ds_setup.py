@@ -1,0 +1,40 @@
+"""The DeepSpeed engine of a run: its config block, the model (one module or a pipeline), the mpu."""
+from __future__ import annotations
+
+import torch
+
+
+def dtype_of(run_cfg) -> torch.dtype:
+    d = run_cfg.model.dtype
+    if d == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[d]
+
+
+def deepspeed_config(run_cfg, dp: int, dtype: torch.dtype) -> dict:
+    d, p = run_cfg.data, run_cfg.parallel
+    per_step = d.micro_batch * dp
+    if d.global_batch % per_step:
+        raise ValueError(f"data.global_batch={d.global_batch} is not a multiple of micro_batch x DP = "
+                         f"{d.micro_batch} x {dp}; use a multiple of {per_step}")
+    return {
+        "train_batch_size": d.global_batch,
+        "train_micro_batch_size_per_gpu": d.micro_batch,
+        "gradient_accumulation_steps": d.global_batch // per_step,
+        "gradient_clipping": run_cfg.optimizer.grad_clip,
+        "zero_optimization": {"stage": p.zero_stage},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def initialize_engine(model, optimizer, scheduler, ds_config: dict, pipeline: bool):
+    import deepspeed
+
+    from statex_dist.parallel.deepspeed_mpu import MegatronMPU
+    kwargs = dict(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    if not pipeline:  # a PipelineModule carries its own topology (built to agree with megatron-core's groups)
+        kwargs["mpu"] = MegatronMPU()
+    engine, _, _, _ = deepspeed.initialize(**kwargs)
+    return engine
