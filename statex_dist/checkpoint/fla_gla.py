@@ -16,7 +16,7 @@ class FlaGLA(HFFormat):
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:
-        return cfg.get("model_type") == "gla"
+        return cfg.get("model_type") in ("gla", "statex_gla")  # statex_gla: heads differing per layer
 
     @classmethod
     def read_config(cls, cfg: dict) -> GLAConfig:

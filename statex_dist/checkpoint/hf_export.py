@@ -1,7 +1,9 @@
 """Writing a Hugging Face folder in a source's own format (fla GLA, mamba_ssm, transformers Mamba2).
 
 A model whose layers are all alike loads in the ecosystem's stock classes. One whose heads / d_state
-differ per layer records them in config.json (``statex_*`` keys) and loads through ``load_model``.
+differ per layer records them in config.json (``statex_*`` keys), gets model_type ``statex_gla`` /
+``statex_mamba2`` and the modeling code of ``statex_dist.checkpoint.remote_code`` beside its weights
+(``AutoModelForCausalLM`` with ``trust_remote_code=True``), and loads through ``load_model`` as well.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import torch
 
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
+from statex_dist.checkpoint.remote_code import needs_remote_code, set_model_type, write_templates
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.checkpoint.tensor_files import write_json
+from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
 from statex_dist.config import ModelConfig
 from statex_dist.models import specs_for
 
@@ -23,8 +27,13 @@ def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: It
     """Stream full tensors (internal names, checkpoint shapes, ``specs_for`` order) into ``folder``."""
     from statex_dist.checkpoint.sources import checkpoint_shape
     names = list(specs_for(config, 1))
+    if fmt is MambaSSM and needs_remote_code(config):
+        # the remote code reads one Mamba2 layout: transformers' (a mamba_ssm config.json shares no keys)
+        fmt, base_config = TransformersMamba2, None
     cfg = fmt.write_config(config, base_config)
     cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = str(dtypes[names[0]]).replace("torch.", "")
+    if set_model_type(cfg, config):
+        write_templates(folder)
     write_json(cfg, folder / "config.json")
     if fmt is MambaSSM:
         # mamba_ssm's from_pretrained reads pytorch_model.bin only; torch.save needs the dict whole.

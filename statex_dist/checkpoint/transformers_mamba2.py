@@ -11,7 +11,7 @@ class TransformersMamba2(HFFormat):
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:
-        return cfg.get("model_type") == "mamba2"
+        return cfg.get("model_type") in ("mamba2", "statex_mamba2")  # statex_mamba2: d_state per layer
 
     @classmethod
     def read_config(cls, cfg: dict) -> Mamba2Config:
@@ -33,6 +33,8 @@ class TransformersMamba2(HFFormat):
             dt_limit=tuple(json_float(x) for x in limit), norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
             residual_in_fp32=cfg.get("residual_in_fp32", True),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            # remote-code exports of mamba_ssm sources keep the real vocab and the embedding's padding
+            pad_vocab_multiple=cfg.get("pad_vocab_size_multiple", 1) if cfg.get("model_type") == "statex_mamba2" else 1,
             expanded_layers=cfg.get("statex_expanded_layers", []),
         )
 
@@ -46,10 +48,14 @@ class TransformersMamba2(HFFormat):
                    use_bias=False, layer_norm_epsilon=config.norm_eps, residual_in_fp32=config.residual_in_fp32,
                    time_step_limit=[json_safe_float(x) for x in config.dt_limit],
                    tie_word_embeddings=config.tie_word_embeddings)
+        if cfg.get("model_type") == "statex_mamba2":
+            cfg.pop("pad_vocab_size_multiple", None)  # ours; rewritten below when it still applies
         for k in ("statex_d_state", "statex_expanded_layers"):
             cfg.pop(k, None)
         if len(set(config.d_state)) > 1:
             cfg["statex_d_state"] = list(config.d_state)
+            if config.pad_vocab_multiple > 1:  # read by the remote code only (see remote_code)
+                cfg.update(vocab_size=config.vocab_size, pad_vocab_size_multiple=config.pad_vocab_multiple)
         if config.expanded_layers:
             cfg["statex_expanded_layers"] = list(config.expanded_layers)
         return cfg

@@ -1,0 +1,66 @@
+"""Modeling code for exports whose recurrent-state shapes differ per layer.
+
+The stock classes (fla's GLAForCausalLM, transformers' Mamba2ForCausalLM) build every layer alike. An
+export whose GLA heads or Mamba2 d_state differ per layer therefore gets model_type ``statex_gla`` /
+``statex_mamba2``, an ``auto_map`` and the two template files of this folder copied beside its weights,
+so ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads it (lm-eval-harness's
+HF backend included). The templates import only torch and transformers; they are not imported here.
+
+Such Mamba2 exports always use transformers' naming (``backbone.embeddings``, safetensors), also from
+mamba_ssm sources: one layout for the remote code to read. A mamba_ssm source's padded vocabulary is
+kept as ``pad_vocab_size_multiple`` with the real ``vocab_size``.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from statex_dist.config import ModelConfig
+
+TEMPLATE_DIR = Path(__file__).resolve().parent
+TEMPLATES = ("configuration_statex.py", "modeling_statex.py")
+
+
+@dataclass(frozen=True)
+class RemoteArch:
+    model_type: str  # ours
+    config_class: str
+    model_class: str
+    stock_type: str  # the ecosystem's, for exports whose layers are all alike
+    stock_class: str
+
+
+REMOTE = {
+    "gla": RemoteArch("statex_gla", "StateXGLAConfig", "StateXGLAForCausalLM", "gla", "GLAForCausalLM"),
+    "mamba2": RemoteArch("statex_mamba2", "StateXMamba2Config", "StateXMamba2ForCausalLM", "mamba2",
+                         "Mamba2ForCausalLM"),
+}
+REMOTE_MODEL_TYPES = {r.model_type for r in REMOTE.values()}
+
+
+def needs_remote_code(config: ModelConfig) -> bool:
+    """Whether the stock classes cannot build the model: its per-layer state shapes differ."""
+    per_layer = config.num_heads if config.arch == "gla" else config.d_state
+    return len(set(per_layer)) > 1
+
+
+def set_model_type(cfg: dict, config: ModelConfig) -> bool:
+    """Point config.json (``cfg``, edited in place) at the remote code or, for a model whose layers are
+    all alike, at the stock class (also when ``cfg`` came from an earlier remote-code export). Returns
+    whether the template files must be written beside it."""
+    arch = REMOTE[config.arch]
+    if needs_remote_code(config):
+        cfg.update(model_type=arch.model_type, architectures=[arch.model_class],
+                   auto_map={"AutoConfig": f"configuration_statex.{arch.config_class}",
+                             "AutoModelForCausalLM": f"modeling_statex.{arch.model_class}"})
+        return True
+    if cfg.get("model_type") in REMOTE_MODEL_TYPES:
+        cfg.update(model_type=arch.stock_type, architectures=[arch.stock_class])
+        cfg.pop("auto_map", None)
+    return False
+
+
+def write_templates(folder: Path) -> None:
+    for name in TEMPLATES:
+        shutil.copyfile(TEMPLATE_DIR / name, Path(folder) / name)

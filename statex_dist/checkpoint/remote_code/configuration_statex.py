@@ -1,0 +1,149 @@
+"""Configurations of StateX models whose recurrent-state shapes differ per layer (``trust_remote_code``).
+
+Self-contained (torch and transformers only): this file is copied beside the weights of an export.
+The keys are those of the stock configs (fla's GLAConfig, transformers' Mamba2Config) plus the per-layer
+shapes: ``statex_num_heads`` (GLA heads of each layer) and ``statex_d_state`` (Mamba2 d_state of each
+layer). Defaults equal those of statex-dist's checkpoint readers, so both read a file the same way.
+"""
+from __future__ import annotations
+
+import math
+
+try:
+    from transformers import PreTrainedConfig
+except ImportError:  # transformers < 5
+    from transformers import PretrainedConfig as PreTrainedConfig
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _float(x) -> float:
+    """A JSON float; transformers 5 writes inf as {"__float__": "Infinity"}."""
+    if isinstance(x, dict) and "__float__" in x:
+        return float(x["__float__"])
+    return float(x)
+
+
+def _per_layer(name: str, values, default: int, layers: int) -> list[int]:
+    values = [int(v) for v in values] if values else [int(default)] * layers
+    if len(values) != layers:
+        raise ValueError(f"{name} has {len(values)} entries but num_hidden_layers is {layers}")
+    return values
+
+
+# fla GLA options the model here does not implement, with the value they must have
+_GLA_FIXED = {"num_kv_heads": None, "feature_map": None, "elementwise_affine": True, "use_gv": False,
+              "use_gk": True, "attn": None, "attnres_block_size": None}
+
+
+class StateXGLAConfig(PreTrainedConfig):
+    """fla's GLAConfig with ``statex_num_heads``: the heads of each layer (``num_heads`` is their max).
+
+    Key width K = hidden_size * expand_k and value width V = hidden_size * expand_v are the same in
+    every layer; a layer of H heads has heads of K / H x V / H.
+    """
+
+    model_type = "statex_gla"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(self, vocab_size: int = 32000, hidden_size: int = 2048, num_hidden_layers: int = 24,
+                 num_heads: int = 4, statex_num_heads=None, expand_k: float = 0.5, expand_v: float = 1.0,
+                 hidden_ratio=4, intermediate_size=None, use_short_conv: bool = False, conv_size: int = 4,
+                 use_output_gate: bool = True, clamp_min=None, hidden_act: str = "swish", norm_eps: float = 1e-6,
+                 fuse_norm: bool = True, gate_logit_normalizer: float = 16, gate_low_rank_dim: int = 16,
+                 initializer_range: float = 0.02, use_cache: bool = True, tie_word_embeddings: bool = False,
+                 pad_token_id=None, bos_token_id=1, eos_token_id=2, **kwargs):
+        for key, want in _GLA_FIXED.items():
+            if kwargs.get(key, want) != want:
+                raise ValueError(f"{key}={kwargs[key]!r} is not supported (needs {want!r})")
+        if hidden_act != "swish":
+            raise ValueError(f"hidden_act={hidden_act!r} is not supported (needs 'swish')")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.statex_num_heads = _per_layer("statex_num_heads", statex_num_heads, num_heads, num_hidden_layers)
+        self.num_heads = max(self.statex_num_heads)
+        self.expand_k, self.expand_v = expand_k, expand_v
+        self.hidden_ratio = hidden_ratio
+        # fla's GatedMLP: 2/3 * hidden * ratio, rounded up to a multiple of 256
+        self.intermediate_size = intermediate_size or _round_up(int(hidden_size * (hidden_ratio or 4) * 2 / 3), 256)
+        self.use_short_conv, self.conv_size = use_short_conv, conv_size
+        self.use_output_gate = use_output_gate
+        self.clamp_min = clamp_min
+        self.hidden_act = hidden_act
+        self.norm_eps = norm_eps
+        self.fuse_norm = fuse_norm
+        self.gate_logit_normalizer = gate_logit_normalizer
+        self.gate_low_rank_dim = gate_low_rank_dim
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        for i, h in enumerate(self.statex_num_heads):
+            if h < 1 or self.key_dim % h or self.value_dim % h:
+                raise ValueError(f"layer {i}: {h} heads must divide key dim {self.key_dim} and value dim "
+                                 f"{self.value_dim}")
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def key_dim(self) -> int:
+        return round(self.hidden_size * self.expand_k)
+
+    @property
+    def value_dim(self) -> int:
+        return round(self.hidden_size * self.expand_v)
+
+
+class StateXMamba2Config(PreTrainedConfig):
+    """transformers' Mamba2Config with ``statex_d_state``: the d_state of each layer (``state_size`` is
+    their max).
+
+    ``pad_vocab_size_multiple`` (from mamba_ssm sources): the embedding holds ``vocab_size`` rounded up
+    to it; logits keep ``vocab_size`` columns.
+    """
+
+    model_type = "statex_mamba2"
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(self, vocab_size: int = 32768, hidden_size: int = 4096, num_hidden_layers: int = 64,
+                 state_size: int = 128, statex_d_state=None, expand: int = 2, head_dim: int = 64, num_heads=None,
+                 n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 256, use_conv_bias: bool = True,
+                 use_bias: bool = False, hidden_act: str = "silu", layer_norm_epsilon: float = 1e-5,
+                 residual_in_fp32: bool = True, time_step_limit=(0.0, math.inf), pad_vocab_size_multiple: int = 1,
+                 initializer_range: float = 0.1, use_cache: bool = True, tie_word_embeddings: bool = False,
+                 pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs):
+        if hidden_act != "silu":
+            raise ValueError(f"hidden_act={hidden_act!r} is not supported (needs 'silu')")
+        if use_bias:
+            raise ValueError("use_bias=true (biased in_proj/out_proj) is not supported")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.statex_d_state = _per_layer("statex_d_state", statex_d_state, state_size, num_hidden_layers)
+        self.state_size = max(self.statex_d_state)
+        self.expand, self.head_dim = expand, head_dim
+        self.num_heads = expand * hidden_size // head_dim
+        if num_heads is not None and num_heads != self.num_heads:
+            raise ValueError(f"num_heads {num_heads} x head_dim {head_dim} != expand {expand} x hidden_size "
+                             f"{hidden_size}")
+        if (expand * hidden_size) % head_dim or self.num_heads % n_groups:
+            raise ValueError(f"d_inner {expand * hidden_size} must split into heads of {head_dim} and the heads "
+                             f"into {n_groups} groups")
+        self.n_groups = n_groups
+        self.conv_kernel = conv_kernel
+        self.chunk_size = chunk_size
+        self.use_conv_bias, self.use_bias = use_conv_bias, use_bias
+        self.hidden_act = hidden_act
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.residual_in_fp32 = residual_in_fp32
+        self.time_step_limit = tuple(_float(x) for x in time_step_limit)
+        self.pad_vocab_size_multiple = pad_vocab_size_multiple
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    @property
+    def embedding_rows(self) -> int:
+        return _round_up(self.vocab_size, self.pad_vocab_size_multiple or 1)
