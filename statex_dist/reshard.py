@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -21,6 +23,21 @@ from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expa
 from statex_dist.statex import count_params
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Files of a Hugging Face folder that are not weights but belong with them (lm-eval and generate need
+# the tokenizer); a sharded checkpoint keeps them under hf_files/ until the export back.
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                 "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json")
+SIDE_DIR = "hf_files"
+
+
+def copy_side_files(src: Path, dst: Path) -> list[str]:
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in HF_SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +115,13 @@ def run(argv=None) -> dict:
         stats["bytes"] += t.numel() * dtypes[name].itemsize
         bar.update(1)
 
+    side = Path(args.src) if isinstance(src, HFSource) else Path(args.src) / SIDE_DIR
     with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
         if args.format == "hf":
             write_hf(tmp, fmt, new, tensors(), dtypes, base_config=hf_cfg, progress=progress)
+            copy_side_files(side, tmp)
         else:
+            copy_side_files(side, tmp / SIDE_DIR)  # before the manifest, which lists it
             write_sharded(tmp, new, tensors(), dtypes, args.tp, args.pp,
                           hf={"format": fmt.name, "config": hf_cfg}, progress=progress)
     bar.close()
@@ -111,7 +131,11 @@ def run(argv=None) -> dict:
                   expanded=list(plan.layers) if plan else [])
     gbs = stats["bytes"] / max(secs, 1e-9) / 1e9
     what = f"expanded layers {result['expanded']}, " if plan else ""
-    layout = "HF " + fmt.name if args.format == "hf" else f"sharded TP={args.tp} x PP={args.pp}"
+    if args.format == "hf":
+        written = json.loads((Path(args.dst) / "config.json").read_text())
+        layout = f"HF model_type={written.get('model_type', fmt.name)}"
+    else:
+        layout = f"sharded TP={args.tp} x PP={args.pp}"
     print(f"reshard_expand: {what}{stats['tensors']} tensors, {stats['bytes'] / 1e9:.3f} GB -> {args.dst} "
           f"({layout}) in {secs:.1f}s ({gbs:.2f} GB/s); params {result['params_before']:,} -> "
           f"{result['params_after']:,}; recurrent state {result['state_before']:,} -> {result['state_after']:,} floats")
