@@ -49,7 +49,11 @@ class Run:
         cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
         if "RANK" in os.environ and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        if "RANK" not in os.environ:
+            os.environ.setdefault("LOCAL_RANK", "0")  # debug mode: DeepSpeed asks for it even in a world of one
         state.initialize(tp, pp)
+        from statex_dist.parallel.deepspeed_mpu import ensure_deepspeed_comm
+        ensure_deepspeed_comm()
         torch.manual_seed(cfg.seed)
         self.rank = dist.get_rank()
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
