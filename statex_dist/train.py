@@ -68,7 +68,24 @@ class Run:
             from statex_dist.models import build_model
             model = build_model(self.model_config, dtype=torch.float32, init=False)
             model.activation_checkpointing = cfg.parallel.activation_checkpointing
-        fill(model, self.source, self.tp_rank, tp)
+        from statex_dist.training import checkpoints
+        resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
+        meta, same_layout = None, False
+        if resume is not None:
+            meta = checkpoints.read_meta(resume)
+            same_layout = (meta["tp"], meta["pp"], meta["world_size"]) == (tp, pp, dist.get_world_size())
+        if resume is not None and not same_layout:
+            # another layout: DeepSpeed's files are per TP x PP rank, the sharded weights are not. Loaded
+            # before the engine exists, so ZeRO's fp32 partitions start from these weights.
+            from statex_dist.checkpoint.sharded import ShardedCheckpoint
+            from statex_dist.training.initial_weights import named_internal_parameters
+            ckpt = ShardedCheckpoint(resume / "model")
+            if ckpt.config.to_dict() != self.model_config.to_dict():
+                raise ValueError(f"{resume}: a checkpoint of another model ({ckpt.config.arch}, "
+                                 f"{ckpt.config.num_layers} layers) than this run's; set model.source to match")
+            ckpt.load_into(_Named(named_internal_parameters(model)), self.tp_rank, tp)
+        else:
+            fill(model, self.source, self.tp_rank, tp)
         if torch.cuda.is_available():
             model.cuda()
         self.trainable = sum(p.numel() for p in model.parameters())
@@ -85,13 +102,18 @@ class Run:
         self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
         self.step = 0
         self.data_position = None
-        from statex_dist.training import checkpoints
-        resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
         if resume is not None:
-            meta = checkpoints.load(self.engine, resume)
+            if same_layout:
+                checkpoints.load(self.engine, resume)
+                how = "model, optimizer and schedule"
+            else:
+                for _ in range(meta["step"]):
+                    self.engine.lr_scheduler.step()  # the schedule continues; optimizer moments start afresh
+                how = (f"weights only (saved with TP={meta['tp']} PP={meta['pp']}; optimizer state is not "
+                       f"carried across layouts)")
             self.step = meta["step"]
-            self.data_position = meta["data"][str(self.rank)]
-            self.log(f"resumed from {resume} at step {self.step}")
+            self.data_position = meta["data"].get(str(self.dp_rank))
+            self.log(f"resumed from {resume} at step {self.step}: {how}")
         from statex_dist.data import build_loader
         d = cfg.data
         self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
@@ -182,6 +204,16 @@ class Run:
                                 self.cfg.parallel.pp, self.stage, self.dp_rank)
 
 
+class _Named:
+    """Parameters under the model's own names (what ShardedCheckpoint.load_into iterates)."""
+
+    def __init__(self, pairs):
+        self.pairs = list(pairs)
+
+    def named_parameters(self):
+        return iter(self.pairs)
+
+
 class _PipeIter:
     """The pipeline engine's data iterator: (input_ids, labels) per micro-batch."""
 
@@ -202,6 +234,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     args = ap.parse_args(argv)
+    if args.config and "=" in args.config:  # no YAML file: overrides only
+        args.overrides.insert(0, args.config)
+        args.config = None
     try:
         cfg = load_run_config(args.config, args.overrides)
         run = Run(cfg)

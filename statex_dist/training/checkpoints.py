@@ -104,7 +104,7 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
     if dp_rank == 0:  # one writer per (TP rank, stage)
         part = _write_model_shard(staging / name / "model", module, model_config, tp_rank, tp, stage)
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (part, data_state, rng_state()))
+    dist.all_gather_object(parts, (part, (dp_rank, data_state), rng_state()))
     if rank == 0:
         weight_map, known = {}, {}
         for p, _, _ in parts:
@@ -123,9 +123,14 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
                 "stages": [sorted(s) for s in stages], "weight_map": weight_map, "hf": hf or {}}
         write_manifest(staging / name / "model", body, known)
         meta = {"step": step, "run_config": run_cfg.to_dict(), "model_config": model_config.to_dict(),
-                "data": {str(r): d for r, (_, d, _) in enumerate(parts)},
+                # the data position is a DP rank's: a resume with another TP x PP keeps the same stream
+                "data": {str(d[0]): d[1] for _, d, _ in parts},
                 "rng": {str(r): s for r, (_, _, s) in enumerate(parts)}, "world_size": dist.get_world_size(),
                 "tp": tp, "pp": pp}
+        if os.environ.get("STATEX_KILL_DURING_SAVE_STEP") == str(step):
+            # fault injection for the resume tests: die as a real crash would, mid-checkpoint
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         tmp = staging / name / (META + ".tmp")
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, staging / name / META)
@@ -151,11 +156,16 @@ def resume_point(resume: str, ckpt_dir: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def read_meta(path: Path) -> dict:
+    return json.loads((path / META).read_text())
+
+
 def load(engine, path: Path) -> dict:
-    """Restore DeepSpeed's state from ``path``; returns this project's metadata."""
-    meta = json.loads((path / META).read_text())
+    """Restore DeepSpeed's state (model, optimizer, scheduler) from ``path``, saved with the same layout;
+    returns this project's metadata."""
+    meta = read_meta(path)
     engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
-    rank = str(dist.get_rank())
-    st = meta["rng"][rank]
-    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    st = meta["rng"].get(str(dist.get_rank()))
+    if st is not None:
+        torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
     return meta
