@@ -35,6 +35,7 @@ def run_workers(fn, world: int, *args, tmp_path, timeout: float = 240.0):
     A worker that hangs (a collective waiting on a dead peer) is killed after ``timeout`` seconds and the
     call fails, so a hang costs minutes, not CI's whole budget.
     """
+    os.makedirs(tmp_path, exist_ok=True)
     ctx = mp.get_context("spawn")
     port = _free_port()
     procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, str(tmp_path))) for r in range(world)]
