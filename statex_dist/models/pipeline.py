@@ -30,9 +30,9 @@ from statex_dist.models.common import LMHead, RMSNorm, embedding
 from statex_dist.models.gla import GLABlock
 from statex_dist.models.mamba2 import Mamba2Block
 from statex_dist.parallel import state, weights
-from statex_dist.parallel.deepspeed_mpu import (MegatronMPU, check_grid_agrees, ensure_deepspeed_comm,
-                                                pipeline_topology)
+from statex_dist.parallel.deepspeed_mpu import check_grid_agrees, ensure_deepspeed_comm, pipeline_topology
 from statex_dist.parallel.sharding import ShardSpec
+from statex_dist.parallel.validate import check_parallel_sizes
 
 # arch -> (embedding attribute, final-norm attribute, block class): the model's own names
 _ARCH = {"gla": ("embeddings", "norm", GLABlock), "mamba2": ("embedding", "norm_f", Mamba2Block)}
@@ -40,40 +40,17 @@ TIED_KEY = "embed"
 
 
 def _megatron_config(dtype: torch.dtype) -> ModelParallelConfig:
-    """state.megatron_config(dtype, init=False) plus the ``pipeline_dtype`` megatron-core demands once
-    PP > 1 (state.megatron_config omits it and raises there)."""
-    return ModelParallelConfig(
-        tensor_model_parallel_size=state.tp_size(),
-        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
-        params_dtype=dtype, pipeline_dtype=dtype, use_cpu_initialization=True, perform_initialization=False)
+    return state.megatron_config(dtype, init=False)
 
 
 def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
-    """Check the parallel sizes against the model and the world before any process group exists.
+    """Check the sizes against the model and the world before any process group exists; return DP.
 
-    Returns the data-parallel size ``world_size / (tp * pp)``. Raises ValueError naming the constraint
-    and the sizes that would work when PP exceeds the number of layers (a stage without a block), when
-    the world is not TP x PP x DP, or when a tensor does not split over TP.
+    Raises ValueError naming the constraint and the sizes that work (statex_dist.parallel.validate): PP
+    larger than the number of layers (a stage without a block), a world that is not TP x PP x DP, a
+    tensor that does not split over TP.
     """
-    L = config.num_layers
-    if tp < 1 or pp < 1:
-        raise ValueError(f"tensor_parallel ({tp}) and pipeline_parallel ({pp}) must be >= 1")
-    if pp > L:
-        fits = [p for p in range(1, L + 1) if world_size % (tp * p) == 0]
-        raise ValueError(
-            f"pipeline_parallel={pp} exceeds the model's {L} layers: every pipeline stage must hold at "
-            f"least one layer, so PP <= {L}; with TP={tp} and {world_size} processes, PP in {fits} works")
-    if world_size % (tp * pp):
-        fits = [p for p in range(1, L + 1) if world_size % (tp * p) == 0]
-        worlds = [tp * pp * d for d in (1, 2, 3, 4)]
-        raise ValueError(
-            f"world size {world_size} is not TP x PP x DP = {tp} x {pp} x DP for any whole DP: use "
-            f"{worlds[0]}, {worlds[1]}, {worlds[2]}, ... processes, or with {world_size} processes and "
-            f"TP={tp} a PP in {fits or 'none (TP does not divide the world)'}")
-    from statex_dist.models import specs_for
-    for name, spec in specs_for(config, tp).items():
-        if spec.dim is not None:
-            spec._check(tp, name)
+    check_parallel_sizes(config, tp, pp, world_size)
     return world_size // (tp * pp)
 
 
@@ -147,20 +124,6 @@ class VocabParallelLoss:
         return self.head.loss(local_logits, labels)
 
 
-def _pipeline_module_cls():
-    from deepspeed.pipe import PipelineModule
-
-    class MegatronPipelineModule(PipelineModule):
-        """A PipelineModule whose ``mpu`` (what ``deepspeed.initialize`` hands the engine and ZeRO, as it
-        takes no ``mpu`` argument with a pipeline) is megatron-core's groups; the grid DeepSpeed builds
-        for its point-to-point and tied-weight traffic is checked to hold the same ranks."""
-
-        def mpu(self):
-            return MegatronMPU()
-
-    return MegatronPipelineModule
-
-
 def layer_specs(config, dtype: torch.dtype = torch.float32) -> list:
     """The stage pieces as LayerSpecs: embedding, one per block, final norm, LM head (tied or not)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
@@ -184,6 +147,12 @@ def pipeline_module(config, dtype: torch.dtype = torch.float32, tp: int = 1, pp:
     Call after ``statex_dist.parallel.state.initialize(tp, pp)``. Weights are not drawn (a stage cannot
     draw the one-process model's random sequence): load them with :func:`load_full`. Checks the sizes
     (:func:`validate_parallel`) and that DeepSpeed's grid equals megatron-core's groups on every rank.
+
+    Pass it to ``deepspeed.initialize(model=..., optimizer=..., config=...)`` without ``mpu``: with a
+    pipeline DeepSpeed refuses one and uses the module's grid, and its engine must keep doing so, as it
+    mixes ``engine.mpu`` and ``engine.grid`` groups in one collective (the loss broadcast of
+    ``train_batch``), which deadlocks if they are different group objects. ZeRO-1 (the only stage that
+    is right with a pipeline) then shards over the grid's DP group: megatron-core's DP ranks.
     """
     world = dist.get_world_size()
     dp = validate_parallel(config, world, tp, pp)
@@ -196,10 +165,14 @@ def pipeline_module(config, dtype: torch.dtype = torch.float32, tp: int = 1, pp:
             raise RuntimeError("LOCAL_RANK is not set: start the job with torchrun or the deepspeed launcher")
         os.environ["LOCAL_RANK"] = "0"  # a world of one (debug mode): DeepSpeed reads it
     ensure_deepspeed_comm()
-    module = _pipeline_module_cls()(
+    from deepspeed.pipe import PipelineModule
+    module = PipelineModule(
         layers=layer_specs(config, dtype), topology=pipeline_topology(tp, pp, dp),
         loss_fn=VocabParallelLoss(config), partition_method="parameters",
-        activation_checkpoint_interval=activation_checkpoint_interval)
+        activation_checkpoint_interval=activation_checkpoint_interval,
+        # blocks only: a reentrant checkpoint around the embedding (int ids, no grad) gives an output
+        # without grad_fn, and the first stage's backward fails
+        checkpointable_layers=[_ARCH[config.arch][2].__name__])
     check_grid_agrees(module._grid)
     module.model_config = config
     return module

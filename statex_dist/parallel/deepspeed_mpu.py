@@ -1,9 +1,14 @@
 """DeepSpeed's view of the process groups, taken from megatron-core's ``parallel_state``.
 
 DeepSpeed reads the groups from an ``mpu`` object. Without one it treats every rank as a data-parallel
-rank, so ZeRO would shard (and average) over tensor-parallel ranks too: silently wrong. With a
-``PipelineModule`` it refuses an ``mpu`` and uses its own grid, built from a ``ProcessTopology``; that grid
-must then hold the same ranks in each group as megatron-core, which :func:`check_grid_agrees` asserts.
+rank, so ZeRO would shard (and average) over tensor-parallel ranks too: silently wrong.
+
+- No pipeline: pass ``mpu=MegatronMPU()`` to ``deepspeed.initialize``.
+- A ``PipelineModule``: DeepSpeed refuses an ``mpu`` and uses the module's grid, built from
+  :func:`pipeline_topology`. It has to stay that way: the pipeline engine runs one collective (the loss
+  broadcast of ``train_batch``) on ``engine.mpu``'s pipe group on the last stage and on ``engine.grid``'s
+  on the others, so an mpu with its own group objects deadlocks there. The grid must then hold the same
+  ranks in each group as megatron-core, which :func:`check_grid_agrees` asserts on every rank.
 
 DeepSpeed's words: "model parallel" = every rank holding another part of one replica (TP x PP),
 "slice parallel" = tensor parallel, "pipe parallel" = pipeline parallel.
@@ -16,7 +21,8 @@ from megatron.core import parallel_state as ps
 
 
 class MegatronMPU:
-    """The ``mpu`` DeepSpeed accepts, answering from megatron-core's groups (ZeRO shards over DP only)."""
+    """The ``mpu`` of a DeepSpeed engine without a pipeline, answering from megatron-core's groups, so
+    ZeRO shards and averages over the DP group only. Method names: DeepSpeed's and Megatron's."""
 
     # tensor parallel (DeepSpeed's "slice parallel")
     def get_tensor_model_parallel_rank(self) -> int:

@@ -81,6 +81,7 @@ def megatron_config(params_dtype: torch.dtype = torch.float32, init: bool = True
         tensor_model_parallel_size=tp_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
         params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,  # megatron-core demands it once PP > 1
         use_cpu_initialization=True,
         perform_initialization=init,
     )
