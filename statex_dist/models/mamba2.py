@@ -18,8 +18,8 @@ from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F
 from statex_dist.models.common import LMHead, RMSNorm, embedding, row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import PackedColumnParallelLinear, mark, packed_weight
-from statex_dist.parallel.mappings import all_reduce_sum
+from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
+from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -41,12 +41,12 @@ class Mamba2Mixer(nn.Module):
         self.cfg, self.layer = cfg, layer
         specs = mixer_specs(cfg, layer, tp)
         dtype = mcfg.params_dtype
-        self.bc_whole = G % tp != 0
-        # With B/C whole, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
-        self.group = state.tp_rank() // (tp // G) if self.bc_whole else 0
-        self.local_heads, self.local_groups = Hh // tp, (1 if self.bc_whole else G // tp)
+        self.bc_gathered = G % tp != 0  # B/C channels split over TP, then all-gathered (see mixer_specs)
+        # With B/C gathered, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
+        self.group = state.tp_rank() // (tp // G) if self.bc_gathered else 0
+        self.local_heads, self.local_groups = Hh // tp, (1 if self.bc_gathered else G // tp)
         self.E_l, self.N = E // tp, N
-        self.GN_in = (G if self.bc_whole else G // tp) * N  # B (or C) channels this rank computes
+        self.GN_in = G * N // tp  # B (or C) channels this rank computes
         self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype)
         self.conv1d = nn.Module()
         self.conv1d.weight = mark(nn.Parameter(torch.empty(specs["conv1d.weight"].local_shape(tp), dtype=dtype)),
@@ -84,7 +84,7 @@ class Mamba2Mixer(nn.Module):
         (mamba_ssm's own TP norm assumes whole groups per rank and is wrong there).
         """
         u = y.float() * torch.nn.functional.silu(z.float())
-        if not self.bc_whole:
+        if not self.bc_gathered:
             u = u.reshape(*u.shape[:-1], self.local_groups, -1)
             u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
         else:
@@ -101,11 +101,10 @@ class Mamba2Mixer(nn.Module):
         B, T, _ = x.shape
         E, GN, h, g, N = self.E_l, self.GN_in, self.local_heads, self.local_groups, self.N
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
-        xBC = causal_conv1d(xBC, packed_weight(self.conv1d.weight)[:, 0, :], packed_weight(self.conv1d.bias),
-                            activation="silu")
+        xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
         xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
-        if self.bc_whole:
-            Bm, Cm = (t.reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
+        if self.bc_gathered:
+            Bm, Cm = (gather_last_dim(t).reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
         out = ssd_scan(
             xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
             Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.cfg.chunk_size,

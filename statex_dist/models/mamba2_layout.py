@@ -11,19 +11,17 @@ from statex_dist.parallel.sharding import ShardSpec
 
 def mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
     E, G, N, Hh, W, D = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads, cfg.d_conv, cfg.hidden_size
-    # B and C split by groups when the groups divide over TP; otherwise every rank keeps them whole and
-    # the model stays exactly a G-group model (Megatron-LM refuses this case).
-    bc_whole = G % tp != 0
-    whole_in = (2, 3) if bc_whole else ()
-    whole_conv = (1, 2) if bc_whole else ()
+    # Every block splits evenly over TP. When the groups divide over TP a rank's B/C rows are its own
+    # groups; otherwise (ngroups=1, every public checkpoint; Megatron-LM refuses this case) a rank computes
+    # a slice of the B/C channels and the model all-gathers them, so the model stays exactly a G-group
+    # model with no tensor held twice (a replicated block inside a split tensor would be counted TP times
+    # by DeepSpeed's gradient-norm clipping).
     heads = ShardSpec((Hh,), dim=0, layer=layer)
     return {
         "in_proj.weight": ShardSpec((2 * E + 2 * G * N + Hh, D), dim=0, parts=(E, E, G * N, G * N, Hh),
-                                    whole_parts=whole_in, layer=layer),
-        "conv1d.weight": ShardSpec((E + 2 * G * N, 1, W), dim=0, parts=(E, G * N, G * N),
-                                   whole_parts=whole_conv, layer=layer),
-        "conv1d.bias": ShardSpec((E + 2 * G * N,), dim=0, parts=(E, G * N, G * N),
-                                 whole_parts=whole_conv, layer=layer),
+                                    layer=layer),
+        "conv1d.weight": ShardSpec((E + 2 * G * N, 1, W), dim=0, parts=(E, G * N, G * N), layer=layer),
+        "conv1d.bias": ShardSpec((E + 2 * G * N,), dim=0, parts=(E, G * N, G * N), layer=layer),
         "dt_bias": heads, "A_log": heads, "D": heads,
         "norm.weight": ShardSpec((E,), dim=0, layer=layer),
         "out_proj.weight": ShardSpec((D, E), dim=1, layer=layer),

@@ -45,3 +45,28 @@ def tp_reduced_grad(w: torch.Tensor) -> torch.Tensor:
     if state.tp_size() == 1:
         return w
     return copy_to_tensor_model_parallel_region(w, state.tp_group())
+
+
+class _GatherLastDim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group, ctx.width = group, x.shape[-1]
+        ctx.rank = dist.get_rank(group)
+        pieces = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(pieces, x.contiguous(), group=group)
+        return torch.cat(pieces, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad.narrow(-1, ctx.rank * ctx.width, ctx.width).contiguous(), None
+
+
+def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """All-gather this rank's channels [..., C / TP] into [..., C]; each rank uses the whole differently,
+    so the backward sums the gradient over TP before taking this rank's slice (megatron-core's
+    gather_from_tensor_model_parallel_region only slices)."""
+    if state.tp_size() == 1:
+        return x
+    return _GatherLastDim.apply(x, state.tp_group())
