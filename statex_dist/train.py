@@ -37,6 +37,17 @@ class Run:
         if cfg.data.valid:
             check_shards(cfg.data.valid)
         self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.logging.dir) / "checkpoints")
+        from statex_dist.training import checkpoints
+        self.resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
+        if self.resume is not None:
+            saved = checkpoints.read_meta(self.resume)["model_config"]
+            if saved != self.model_config.to_dict():
+                raise ValueError(
+                    f"{self.resume}: a checkpoint of another model ({saved['arch']}, {saved['num_layers']} layers, "
+                    f"per-layer {'heads' if saved['arch'] == 'gla' else 'd_state'} "
+                    f"{saved.get('num_heads') or saved.get('d_state')}) than this run's ({self.model_config.arch}, "
+                    f"{self.model_config.num_layers} layers); point model.source / expansion at the same model or "
+                    f"set checkpoint.resume=none")
         self._setup()
 
     # --- set-up -----------------------------------------------------------------------------------
@@ -69,7 +80,7 @@ class Run:
             model = build_model(self.model_config, dtype=torch.float32, init=False)
             model.activation_checkpointing = cfg.parallel.activation_checkpointing
         from statex_dist.training import checkpoints
-        resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
+        resume = self.resume
         meta, same_layout = None, False
         if resume is not None:
             meta = checkpoints.read_meta(resume)
@@ -80,9 +91,6 @@ class Run:
             from statex_dist.checkpoint.sharded import ShardedCheckpoint
             from statex_dist.training.initial_weights import named_internal_parameters
             ckpt = ShardedCheckpoint(resume / "model")
-            if ckpt.config.to_dict() != self.model_config.to_dict():
-                raise ValueError(f"{resume}: a checkpoint of another model ({ckpt.config.arch}, "
-                                 f"{ckpt.config.num_layers} layers) than this run's; set model.source to match")
             ckpt.load_into(_Named(named_internal_parameters(model)), self.tp_rank, tp)
         else:
             fill(model, self.source, self.tp_rank, tp)

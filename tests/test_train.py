@@ -104,6 +104,11 @@ def test_resume_tp1_checkpoint_at_tp2(tmp_path, shards):
 
 
 def test_bad_config_fails_before_any_process_group(tmp_path, shards):
+    gla = _train_cli(overrides(GLA, shards, tmp_path / "gla", steps=2), timeout=300)
+    assert gla.returncode == 0, gla.stderr[-2000:]
+    gla_ckpt = tmp_path / "gla" / "checkpoints" / "step00000002"
+    r = _train_cli(overrides(MAMBA2, shards, tmp_path / "m", **{"checkpoint.resume": str(gla_ckpt)}), timeout=120)
+    assert r.returncode == 2 and "a checkpoint of another model (gla" in r.stderr, r.stderr[-2000:]
     for args, msg in [
         (["optimizer.lrr=1"], "unknown config key optimizer.lrr"),
         ([f"data.train={tmp_path / 'nope'}"], "nope"),
