@@ -75,8 +75,14 @@ class DataSection:
 @dataclass
 class EvalSection:
     every: int = 0               # 0: only at the end
-    tasks: list[str] = field(default_factory=lambda: ["ppl"])
-    batches: int = 8
+    tasks: list[str] = field(default_factory=lambda: ["ppl"])   # ppl, mqar, passkey, niah
+    batches: int = 8             # held-out micro-batches for perplexity
+    mqar_pairs: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    mqar_n: int = 256            # sequences per pair count
+    vocab_offset: int = 0        # where MQAR's 0-255 token block starts in the model's vocabulary
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])   # passkey / niah contexts
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    grid_n: int = 10             # examples per (length, depth) cell
 
 
 @dataclass

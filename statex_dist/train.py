@@ -181,11 +181,40 @@ class Run:
                          f"lr {self.engine.get_lr()[0]:.3e} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
+            if cfg.eval.every and self.step % cfg.eval.every == 0:
+                self.evaluate()
         if not cfg.checkpoint.every or self.step % cfg.checkpoint.every:
             self.save()
+        if not cfg.eval.every or self.step % cfg.eval.every:
+            self.evaluate()
         if self.writer is not None:
             self.writer.flush()
         return {"losses": losses, "step": self.step}
+
+    def evaluate(self) -> dict:
+        """The run's evaluations (statex_dist.eval) on every rank, batches split over DP; logged on rank 0.
+
+        A pipeline stage has no ``model(ids) -> logits``: evaluate its checkpoints with
+        ``python -m statex_dist.eval --ckpt .../model`` instead.
+        """
+        e, d = self.cfg.eval, self.cfg.data
+        tasks = [t for t in e.tasks if t != "ppl" or d.valid]
+        if self.pipeline or not tasks:
+            return {}
+        from megatron.core import parallel_state as ps
+
+        from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
+        from statex_dist.eval.report import summary_line
+        model = self.engine if self.cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
+        results = evaluate(model, EvalConfig(
+            tasks=tasks, data=d.valid or None, ppl_batches=e.batches, micro_batch=d.micro_batch,
+            mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n, vocab_offset=e.vocab_offset,
+            lengths=tuple(e.lengths), depths=tuple(e.depths), grid_n=e.grid_n),
+            dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
+        if self.writer is not None:
+            log_to_tensorboard(self.writer, results, self.step)
+            self.log(f"eval step {self.step}: {summary_line({'model': results})}")
+        return results
 
     def _scalars(self, loss: float, tokens_per_step: int, dt: float) -> None:
         w, s = self.writer, self.step

@@ -10,6 +10,7 @@ from megatron.core import tensor_parallel as mtp
 
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import mark
+from statex_dist.parallel.mappings import gather_replicated_output
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -111,7 +112,7 @@ class LMHead(nn.Module):
         return start, start + local_width
 
     def logits(self, local_logits: torch.Tensor) -> torch.Tensor:
-        full = mtp.gather_from_tensor_model_parallel_region(local_logits, state.tp_group())
+        full = gather_replicated_output(local_logits)
         return full[..., : self.vocab]
 
     def loss(self, local_logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

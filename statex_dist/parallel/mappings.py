@@ -70,3 +70,25 @@ def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
     if state.tp_size() == 1:
         return x
     return _GatherLastDim.apply(x, state.tp_group())
+
+
+class _GatherLastDimSliceBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group, ctx.width, ctx.rank = group, x.shape[-1], dist.get_rank(group)
+        pieces = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(pieces, x.contiguous(), group=group)
+        return torch.cat(pieces, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.narrow(-1, ctx.rank * ctx.width, ctx.width).contiguous(), None
+
+
+def gather_replicated_output(x: torch.Tensor) -> torch.Tensor:
+    """All-gather [..., C / TP] into [..., C] where every rank then uses the whole identically (the full
+    logits): the backward takes this rank's slice. megatron-core's gather_from_tensor_model_parallel_region
+    does the same but allocates its output on CUDA, so it fails on the CPU."""
+    if state.tp_size() == 1:
+        return x
+    return _GatherLastDimSliceBackward.apply(x, state.tp_group())

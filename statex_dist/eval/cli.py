@@ -1,0 +1,178 @@
+"""``python -m statex_dist.eval --ckpt PATH [--ckpt PATH2 ...] --tasks mqar,passkey,niah,ppl [--data SHARDS]
+[--out DIR] [--tp N]``
+
+Any checkpoint ``statex_dist.load_model`` reads (fla GLA, mamba_ssm / transformers Mamba2, this project's
+sharded checkpoint or a training checkpoint's ``model/`` folder). ``--tp N`` runs N tensor-parallel
+processes: under torchrun (``torchrun --nproc_per_node W -m statex_dist.eval --tp N ...``, W a multiple of N,
+the W / N replicas splitting the work) it uses the launched processes; otherwise it starts N gloo (CPU) or
+NCCL (GPU) workers itself. Every rank computes; rank 0 prints and writes. The numbers equal TP=1's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m statex_dist.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", action="append", required=True, help="checkpoint folder (repeat to compare runs)")
+    ap.add_argument("--name", action="append", help="display name of each --ckpt, in order (default: folder name)")
+    ap.add_argument("--tasks", default="mqar,passkey,niah", help="comma-separated: mqar,passkey,niah,ppl")
+    ap.add_argument("--data", help="held-out shard folder (tools/make_shards.py) for ppl")
+    ap.add_argument("--out", help="write eval.json, report.txt and PNG plots here")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel processes (see above)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--seed", type=int, default=0, help="selects the fixed evaluation sets")
+    ap.add_argument("--batch", type=int, default=16, help="sequences per forward pass")
+    ap.add_argument("--pairs", type=_ints, default=[8, 16, 32, 64], help="MQAR N values")
+    ap.add_argument("--mqar-n", type=int, default=256, help="MQAR sequences per N")
+    ap.add_argument("--vocab-offset", type=int, default=0, help="first id of the MQAR 0-255 block")
+    ap.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048], help="passkey/NIAH lengths (tokens)")
+    ap.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths in [0, 1]")
+    ap.add_argument("--examples", type=int, default=10, help="passkey/NIAH examples per (length, depth)")
+    ap.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer folder (passkey, NIAH)")
+    ap.add_argument("--ppl-batches", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=4, help="ppl sequences per forward pass")
+    return ap
+
+
+def eval_config(args):
+    from statex_dist.eval.suite import EvalConfig
+    return EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
+                      batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, vocab_offset=args.vocab_offset,
+                      lengths=args.lengths, depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer,
+                      data=args.data, ppl_batches=args.ppl_batches, micro_batch=args.micro_batch)
+
+
+def run_names(ckpts: list[str], names) -> list[str]:
+    if names:
+        if len(names) != len(ckpts):
+            raise ValueError(f"{len(names)} --name for {len(ckpts)} --ckpt")
+        return list(names)
+    out = []
+    for c in ckpts:
+        p = Path(c).resolve()
+        n = p.parent.name if p.name == "model" else p.name  # a training checkpoint's model/ folder
+        out.append(n if n not in out else f"{n}#{len(out) + 1}")
+    return out
+
+
+def evaluate_checkpoints(args) -> dict:
+    """The body every rank runs (process groups already made); returns {name: results}."""
+    import torch
+
+    from statex_dist import load_model
+    from statex_dist.eval.suite import evaluate
+    cfg = eval_config(args)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    results = {}
+    for name, path in zip(run_names(args.ckpt, args.name), args.ckpt):
+        model = load_model(path, dtype=dtype)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        results[name] = evaluate(model, cfg)
+        del model
+    return results
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.tp < 1:
+        raise ValueError("--tp must be >= 1")
+    if "ppl" in args.tasks.split(",") and not args.data:
+        raise ValueError("the ppl task needs --data SHARDS")
+    missing = [c for c in args.ckpt if not Path(c).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder(s) not found: {', '.join(missing)}")
+    launched = "WORLD_SIZE" in os.environ
+    if args.tp > 1 and not launched:
+        return spawn(args.tp, sys.argv[1:] if argv is None else list(argv))
+    import torch
+    import torch.distributed as dist
+
+    from statex_dist.parallel import state
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % args.tp:
+        raise ValueError(f"{world} processes cannot form TP groups of {args.tp}; launch a multiple of --tp")
+    if launched and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    from megatron.core import parallel_state as ps
+    created = not ps.model_parallel_is_initialized()
+    state.initialize(args.tp, 1)
+    t0 = time.time()
+    try:
+        results = evaluate_checkpoints(args)
+        if dist.get_rank() == 0:
+            report(args, results, time.time() - t0, world)
+    finally:
+        if created and launched:
+            state.destroy()
+    return 0
+
+
+def report(args, results: dict, seconds: float, world: int) -> None:
+    from statex_dist.eval.report import format_table, summary_line, write_report
+    print(format_table(results), flush=True)
+    where = ""
+    if args.out:
+        meta = {"ckpt": args.ckpt, "tasks": args.tasks, "tp": args.tp, "world": world, "dtype": args.dtype,
+                "seed": args.seed, "seconds": round(seconds, 2), "config": vars(eval_config(args))}
+        paths = write_report(results, args.out, meta)
+        where = f" -> {paths['json']}"
+    print(f"eval: {summary_line(results)} (TP={args.tp}, {seconds:.1f}s){where}", flush=True)
+
+
+# --- self-spawned tensor parallelism ---------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    import torch
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the workers share the cores
+    code = main(argv)
+    if code:
+        sys.exit(code)
+
+
+def spawn(n: int, argv: list[str]) -> int:
+    """Run the evaluation in ``n`` worker processes (one per TP rank); their exit status."""
+    import torch.multiprocessing as mp
+    try:
+        mp.start_processes(_worker, args=(n, _free_port(), argv), nprocs=n, join=True, start_method="spawn")
+    except mp.ProcessRaisedException as e:
+        print(f"statex_dist.eval: a worker failed:\n{e}", file=sys.stderr)
+        return 1
+    except mp.ProcessExitedException as e:  # a worker's own error message is already printed
+        return e.exit_code if e.exit_code and e.exit_code > 0 else 1
+    return 0
+
+
+def main(argv=None) -> int:
+    from statex_dist.checkpoint.errors import CheckpointError
+    from statex_dist.data.errors import DataError
+    try:
+        return run(argv)
+    except (ValueError, CheckpointError, DataError, FileNotFoundError) as e:
+        rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+        print(f"statex_dist.eval{rank}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,106 @@
+"""What every evaluation shares: running any ``model(ids) -> logits`` module without gradients, scoring
+answer tokens, tokenising prompt pieces, and splitting work over data-parallel ranks.
+
+Shapes: B batch, T time, V vocab, A answer tokens per sequence.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for modules without parameters)."""
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def inference(model: torch.nn.Module):
+    """eval() and no_grad() for the duration, then the caller's train/eval mode again (a training loop
+    calls the evaluations between steps)."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """``model(ids)`` as a float tensor [B, T, V]; also accepts outputs with ``.logits`` or a tuple."""
+    out = model(ids.to(model_device(model)))
+    if hasattr(out, "logits"):
+        out = out.logits
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.float()
+
+
+def score_positions(logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor):
+    """Greedy correctness and NLL of ``targets`` predicted at ``positions``.
+
+    logits [B, T, V]; positions, targets [B, A] (the logits at ``positions[b, a]`` predict ``targets[b, a]``).
+    Returns (correct [B, A] bool, nll [B, A] float32), on the CPU.
+    """
+    idx = positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
+    sel = logits.gather(1, idx)                                                   # [B, A, V]
+    tgt = targets.to(logits.device)
+    correct = sel.argmax(-1) == tgt
+    nll = -F.log_softmax(sel, dim=-1).gather(-1, tgt[..., None])[..., 0]
+    return correct.cpu(), nll.cpu()
+
+
+def my_share(n_items: int, dp_rank: int = 0, dp_size: int = 1) -> range:
+    """Indices of the items this data-parallel rank computes (round robin: every rank does about as much)."""
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank {dp_rank} is not in [0, dp_size={dp_size})")
+    return range(dp_rank, n_items, dp_size)
+
+
+def sum_over_ranks(t: torch.Tensor, dp_size: int = 1, group=None) -> torch.Tensor:
+    """Sum a float64 CPU tensor of counts over the data-parallel group (no-op for one rank).
+
+    The collective runs on the backend's device (CUDA under NCCL), the result comes back to the CPU.
+    """
+    if dp_size == 1:
+        return t
+    dev = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    x = t.to(dev)
+    dist.all_reduce(x, group=group)
+    return x.cpu()
+
+
+def encoder(tokenizer) -> Callable[[str], list[int]]:
+    """A text -> token ids function for ``tokenizer``: ``"bytes"``/None (UTF-8 bytes, the byte tokenizer's
+    ids 0-255), an object with ``encode_batch`` (``statex_dist.data.tokenizer``), a Hugging Face tokenizer
+    (``encode`` without special tokens) or a plain callable."""
+    if tokenizer is None or tokenizer == "bytes" or tokenizer is bytes:
+        return lambda s: list(s.encode("utf-8"))
+    if isinstance(tokenizer, str):
+        from statex_dist.data.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(tokenizer)
+    if hasattr(tokenizer, "encode_batch"):
+        return lambda s: [int(i) for i in tokenizer.encode_batch([s])[0]]
+    if hasattr(tokenizer, "encode"):
+        return lambda s: list(tokenizer.encode(s, add_special_tokens=False))
+    if callable(tokenizer):
+        return lambda s: list(tokenizer(s))
+    raise TypeError(f"tokenizer {tokenizer!r}: expected 'bytes', a tokenizer object or a callable")
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic seed from integers (Python's hash() of strings differs between processes)."""
+    h = 0x9E3779B1
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 0x632BE5AB) % (1 << 61)
+    return h
+
