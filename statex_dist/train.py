@@ -227,8 +227,12 @@ class Run:
         w.add_scalar("train/tokens_seen", tokens_per_step * s, s)
         if torch.cuda.is_available():
             w.add_scalar("train/memory_gb", torch.cuda.max_memory_allocated() / 1e9, s)
+            # 6 N FLOPs per token (forward + backward of the matmuls); the scans' own FLOPs are left out
             flops = 6 * self.trainable * tokens_per_step / max(dt, 1e-9) / dist.get_world_size()
             w.add_scalar("train/model_tflops_per_gpu", flops / 1e12, s)
+            peak = _peak_flops(self.dtype)
+            if peak:
+                w.add_scalar("train/mfu", flops / peak, s)
         else:
             import resource
             w.add_scalar("train/memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, s)
@@ -239,6 +243,16 @@ class Run:
         return checkpoints.save(self.engine, self.module, self.cfg, self.model_config, self.step, data_state,
                                 self.ckpt_dir, self.cfg.checkpoint.keep, self.tp_rank, self.cfg.parallel.tp,
                                 self.cfg.parallel.pp, self.stage, self.dp_rank)
+
+
+# dense peak FLOP/s per GPU by card name (the vendors' data sheets, without sparsity)
+_PEAKS = {"H100": {torch.bfloat16: 989e12, torch.float32: 67e12}, "H200": {torch.bfloat16: 989e12, torch.float32: 67e12},
+          "A100": {torch.bfloat16: 312e12, torch.float32: 19.5e12}}
+
+
+def _peak_flops(dtype) -> Optional[float]:
+    name = torch.cuda.get_device_name()
+    return next((p.get(dtype) for k, p in _PEAKS.items() if k in name), None)
 
 
 class _Named:

@@ -117,3 +117,27 @@ def test_bad_config_fails_before_any_process_group(tmp_path, shards):
     ]:
         r = _train_cli(overrides(GLA, shards, tmp_path / "x") + args, timeout=120)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_freeze_unexpanded_trains_only_expanded_layers():
+    from statex_dist.config import GLAConfig
+    from statex_dist.models import build_model
+    from statex_dist.training.optim import freeze_unexpanded, param_groups
+    cfg = GLAConfig(vocab_size=64, hidden_size=32, num_layers=3, num_heads=[1, 4, 4], expanded_layers=[0])
+    model = build_model(cfg)
+    n = freeze_unexpanded(model, cfg.expanded_layers)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("layers.0.") for name in trainable)
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    groups = param_groups(model, 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert all(p.ndim >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
+    assert all(p.ndim < 2 and id(p) not in decayed for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0
+
+
+def test_cosine_schedule():
+    from statex_dist.training.optim import cosine_with_warmup
+    assert cosine_with_warmup(0, 10, 100, 0.0) == 0.1 and cosine_with_warmup(9, 10, 100, 0.0) == 1.0
+    assert cosine_with_warmup(10, 10, 100, 0.0) == 1.0
+    assert abs(cosine_with_warmup(55, 10, 100, 0.0) - 0.5) < 1e-12
+    assert cosine_with_warmup(100, 10, 100, 0.1) == pytest.approx(0.1)
