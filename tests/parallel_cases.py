@@ -210,3 +210,14 @@ def engine_tp_worker(rank, world, tp, cfg_dict, weights, ids, labels):
     keep, seen_dp = rank == 0, engine.dp_world_size
     state.destroy()
     return (mean_loss.item() / dp, new, seen_dp) if keep else None
+
+
+def trim_padding(full, ref):
+    # rows past the single-process vocab are TP padding: they must stay zero and are then dropped
+    out = {}
+    for n, t in full.items():
+        if t.shape[0] > ref[n].shape[0]:
+            assert t[ref[n].shape[0]:].abs().max() == 0, f"{n}: padded vocab rows are not zero"
+            t = t[:ref[n].shape[0]]
+        out[n] = t
+    return out

@@ -13,21 +13,10 @@ import torch
 from tests.conftest import rel_err
 from tests.dist_utils import run_workers
 from tests.parallel_cases import (CASES, LR, batch, engine_tp_worker, pipeline_start_errors_worker, pipeline_worker,
-                                  reference_weights, single_process)
+                                  reference_weights, single_process, trim_padding)
 
 TOL = 1e-5
 MICRO, ACCUM = 2, 2  # with batch()'s 4 sequences: 2 micro-batches per pipeline at DP = 1
-
-
-def _trim(full, ref):
-    # rows past the single-process vocab are TP padding: they must stay zero and are then dropped
-    out = {}
-    for n, t in full.items():
-        if t.shape[0] > ref[n].shape[0]:
-            assert t[ref[n].shape[0]:].abs().max() == 0, f"{n}: padded vocab rows are not zero"
-            t = t[:ref[n].shape[0]]
-        out[n] = t
-    return out
 
 
 def _run(tmp_path, case, tp, pp, world, micro=MICRO, accum=ACCUM, clip=0.0, ckpt_interval=0):
@@ -45,7 +34,7 @@ def _compare(ref, got, new_ref=None):
     loss, grads, new = ref
     new = new_ref or new
     g_loss, g_grads, g_new, tied_gap = got
-    g_grads, g_new = _trim(g_grads, grads), _trim(g_new, new)
+    g_grads, g_new = trim_padding(g_grads, grads), trim_padding(g_new, new)
     assert abs(g_loss - loss) <= TOL * abs(loss), (g_loss, loss)
     assert set(g_grads) == set(grads) and set(g_new) == set(new)
     bad = {n: rel_err(g_grads[n], grads[n]) for n in grads if rel_err(g_grads[n], grads[n]) > TOL}
@@ -106,7 +95,7 @@ def test_clip_norm_counts_bc_blocks_once(tmp_path):
     cfg, weights, ref, got = _run(tmp_path, "mamba2-g1", 2, 2, 4, clip=1.0)
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in ref[1].values())).item()
     n = "embedding.weight"  # the clip factor the engine applied, read off one parameter's update
-    step = (weights[n] - _trim(got[2], ref[2])[n]).double().flatten()
+    step = (weights[n] - trim_padding(got[2], ref[2])[n]).double().flatten()
     g = ref[1][n].double().flatten()
     applied = (step @ g / (LR * (g @ g))).item()
     # an error here is small (B/C gradients are a sliver of the norm): hence the tight bound
@@ -124,7 +113,7 @@ def test_megatron_mpu_engine_without_pipeline(tmp_path):
                                          tmp_path=tmp_path, timeout=120)[0]
     assert seen_dp == 1
     assert abs(g_loss - loss) <= TOL * abs(loss)
-    g_new = _trim(g_new, new)
+    g_new = trim_padding(g_new, new)
     bad = {n: rel_err(g_new[n], new[n]) for n in new if rel_err(g_new[n], new[n]) > TOL}
     assert not bad, f"weights after the step differ: {bad}"
 

@@ -6,26 +6,15 @@ import pytest
 
 from tests.conftest import rel_err
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, batch, reference_weights, single_process, tp_dp_worker
+from tests.parallel_cases import CASES, batch, reference_weights, single_process, tp_dp_worker, trim_padding
 
 TOL = 1e-5
-
-
-def _trim(full, ref):
-    # rows past the single-process vocab are TP padding: they must stay zero and are then dropped
-    out = {}
-    for n, t in full.items():
-        if t.shape[0] > ref[n].shape[0]:
-            assert t[ref[n].shape[0]:].abs().max() == 0, f"{n}: padded vocab rows are not zero"
-            t = t[:ref[n].shape[0]]
-        out[n] = t
-    return out
 
 
 def _compare(ref, got):
     loss, grads, new = ref
     g_loss, g_grads, g_new = got
-    g_grads, g_new = _trim(g_grads, grads), _trim(g_new, new)
+    g_grads, g_new = trim_padding(g_grads, grads), trim_padding(g_new, new)
     assert abs(g_loss - loss) <= TOL * abs(loss)
     assert set(g_grads) == set(grads)
     bad = {n: rel_err(g_grads[n], grads[n]) for n in grads if rel_err(g_grads[n], grads[n]) > TOL}
@@ -37,19 +26,11 @@ def _compare(ref, got):
 @pytest.mark.parametrize("case,tp,world", [
     ("gla-mixed", 2, 2), ("mamba2-g1", 2, 2), ("mamba2-g2", 2, 2),
     ("gla-mixed", 2, 4), ("mamba2-g1", 2, 4),
+    pytest.param("gla-tied", 2, 2, marks=pytest.mark.slow),
+    pytest.param("gla-mixed", 4, 4, marks=pytest.mark.slow),
+    pytest.param("mamba2-g2", 4, 4, marks=pytest.mark.slow),
 ])
 def test_tp_dp_equals_single_process(tmp_path, case, tp, world):
-    cfg = CASES[case]
-    weights = reference_weights(cfg)
-    ids, labels = batch(cfg)
-    ref = single_process(cfg, weights, ids, labels)
-    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, tmp_path=tmp_path)[0]
-    _compare(ref, got)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("case,tp,world", [("gla-tied", 2, 2), ("gla-mixed", 4, 4), ("mamba2-g2", 4, 4)])
-def test_tp_more_layouts(tmp_path, case, tp, world):
     cfg = CASES[case]
     weights = reference_weights(cfg)
     ids, labels = batch(cfg)

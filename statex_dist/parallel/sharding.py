@@ -70,18 +70,7 @@ class ShardSpec:
 
     def shard(self, full: torch.Tensor, rank: int, tp: int, name: str = "tensor") -> torch.Tensor:
         """This rank's slice of ``full`` (a view where possible)."""
-        if tuple(full.shape) != self.shape:
-            raise ValueError(f"{name}: expected shape {list(self.shape)}, found {list(full.shape)}")
-        if self.dim is None or tp == 1:
-            return full
-        self._check(tp, name)
-        pieces, start = [], 0
-        for i, w in enumerate(self._parts()):
-            if i in self.whole_parts:
-                pieces.append(full.narrow(self.dim, start, w))
-            else:
-                pieces.append(full.narrow(self.dim, start + rank * (w // tp), w // tp))
-            start += w
+        pieces = self.shard_pieces(full, rank, tp, name)
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=self.dim)
 
     def unshard(self, shards: Sequence[torch.Tensor], name: str = "tensor") -> torch.Tensor:
