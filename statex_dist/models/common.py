@@ -38,10 +38,15 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def column(in_f: int, out_f: int, cfg, layer, bias: bool = False, init=None, parts=None):
-    """megatron-core ColumnParallelLinear with its ShardSpec attached (out dim split)."""
+def column(in_f: int, out_f: int, cfg, layer, bias: bool = False, init=None, shared_input: bool = False):
+    """megatron-core ColumnParallelLinear with its ShardSpec attached (out dim split).
+
+    ``shared_input``: the caller feeds it an input that already passed copy-to-region, shared by the
+    sibling projections, so their input gradients are summed over TP in one all-reduce, not one each.
+    """
     lin = mtp.ColumnParallelLinear(in_f, out_f, config=cfg, init_method=init or normal_init(), bias=bias,
-                                   gather_output=False, tp_group=state.tp_group())
+                                   gather_output=False, tp_group=state.tp_group(),
+                                   disable_grad_reduce=shared_input)
     mark(lin.weight, ShardSpec((out_f, in_f), dim=0, layer=layer))
     if bias:
         mark(lin.bias, ShardSpec((out_f,), dim=0, layer=layer))
@@ -64,12 +69,18 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int, cfg, layer):
         super().__init__()
-        self.gate_proj = column(hidden, intermediate, cfg, layer)
-        self.up_proj = column(hidden, intermediate, cfg, layer)
+        self.gate_proj = column(hidden, intermediate, cfg, layer, shared_input=True)
+        self.up_proj = column(hidden, intermediate, cfg, layer, shared_input=True)
         self.down_proj = row(intermediate, hidden, cfg, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = copy_to_region(x)
         return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+def copy_to_region(x: torch.Tensor) -> torch.Tensor:
+    """Identity forward; the input gradient is summed over TP (megatron-core's copy-to-region)."""
+    return mtp.copy_to_tensor_model_parallel_region(x, state.tp_group()) if state.tp_size() > 1 else x
 
 
 def embedding(padded_vocab: int, hidden: int, cfg) -> mtp.VocabParallelEmbedding:

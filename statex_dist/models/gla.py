@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from statex_dist.config import GLAConfig
 from statex_dist.models.gla_layout import attn_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
-from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embedding, normal_init,
+from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, copy_to_region, embedding, normal_init,
                                        rms_norm, row)
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
@@ -73,20 +73,21 @@ class GatedLinearAttention(nn.Module):
         specs = attn_specs(cfg, layer, tp)
         dtype = mcfg.params_dtype
         r = cfg.gate_low_rank_dim
+        # q, k, v, g read one input that passed copy-to-region once (one all-reduce of its gradient)
         if self.mode == "heads":
-            self.q_proj = column(D, K, mcfg, layer)
-            self.k_proj = column(D, K, mcfg, layer)
-            self.v_proj = column(D, V, mcfg, layer)
+            self.q_proj = column(D, K, mcfg, layer, shared_input=True)
+            self.k_proj = column(D, K, mcfg, layer, shared_input=True)
+            self.v_proj = column(D, V, mcfg, layer, shared_input=True)
             if cfg.use_output_gate:
-                self.g_proj = column(D, V, mcfg, layer)
+                self.g_proj = column(D, V, mcfg, layer, shared_input=True)
             gk_up = column(r, K, mcfg, layer, bias=True)
             self.o_proj = row(V, D, mcfg, layer)
         else:
-            self.q_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype)
-            self.k_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype)
-            self.v_proj = PackedColumnParallelLinear(D, specs["v_proj.weight"], tp, dtype)
+            self.q_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
+            self.k_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
+            self.v_proj = PackedColumnParallelLinear(D, specs["v_proj.weight"], tp, dtype, shared_input=True)
             if cfg.use_output_gate:
-                self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype)
+                self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype, shared_input=True)
             gk_up = ReplicatedLinear(r, K, bias=True, layer=layer, dtype=dtype)
             self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype)
             if mcfg.perform_initialization:
@@ -113,7 +114,8 @@ class GatedLinearAttention(nn.Module):
         """Returns o [B, T, D] (and the final state [B, heads, d_k, d_v local] when asked)."""
         B, T, _ = x.shape
         h, dk, dv = self.heads, self.head_k, self.head_v
-        q, k, v = (self._out(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        xs = copy_to_region(x)
+        q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
         if self.cfg.use_short_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
         gk = self._out(self.gk_proj[1](self.gk_proj[0](x)))
@@ -127,7 +129,7 @@ class GatedLinearAttention(nn.Module):
         o = self._norm(o)
         o = o.reshape(B, T, h * dv)
         if self.cfg.use_output_gate:
-            o = o * F.silu(self._out(self.g_proj(x)))
+            o = o * F.silu(self._out(self.g_proj(xs)))
         out = self._out(self.o_proj(o))
         return (out, final_state) if output_final_state else out
 

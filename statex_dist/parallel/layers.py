@@ -38,9 +38,10 @@ class ReplicatedLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, layer=None,
-                 dtype: torch.dtype = torch.float32, partial_grads: bool = True):
+                 dtype: torch.dtype = torch.float32, partial_grads: bool = True, shared_input: bool = False):
         super().__init__()
         self.partial = partial_grads
+        self.copy_input = not shared_input  # shared_input: the caller already passed x through copy-to-region
         self.weight = mark(nn.Parameter(torch.empty(out_features, in_features, dtype=dtype)),
                            ShardSpec((out_features, in_features), grad_reduce=partial_grads, layer=layer))
         self.bias = mark(nn.Parameter(torch.zeros(out_features, dtype=dtype)),
@@ -50,7 +51,9 @@ class ReplicatedLinear(nn.Module):
         if not self.partial:
             return F.linear(x, self.weight, self.bias)
         b = tp_reduced_grad(self.bias) if self.bias is not None else None
-        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), tp_reduced_grad(self.weight), b)
+        if self.copy_input:
+            x = copy_to_tensor_model_parallel_region(x, state.tp_group())
+        return F.linear(x, tp_reduced_grad(self.weight), b)
 
 
 class PackedColumnParallelLinear(nn.Module):
@@ -60,13 +63,17 @@ class PackedColumnParallelLinear(nn.Module):
     tensor maps to it through ``spec.shard``. Shapes: x [..., in_features] -> [..., local out].
     """
 
-    def __init__(self, in_features: int, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, in_features: int, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32,
+                 shared_input: bool = False):
         super().__init__()
         self.spec = spec
+        self.copy_input = not shared_input
         self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(copy_to_tensor_model_parallel_region(x, state.tp_group()), packed_weight(self.weight))
+        if self.copy_input:
+            x = copy_to_tensor_model_parallel_region(x, state.tp_group())
+        return F.linear(x, packed_weight(self.weight))
 
 
 def packed_weight(w: torch.Tensor) -> torch.Tensor:
