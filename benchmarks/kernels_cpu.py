@@ -12,6 +12,7 @@ Usage: python benchmarks/kernels_cpu.py [--seq-len 2048] [--reps 3] [--threads 2
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -102,6 +103,7 @@ def main():
     torch.manual_seed(0)
     warnings.filterwarnings("ignore")
 
+    load_before = os.getloadavg()[0]
     rows = []
     if args.only in (None, "gla"):
         ref, ours, err = bench_gla(args.seq_len, args.reps)
@@ -112,7 +114,9 @@ def main():
                      "ops (conv + ssd_scan_torch)", ref, ours, err))
 
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, T={args.seq_len}, median of {args.reps} reps (fwd+bwd)")
+          f"{torch.get_num_threads()} threads, T={args.seq_len}, median of {args.reps} reps (fwd+bwd); "
+          f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+          "(other processes on the cores slow the token loop far more than the chunked path)")
     head = ("case", "reference", "ref fwd+bwd s", "ours", "ours fwd+bwd s", "speed-up", "max rel diff")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
