@@ -18,7 +18,10 @@ def loop_conv(x, weight, bias, activation, initial_state):
     x, weight = x.double(), weight.double()
     Bsz, T, D = x.shape
     W = weight.shape[1]
-    prev = torch.zeros(Bsz, W - 1, D, dtype=x.dtype) if initial_state is None else initial_state.double().transpose(1, 2)
+    if initial_state is None:
+        prev = torch.zeros(Bsz, W - 1, D, dtype=x.dtype)
+    else:
+        prev = initial_state.double().transpose(1, 2)
     xx = torch.cat([prev, x], dim=1)  # [B, W-1+T, D]
     out = []
     for t in range(T):
