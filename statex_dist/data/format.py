@@ -8,6 +8,10 @@ in the corpus, zero-padded to 10 digits.
 Why ``seq_len + 1``: sample ``i`` is tokens ``[i*T, i*T + T]`` of the EOS-joined corpus (stride ``T``,
 window ``T + 1``), so ``input_ids = window[:-1]`` and ``labels = window[1:]`` are both ``T`` long and every
 next-token transition of the corpus is a label exactly once (neighbouring windows share one token).
+
+Task shards (``statex_dist/data/tasks.py``: recall tasks such as MQAR) set ``"loss_mask": true`` in the
+manifest and add a member ``<key>.mask.u8`` per sample: ``seq_len`` bytes, 1 where the label counts in the
+loss, 0 where the loader sets it to -100 (MQAR counts only the answers to its queries).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
 KEY_DIGITS = 10
 _DTYPES = {"uint16": ("<u2", "tokens.u16"), "int32": ("<i4", "tokens.i32")}
+MASK_FIELD = "mask.u8"
 
 
 def token_dtype_name(vocab_size: int) -> str:
@@ -60,6 +65,7 @@ class Manifest:
     shards: tuple[ShardInfo, ...]
     total_samples: int
     raw: dict
+    loss_mask: bool = False
 
     @property
     def field(self) -> str:
@@ -90,6 +96,18 @@ class Manifest:
                              f"{self.vocab_size}; the shard is corrupt")
         return tokens
 
+    def decode_mask(self, sample: dict):
+        """The sample's loss mask ``[seq_len]`` (bool), or None for a shard set without masks."""
+        if not self.loss_mask:
+            return None
+        data = sample.get(MASK_FIELD)
+        if data is None or len(data) != self.seq_len:
+            got = "no" if data is None else f"a {len(data)}-byte"
+            raise ShardError(f"shard {sample.get('__url__', '?')}: sample {sample.get('__key__', '?')} has {got} "
+                             f"'{MASK_FIELD}' member, {self.dir / MANIFEST} promises {self.seq_len} bytes; the shard "
+                             f"is corrupt")
+        return np.frombuffer(data, dtype=np.uint8).astype(bool)
+
 
 def _sha256(path: Path) -> str:
     from statex_dist.checkpoint.atomic import sha256
@@ -118,7 +136,7 @@ def check_shards(shard_dir, verify_hashes: bool = False) -> Manifest:
         shards = tuple(ShardInfo(folder / s["file"], int(s["samples"]), int(s["bytes"]), s["sha256"])
                        for s in raw["shards"])
         m = Manifest(folder, int(raw["seq_len"]), raw["token_dtype"], int(tok["vocab_size"]), int(tok["eos_id"]),
-                     shards, int(raw["total_samples"]), raw)
+                     shards, int(raw["total_samples"]), raw, bool(raw.get("loss_mask", False)))
         sample_field(m.dtype_name)
     except DataError:
         raise

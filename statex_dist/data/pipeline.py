@@ -127,8 +127,8 @@ class _ReaderStream(IterableDataset):
             ds = ds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(p.shuffle_seed(epoch, reader)))
         return ds
 
-    def _samples(self, reader: int, skip: int) -> Iterator[tuple[np.ndarray, int, int]]:
-        """(tokens [T+1], global sample index, epoch) of one reader, after dropping its first ``skip``."""
+    def _samples(self, reader: int, skip: int) -> Iterator[tuple]:
+        """(tokens [T+1], loss mask [T] or None, global sample index, epoch) of one reader, after dropping its first ``skip``."""
         p, e = self.plan, self.start_epoch
         end = None if self.epochs is None else self.start_epoch + self.epochs
         while end is None or e < end:
@@ -137,7 +137,7 @@ class _ReaderStream(IterableDataset):
                 skip, e = skip - n, e + 1
                 continue
             for s in islice(iter(self._epoch_samples(e, reader)), skip, None):
-                yield p.m.decode(s), int(s["__key__"]), e
+                yield p.m.decode(s), p.m.decode_mask(s), int(s["__key__"]), e
             skip, e = 0, e + 1
 
     def __iter__(self):
@@ -170,9 +170,12 @@ class _ReaderStream(IterableDataset):
 def _collate(items) -> dict:
     """Stays numpy in the stored dtype: a DataLoader worker pickles it to the main process, which for
     small arrays is far cheaper than sharing tensors through shared memory (file descriptors per tensor)."""
-    return {"tokens": np.stack([t for t, _, _ in items]),                                # [B, T+1]
-            "index": np.array([i for _, i, _ in items], dtype=np.int64),
-            "epoch": np.array([e for _, _, e in items], dtype=np.int64)}
+    out = {"tokens": np.stack([t for t, _, _, _ in items]),                               # [B, T+1]
+           "index": np.array([i for _, _, i, _ in items], dtype=np.int64),
+           "epoch": np.array([e for _, _, _, e in items], dtype=np.int64)}
+    if items[0][1] is not None:
+        out["mask"] = np.stack([m for _, m, _, _ in items])                                # [B, T] bool
+    return out
 
 
 def _keep(batch):
@@ -184,7 +187,7 @@ class ShardLoader:
 
     ``labels[b, t]`` is the token that follows ``input_ids[b, t]`` in the corpus (so ``labels[:, :-1] ==
     input_ids[:, 1:]``); documents are packed back to back, separated by the tokenizer's EOS, and no label
-    is masked (no -100).
+    is masked (no -100), except in task shards with a loss mask (format.py), where masked labels are -100.
     ``iter()`` continues from the current position (one live iterator at a time); ``state_dict()`` is the
     position after the batches handed out so far.
     """
@@ -210,6 +213,8 @@ class ShardLoader:
                 raise getattr(errors, kind, DataError)(msg)
             tokens = torch.from_numpy(raw["tokens"].astype(np.int64))                    # [B, T+1]
             batch = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+            if "mask" in raw:
+                batch["labels"][~torch.from_numpy(raw["mask"])] = -100
             if self.return_index:
                 batch["index"], batch["epoch"] = torch.from_numpy(raw["index"]), torch.from_numpy(raw["epoch"])
             self.batches += 1
