@@ -41,6 +41,7 @@ class ParallelSection:
     pp: int = 1
     zero_stage: int = 1
     activation_checkpointing: bool = False
+    sequence_parallel: bool = False  # split norms / residuals over TP along time (no-op at tp=1; not with pp>1)
 
 
 @dataclass
@@ -172,6 +173,11 @@ def validate(cfg: RunConfig) -> None:
     if p.pp > 1 and p.zero_stage > 1:
         raise ValueError(f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline "
                          f"engine supports ZeRO stage 0 or 1 only; use zero_stage=1")
+    if p.sequence_parallel and p.tp > 1 and p.pp > 1:
+        # the pipeline engine slices the activations it sends over TP, assuming TP ranks hold equal copies
+        raise ValueError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}: sequence parallelism is "
+                         f"implemented for TP without a pipeline; set parallel.pp=1 or "
+                         f"parallel.sequence_parallel=false")
     if cfg.schedule.warmup_steps > cfg.schedule.total_steps:
         raise ValueError(f"schedule.warmup_steps={cfg.schedule.warmup_steps} exceeds "
                          f"schedule.total_steps={cfg.schedule.total_steps}")

@@ -33,7 +33,10 @@ class Run:
         tp, pp = cfg.parallel.tp, cfg.parallel.pp
         check_parallel_sizes(self.model_config, tp, pp, world)
         from statex_dist.data import check_shards
-        check_shards(cfg.data.train)
+        train_shards = check_shards(cfg.data.train)
+        if cfg.parallel.sequence_parallel and tp > 1:
+            from statex_dist.parallel.sequence import check_seq_len
+            check_seq_len(train_shards.seq_len, tp)
         if cfg.data.valid:
             check_shards(cfg.data.valid)
         self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.logging.dir) / "checkpoints")
@@ -77,7 +80,8 @@ class Run:
                                     activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0)
         else:
             from statex_dist.models import build_model
-            model = build_model(self.model_config, dtype=torch.float32, init=False)
+            model = build_model(self.model_config, dtype=torch.float32, init=False,
+                                sequence_parallel=cfg.parallel.sequence_parallel)
             model.activation_checkpointing = cfg.parallel.activation_checkpointing
         from statex_dist.training import checkpoints
         resume = self.resume

@@ -52,18 +52,25 @@ def single_process(cfg, weights, ids, labels):
     return loss.item(), grads, new
 
 
-def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels):
+def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
     """One rank of a TP x DP run without a pipeline: returns (loss, full grads, full weights after SGD)."""
+    from statex_dist.parallel import state
+    state.initialize(tp, 1)
+    out = tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel)
+    state.destroy()
+    return out if rank == 0 else None
+
+
+def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
+    """tp_dp_worker's work on groups that already exist: (loss, full grads, full weights after SGD)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from statex_dist.models import build_model, specs_for
-    from statex_dist.parallel import state
     from statex_dist.parallel.weights import gather_full, load_full
-    state.initialize(tp, 1)
     cfg = config_from_dict(cfg_dict)
     specs = specs_for(cfg, tp)
-    model = build_model(cfg, init=False)
+    model = build_model(cfg, init=False, sequence_parallel=sequence_parallel)
     load_full(model, weights, specs)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     n = ids.shape[0] // dp
@@ -80,9 +87,7 @@ def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels):
         for p in model.parameters():
             p -= LR * p.grad
     new = gather_full(model, specs)
-    keep = rank == 0
-    state.destroy()
-    return (mean_loss.item() / dp, grads, new) if keep else None
+    return mean_loss.item() / dp, grads, new
 
 
 def pipeline_worker(rank, world, tp, pp, cfg_dict, weights, ids, labels, micro_batch, grad_accum, clip=0.0,

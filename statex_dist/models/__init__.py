@@ -5,8 +5,11 @@ move tensors start without it.
 """
 
 
-def build_model(config, dtype=None, init: bool = True):
-    """The model class for ``config.arch`` on this process's TP rank (debug mode: a world of one)."""
+def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool = False):
+    """The model class for ``config.arch`` on this process's TP rank (debug mode: a world of one).
+
+    ``sequence_parallel``: Megatron-style sequence parallelism along T over the TP group (no-op at TP = 1).
+    """
     import torch
 
     from statex_dist.parallel import state
@@ -17,7 +20,7 @@ def build_model(config, dtype=None, init: bool = True):
         from statex_dist.models.gla import GLAForCausalLM as cls
     else:
         from statex_dist.models.mamba2 import Mamba2ForCausalLM as cls
-    return cls(config, dtype=dtype or torch.float32, init=init)
+    return cls(config, dtype=dtype or torch.float32, init=init, sequence_parallel=sequence_parallel)
 
 
 def specs_for(config, tp: int = 1):

@@ -15,13 +15,14 @@ import torch.nn.functional as F
 
 from statex_dist.config import GLAConfig
 from statex_dist.models.gla_layout import attn_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
-from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, copy_to_region, embedding, normal_init,
-                                       rms_norm, row)
+from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embedding, normal_init, rms_norm, row,
+                                       to_column_input)
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
                                          mark)
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
+from statex_dist.parallel.sequence import gather_seq
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -58,14 +59,16 @@ class GatedLinearAttention(nn.Module):
     low-rank gate projection and the per-head norm weight replicated. TP by values: q, k and the gate
     are computed whole on every rank (gradients summed over TP), v/g column-parallel by value channels,
     o row-parallel, and the output RMSNorm spans ranks through an all-reduced sum of squares.
-    x [B, T, D] -> [B, T, D].
+    x [B, T, D] -> [B, T, D]. With ``sequence_parallel`` x and the output are this rank's time slice
+    [B, T / TP, D]: x is all-gathered in front of the projections, o_proj's output reduce-scattered.
     """
 
-    def __init__(self, cfg: GLAConfig, layer: int, mcfg):
+    def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
         D, K, V, H = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer]
         tp = state.tp_size()
         self.cfg, self.layer, self.mode = cfg, layer, tp_mode(H, tp)
+        self.sequence_parallel = sp = sequence_parallel
         self.heads = H // tp if self.mode == "heads" else H
         self.head_k = K // H
         self.head_v = V // H if self.mode == "heads" else V // H // tp
@@ -81,7 +84,7 @@ class GatedLinearAttention(nn.Module):
             if cfg.use_output_gate:
                 self.g_proj = column(D, V, mcfg, layer, shared_input=True)
             gk_up = column(r, K, mcfg, layer, bias=True)
-            self.o_proj = row(V, D, mcfg, layer)
+            self.o_proj = row(V, D, mcfg, layer, sequence_parallel=sp)
         else:
             self.q_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
             self.k_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
@@ -89,7 +92,7 @@ class GatedLinearAttention(nn.Module):
             if cfg.use_output_gate:
                 self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype, shared_input=True)
             gk_up = ReplicatedLinear(r, K, bias=True, layer=layer, dtype=dtype)
-            self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype)
+            self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
             if mcfg.perform_initialization:
                 for m in (self.q_proj, self.k_proj, self.v_proj, getattr(self, "g_proj", None), gk_up, self.o_proj):
                     if m is not None:
@@ -97,7 +100,10 @@ class GatedLinearAttention(nn.Module):
         if cfg.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
-        low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype, partial_grads=False)
+        # gk_proj.0 reads x, not the gathered copy: gk_proj.1 returns its input gradient already summed over
+        # TP, so with SP the gather after gk_proj.0 only slices it back to this rank's tokens, and gk_proj.0's
+        # weight gradient (from this rank's tokens) is summed over TP
+        low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype, partial_grads=False, sequence_parallel=sp)
         normal_init()(low_rank.weight)
         self.gk_proj = nn.ModuleList([low_rank, gk_up])
         with torch.no_grad():
@@ -111,14 +117,18 @@ class GatedLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
                 output_final_state: bool = False):
-        """Returns o [B, T, D] (and the final state [B, heads, d_k, d_v local] when asked)."""
-        B, T, _ = x.shape
+        """Returns o [B, T, D] (and the final state [B, heads, d_k, d_v local] when asked); [B, T / TP, D]
+        in and out with sequence parallelism."""
+        xs = to_column_input(x, self.sequence_parallel)
+        B, T, _ = xs.shape
         h, dk, dv = self.heads, self.head_k, self.head_v
-        xs = copy_to_region(x)
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
         if self.cfg.use_short_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
-        gk = self._out(self.gk_proj[1](self.gk_proj[0](x)))
+        low = self.gk_proj[0](x)
+        if self.sequence_parallel:
+            low = gather_seq(low, grad_complete=True)
+        gk = self._out(self.gk_proj[1](low))
         q, k, gk = (t.reshape(B, T, h, dk) for t in (q, k, gk))
         v = v.reshape(B, T, h, dv)
         gk = F.logsigmoid(gk) / self.cfg.gate_logit_normalizer
@@ -144,15 +154,17 @@ class GatedLinearAttention(nn.Module):
 
 
 class GLABlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). x [B, T, D] -> [B, T, D]."""
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). x [B, T, D] -> [B, T, D]
+    ([B, T / TP, D] with ``sequence_parallel``: norms and residual adds on this rank's tokens only)."""
 
-    def __init__(self, cfg: GLAConfig, layer: int, mcfg):
+    def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
         self.layer = layer
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype)
-        self.attn = GatedLinearAttention(cfg, layer, mcfg)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype)
-        self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, mcfg, layer)
+        sp = sequence_parallel
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
+        self.attn = GatedLinearAttention(cfg, layer, mcfg, sequence_parallel=sp)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
+        self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, mcfg, layer, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
@@ -164,18 +176,25 @@ class GLAForCausalLM(nn.Module):
 
     ``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` [B, T] it returns the
     mean cross entropy (labels equal to -100 are ignored).
+
+    ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between sublayers are split over
+    TP along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
     """
 
-    def __init__(self, config: GLAConfig, dtype: torch.dtype = torch.float32, init: bool = True):
+    def __init__(self, config: GLAConfig, dtype: torch.dtype = torch.float32, init: bool = True,
+                 sequence_parallel: bool = False):
         super().__init__()
         state.ensure_initialized()
         self.config = config
+        self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
         mcfg = state.megatron_config(dtype, init)
         padded = config.padded_vocab_size(state.tp_size())
-        self.embeddings = embedding(padded, config.hidden_size, mcfg)
-        self.layers = nn.ModuleList([GLABlock(config, i, mcfg) for i in range(config.num_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.norm_eps, None, dtype)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings)
+        self.embeddings = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
+        self.layers = nn.ModuleList([GLABlock(config, i, mcfg, sequence_parallel=sp)
+                                     for i in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
+                              sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
 from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
+from statex_dist.parallel.sequence import gather_seq
 from statex_dist.parallel.sharding import ShardSpec
 
 
@@ -28,10 +29,13 @@ class Mamba2Mixer(nn.Module):
 
     in_proj -> [z | xBC | dt]; causal depthwise conv + SiLU over xBC; SSD scan with A = -exp(A_log),
     dt = softplus(dt + dt_bias), skip D; gated RMSNorm norm(y * silu(z)) over groups of E / G; out_proj.
+    With ``sequence_parallel`` x and the output are this rank's time slice [B, T / TP, D]: x is
+    all-gathered in front of in_proj, out_proj's output reduce-scattered.
     """
 
-    def __init__(self, cfg: Mamba2Config, layer: int, mcfg):
+    def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
+        self.sequence_parallel = sequence_parallel
         tp = state.tp_size()
         E, G, N, Hh = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
         if Hh % tp:
@@ -47,7 +51,9 @@ class Mamba2Mixer(nn.Module):
         self.local_heads, self.local_groups = Hh // tp, (1 if self.bc_gathered else G // tp)
         self.E_l, self.N = E // tp, N
         self.GN_in = G * N // tp  # B (or C) channels this rank computes
-        self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype)
+        # with SP the gather in forward replaces in_proj's own copy-to-region
+        self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype,
+                                                  shared_input=sequence_parallel)
         self.conv1d = nn.Module()
         self.conv1d.weight = mark(nn.Parameter(torch.empty(specs["conv1d.weight"].local_shape(tp), dtype=dtype)),
                                   specs["conv1d.weight"])
@@ -59,7 +65,7 @@ class Mamba2Mixer(nn.Module):
         self.D = mark(nn.Parameter(torch.ones(h, dtype=dtype)), specs["D"])
         self.norm = nn.Module()
         self.norm.weight = mark(nn.Parameter(torch.ones(self.E_l, dtype=dtype)), specs["norm.weight"])
-        self.out_proj = row(E, cfg.hidden_size, mcfg, layer)
+        self.out_proj = row(E, cfg.hidden_size, mcfg, layer, sequence_parallel=sequence_parallel)
         if mcfg.perform_initialization:
             self.reset_parameters()
 
@@ -98,6 +104,8 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
                 output_final_state: bool = False):
+        if self.sequence_parallel:
+            x = gather_seq(x)
         B, T, _ = x.shape
         E, GN, h, g, N = self.E_l, self.GN_in, self.local_heads, self.local_groups, self.N
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
@@ -119,14 +127,16 @@ class Mamba2Mixer(nn.Module):
 
 
 class Mamba2Block(nn.Module):
-    """Pre-norm residual block x + mixer(norm(x)), the residual stream kept in fp32 when asked."""
+    """Pre-norm residual block x + mixer(norm(x)), the residual stream kept in fp32 when asked.
+    x [B, T, D] -> [B, T, D] ([B, T / TP, D] with ``sequence_parallel``)."""
 
-    def __init__(self, cfg: Mamba2Config, layer: int, mcfg):
+    def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
         self.layer = layer
         self.residual_in_fp32 = cfg.residual_in_fp32
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype)
-        self.mixer = Mamba2Mixer(cfg, layer, mcfg)
+        sp = sequence_parallel
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
+        self.mixer = Mamba2Mixer(cfg, layer, mcfg, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mixer(self.norm(x))
@@ -138,18 +148,24 @@ class Mamba2ForCausalLM(nn.Module):
     """Embedding -> Mamba2 blocks -> norm_f -> LM head (vocab-parallel, tied by default in mamba_ssm).
 
     ``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` the mean cross entropy.
+    ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between mixers are split over TP
+    along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
     """
 
-    def __init__(self, config: Mamba2Config, dtype: torch.dtype = torch.float32, init: bool = True):
+    def __init__(self, config: Mamba2Config, dtype: torch.dtype = torch.float32, init: bool = True,
+                 sequence_parallel: bool = False):
         super().__init__()
         state.ensure_initialized()
         self.config = config
+        self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
         mcfg = state.megatron_config(dtype, init)
         padded = config.padded_vocab_size(state.tp_size())
-        self.embedding = embedding(padded, config.hidden_size, mcfg)
-        self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg) for i in range(config.num_layers)])
-        self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, None, dtype)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings)
+        self.embedding = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
+        self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg, sequence_parallel=sp)
+                                     for i in range(config.num_layers)])
+        self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp)
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
+                              sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
