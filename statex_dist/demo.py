@@ -1,17 +1,19 @@
-"""The main job on a tiny model, end to end on this machine's CPU in a few minutes:
+"""The main job on the embedded default, end to end on this machine's CPU in a few minutes:
 
-generated corpus -> webdataset shards (tools/make_shards.py) -> tiny model -> StateX expansion ->
-post-training through a real DeepSpeed engine -> checkpoint (sharded format) -> evaluation before and
-after -> a table of state size, parameters and held-out perplexity, and where the logs went.
+the pretrained tiny model (statex_dist/pretrained/, made by tools/pretrain_tiny.py) -> evaluation ->
+StateX expansion -> post-training through a real DeepSpeed engine on generated MQAR + text shards ->
+checkpoint (sharded format) -> evaluation -> a before/after table of state size, parameters, MQAR accuracy
+per number of pairs and held-out perplexity, with the JSON, plots and tensorboard logs it wrote.
 
-    bash launch/train.sh [--arch gla|mamba2] [--steps N] [--out runs/demo]
+    bash launch/train.sh [--arch gla|mamba2] [--steps N] [--lpt] [--out runs/demo]
+
+--lpt runs the same post-training without the expansion (the paper's LPT baseline);
+benchmarks/statex_vs_lpt.py compares the two over several pretraining seeds.
 """
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import subprocess
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,94 +21,118 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+PAIRS = (8, 16, 32, 64)
+# post-training leans on the pair counts where the small state runs out (shared/MINIATURE.md), and keeps
+# small ones, whose answers teach a re-initialised or merged layer to bind keys again quickly
+TRAIN_PAIRS = (2, 4, 8, 16, 32, 64)
+TRAIN_WEIGHTS = (1, 1, 1, 1, 2, 3)
 
 
-def make_data(out: Path, seq_len: int) -> tuple[Path, Path]:
+def make_data(out: Path, samples: int, seq_len: int, seed: int, vocab_offset: int) -> tuple[Path, Path]:
+    """Task shards for training and a held-out text shard folder for perplexity (both made once)."""
     from statex_dist.data.synthetic import write_corpus
-    shards = {}
-    for split, files, seed in (("train", 6, 0), ("valid", 1, 99)):
-        folder = out / "data" / f"{split}-{seq_len}"
-        if not (folder / "manifest.json").exists():
-            write_corpus(out / "data" / f"corpus-{split}", n_files=files, docs_per_file=120, seed=seed)
-            subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), str(out / "data" / f"corpus-{split}"),
-                            "-o", str(folder), "--tokenizer", "bytes", "--seq-len", str(seq_len),
-                            "--samples-per-shard", "64", "--quiet", "--overwrite"], check=True)
-        shards[split] = folder
-    return shards["train"], shards["valid"]
+    from statex_dist.data.tasks import write_task_shards
+    from statex_dist.data.writer import ShardOptions, make_shards
+    train = out / f"mqar-train-{samples}x{seq_len}-seed{seed}-offset{vocab_offset}-n{'-'.join(map(str, TRAIN_PAIRS))}"
+    if not (train / "manifest.json").exists():
+        write_task_shards(train, samples, seq_len, TRAIN_PAIRS, TRAIN_WEIGHTS, text_fraction=0.25, seed=seed,
+                          samples_per_shard=256, vocab_offset=vocab_offset, overwrite=True)
+    valid = out / f"text-valid-{seq_len}"
+    if not (valid / "manifest.json").exists():
+        corpus = write_corpus(out / "corpus-valid", n_files=1, docs_per_file=60, seed=99, lexicon_seed=0)
+        make_shards(corpus, valid, ShardOptions(seq_len=seq_len, samples_per_shard=64), overwrite=True,
+                    progress=False)
+    return train, valid
 
 
-@torch.no_grad()
-def perplexity(model, shards: Path, batches: int = 8) -> float:
-    from statex_dist.data import build_loader
-    model.eval()
-    total, n = 0.0, 0
-    loader = build_loader(shards, dp_rank=0, dp_size=1, micro_batch=4, seed=0, workers=0, shuffle_buffer=1,
-                          epochs=1)
-    for i, b in enumerate(loader):
-        if i == batches:
-            break
-        tokens = b["labels"].numel()
-        total += model(b["input_ids"], labels=b["labels"]).item() * tokens
-        n += tokens
-    model.train()
-    return math.exp(total / max(n, 1))
+def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False, seed: int = 0,
+               overrides: tuple[str, ...] = ()) -> dict:
+    """Evaluate ``source``, post-train it (StateX, or LPT), evaluate again. Returns
+    {"runs": {name: eval results}, "state": {...}, "params": {...}, "seconds", "checkpoint", "config"}."""
+    from statex_dist.api import load_model
+    from statex_dist.eval import EvalConfig, evaluate
+    from statex_dist.run_config import load_run_config
+    from statex_dist.statex import count_params, state_floats
+    from statex_dist.train import Run
+    t0 = time.time()
+    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
+    train, valid = make_data(out.parent / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed,
+                             cfg.eval.vocab_offset)
+    name = "lpt" if lpt else "statex"
+    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [
+        f"model.source={source}", f"data.train={train}", f"data.valid={valid}", f"logging.dir={out / name}",
+        f"checkpoint.dir={out / name / 'checkpoints'}", f"schedule.total_steps={steps}", f"seed={seed}",
+        f"data.seed={seed}", f"expansion.seed={seed}", f"expansion.enabled={not lpt}",
+        f"logging.every={max(1, steps // 8)}", f"schedule.warmup_steps={min(cfg.schedule.warmup_steps, steps // 2)}",
+        *overrides])
+    ev = EvalConfig(tasks=("mqar", "ppl"), mqar_pairs=PAIRS, mqar_n=cfg.eval.mqar_n, data=str(valid),
+                    vocab_offset=cfg.eval.vocab_offset,
+                    ppl_batches=cfg.eval.batches, micro_batch=4)
+    pretrained = load_model(source)
+    runs = {"pretrained": evaluate(pretrained, ev, dp=(0, 1, None))}
+    run = Run(cfg)
+    base, new = run.source.base_config, run.model_config
+    if not lpt:
+        runs["expanded"] = evaluate(run.module, ev, dp=(0, 1, None))
+    result = run.train()
+    runs["LPT" if lpt else "StateX"] = run.last_eval
+    return {"runs": runs, "arch": arch, "source": str(source), "steps": steps, "seed": seed, "lpt": lpt,
+            "state": {"before": state_floats(base), "after": state_floats(new)},
+            "params": {"before": count_params(base), "after": count_params(new)},
+            "loss": {"first": result["losses"][0], "last": result["losses"][-1]},
+            "expansion": run.source.description, "seconds": round(time.time() - t0, 1),
+            "checkpoint": str(run.ckpt_dir), "logs": str(out / name)}
+
+
+def table(res: dict) -> str:
+    runs = res["runs"]
+    names = list(runs)
+    rows = [[""] + names]
+    sizes = {"pretrained": "before"}
+    rows.append(["recurrent state (floats/seq)"] + [f"{res['state'][sizes.get(n, 'after')]:,}" for n in names])
+    rows.append(["parameters"] + [f"{res['params'][sizes.get(n, 'after')]:,}" for n in names])
+    for N in PAIRS:
+        rows.append([f"MQAR accuracy, N={N}"] + [f"{runs[n]['mqar'][N]:.3f}" for n in names])
+    rows.append(["held-out perplexity"] + [f"{runs[n]['ppl']['ppl']:.3f}" for n in names])
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=["gla", "mamba2"], default="gla")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lpt", action="store_true", help="post-train without expansion (the LPT baseline)")
+    ap.add_argument("--source", default=None, help="pretrained model (default: the embedded tiny model)")
+    ap.add_argument("--seed", type=int, default=0, help="post-training data, order and expansion seed")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("overrides", nargs="*", help="run config overrides, key.sub=value")
     args = ap.parse_args(argv)
-    t0 = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from statex_dist.eval.report import write_report
+    from statex_dist.tiny import pretrained_path
+    source = Path(args.source) if args.source else pretrained_path(args.arch)
+    if not (source / "config.json").exists() and not (source / "manifest.json").exists():
+        raise SystemExit(f"{source}: no pretrained model there; make it with "
+                         f"python tools/pretrain_tiny.py --arch {args.arch} --out {source}")
     out = Path(args.out) / args.arch
-    train, valid = make_data(Path(args.out), seq_len=128)
-
-    from statex_dist.models import build_model
-    from statex_dist.run_config import load_run_config
-    from statex_dist.statex import count_params, state_floats
-    from statex_dist.train import Run
-    from statex_dist.training.initial_weights import fill
-    cfg = load_run_config(ROOT / "configs" / f"cpu-{args.arch}-tiny.yaml", [
-        f"data.train={train}", f"data.valid={valid}", f"logging.dir={out}", f"checkpoint.dir={out / 'checkpoints'}",
-        "checkpoint.resume=none", f"schedule.total_steps={args.steps}", f"checkpoint.every={args.steps}",
-        f"logging.every={max(1, args.steps // 6)}"])
-    run = Run(cfg)
-    base_cfg = run.source.base_config
-    before = build_model(base_cfg, init=False)
-    import dataclasses
-    fill(before, dataclasses.replace(run.source, config=base_cfg,
-                                     get=_unexpanded_getter(cfg, base_cfg)), 0, 1)
-    ppl_before = perplexity(before, valid)
-    expanded_model = run.module
-    ppl_expanded = perplexity(expanded_model, valid)
-    result = run.train()
-    ppl_after = perplexity(run.module, valid)
-    ckpt = out / "checkpoints" / f"step{args.steps:08d}"
-    rows = [("", "before", "expanded", "after post-training"),
-            ("recurrent state (floats/seq)", f"{state_floats(base_cfg):,}", f"{state_floats(run.model_config):,}",
-             f"{state_floats(run.model_config):,}"),
-            ("parameters", f"{count_params(base_cfg):,}", f"{count_params(run.model_config):,}",
-             f"{count_params(run.model_config):,}"),
-            ("held-out perplexity", f"{ppl_before:.2f}", f"{ppl_expanded:.2f}", f"{ppl_after:.2f}")]
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    res = post_train(args.arch, source, args.steps, out, lpt=args.lpt, seed=args.seed,
+                     overrides=tuple(args.overrides))
+    files = write_report(res["runs"], out / ("lpt" if args.lpt else "statex"), meta={
+        k: v for k, v in res.items() if k != "runs"})
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
     print()
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)))
-    print(f"\n{args.arch}: {result['step']} steps ({run.source.description}), loss {result['losses'][0]:.3f} -> "
-          f"{result['losses'][-1]:.3f} in {time.time() - t0:.0f}s; tensorboard: {out}; checkpoint: {ckpt} "
-          f"(weights: {ckpt / 'model'})")
+    print(table(res))
+    arm = "LPT" if args.lpt else "StateX"
+    print(f"\n{args.arch} {arm}: {res['expansion']}; {args.steps} steps, loss {res['loss']['first']:.3f} -> "
+          f"{res['loss']['last']:.3f}; MQAR N=64 {res['runs']['pretrained']['mqar'][64]:.3f} -> "
+          f"{res['runs'][arm]['mqar'][64]:.3f} in {res['seconds']:.0f}s; tensorboard: {res['logs']}; "
+          f"checkpoint: {res['checkpoint']}; results: {', '.join(str(p) for p in files.values())}")
     return 0
-
-
-def _unexpanded_getter(cfg, base_cfg):
-    """The same initial weights without the expansion (the model StateX starts from)."""
-    import copy
-
-    from statex_dist.training.initial_weights import weight_source
-    plain = copy.deepcopy(cfg)
-    plain.expansion.enabled = False
-    return weight_source(plain).get
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ class Run:
             mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n, vocab_offset=e.vocab_offset,
             lengths=tuple(e.lengths), depths=tuple(e.depths), grid_n=e.grid_n),
             dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
+        self.last_eval = results
         if self.writer is not None:
             log_to_tensorboard(self.writer, results, self.step)
             self.log(f"eval step {self.step}: {summary_line({'model': results})}")

@@ -1,19 +1,51 @@
-"""The README's main-job command, shortened: data, expansion, DeepSpeed post-training, evaluation, table."""
+"""The README's main-job command, shortened: the embedded tiny model, evaluation, StateX, DeepSpeed
+post-training, evaluation, table (here the Mamba2, whose export has d_state per layer); then its checkpoint exported to Hugging Face format generates text
+through transformers' AutoModelForCausalLM (trust_remote_code) exactly as load_model decodes it."""
+import json
 import os
 import subprocess
 import sys
 
+import torch
+
 from tests.train_helpers import ROOT
 
 
-def test_main_job_short(tmp_path):
-    r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--steps", "6", "--out", str(tmp_path)],
+def test_main_job_short_then_export_generates(tmp_path):
+    r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--arch", "mamba2", "--steps", "6", "--out", str(tmp_path),
+                        "eval.mqar_n=32", "data.micro_batch=4", "data.global_batch=4"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env=dict(os.environ, PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    assert "recurrent state (floats/seq)" in out and "held-out perplexity" in out
     state_row = next(line for line in out.splitlines() if line.startswith("recurrent state"))
-    assert state_row.split()[-3:] == ["1,024", "2,560", "2,560"]  # layer 0 merged: its state grows 4x
-    assert (tmp_path / "gla" / "checkpoints" / "step00000006" / "model" / "manifest.json").exists()
-    assert list((tmp_path / "gla").glob("events.out.tfevents.*"))
+    assert state_row.split()[-3:] == ["4,096", "10,240", "10,240"]  # layer 0's d_state 16 -> 64 (d_inner 128)
+    for row in ("MQAR accuracy, N=64", "held-out perplexity", "parameters"):
+        assert row in out
+    run = tmp_path / "mamba2" / "statex"
+    ckpt = run / "checkpoints" / "step00000006" / "model"
+    assert (ckpt / "manifest.json").exists()
+    assert list(run.glob("events.out.tfevents.*")) and (run / "mqar.png").exists()
+    assert set(json.loads((run / "eval.json").read_text())["runs"]) == {"pretrained", "expanded", "StateX"}
+
+    hf = tmp_path / "hf"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "reshard_expand.py"), "--src", str(ckpt), "--dst",
+                        str(hf), "--format", "hf"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from transformers import AutoModelForCausalLM
+
+    from statex_dist.api import load_model
+    from statex_dist.data.tokenizer import ByteTokenizer
+    tok = ByteTokenizer()
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "statex_mamba2"  # d_state per layer
+    model = AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True).eval()
+    prompt = torch.from_numpy(tok.encode_batch(["the code of "])[0])[None]
+    gen = model.generate(prompt, max_new_tokens=24, do_sample=False)[0, prompt.shape[1]:]
+    ours, ids = load_model(ckpt).eval(), prompt
+    with torch.no_grad():
+        for _ in range(24):
+            ids = torch.cat([ids, ours(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(gen, ids[0, prompt.shape[1]:])
+    text = tok.decode(gen)
+    print(f"generated: {text!r}")
+    assert len(text) > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -20,10 +21,15 @@ def _lexicon(rng: random.Random, size: int) -> list[str]:
     return sorted(words)
 
 
-def documents(n_docs: int, seed: int = 0, words: tuple[int, int] = (50, 400), lexicon: int = 2000) -> list[str]:
-    """``n_docs`` documents of ``words[0]..words[1]`` words each; the same arguments give the same text."""
+def documents(n_docs: int, seed: int = 0, words: tuple[int, int] = (50, 400), lexicon: int = 2000,
+              lexicon_seed: Optional[int] = None) -> list[str]:
+    """``n_docs`` documents of ``words[0]..words[1]`` words each; the same arguments give the same text.
+
+    lexicon_seed: draw the word list from its own seed, so corpora of different ``seed`` speak the same
+    language (a held-out set then measures generalisation, not a foreign lexicon); default: from ``seed``.
+    """
     rng = random.Random(seed)
-    lex = _lexicon(rng, lexicon)
+    lex = _lexicon(rng if lexicon_seed is None else random.Random(lexicon_seed), lexicon)
     weights = [1.0 / (i + 1) for i in range(len(lex))]
     out = []
     for _ in range(n_docs):

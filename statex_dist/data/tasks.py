@@ -17,13 +17,14 @@ from statex_dist.data.tokenizer import ByteTokenizer
 
 
 class TextWindows:
-    """Random windows of ``T + 1`` byte tokens from a fixed synthetic corpus (documents joined with EOS)."""
+    """Random windows of ``T + 1`` byte tokens from a fixed synthetic corpus (documents joined with EOS);
+    every ``seed`` draws other documents from the same lexicon."""
 
     def __init__(self, seed: int, n_docs: int = 400):
         from statex_dist.data.synthetic import documents
         tok = ByteTokenizer()
         parts = []
-        for ids in tok.encode_batch(documents(n_docs, seed=seed)):
+        for ids in tok.encode_batch(documents(n_docs, seed=seed, lexicon_seed=0)):
             parts += [ids, np.array([tok.eos_id])]
         self.tokens = torch.from_numpy(np.concatenate(parts))
 

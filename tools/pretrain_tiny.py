@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Pretrain the embedded tiny GLA or Mamba2 on MQAR + synthetic text, on the CPU, from nothing.
+
+  python tools/pretrain_tiny.py --arch gla                      # -> statex_dist/pretrained/tiny-gla
+  python tools/pretrain_tiny.py --arch mamba2 --seed 1 --out runs/pretrained/tiny-mamba2-seed1
+
+The output is a Hugging Face folder in the source library's own format (fla GLA; transformers Mamba2:
+config.json + model.safetensors) plus pretrain.json (the command, the loss curve and the final MQAR
+accuracy per N and text perplexity), written atomically. The same flags give the same weights on the same
+torch build. One process, plain torch AdamW: a model of 0.1M parameters gains nothing from DeepSpeed, and
+the post-training (statex_dist.train) is where the distributed stack is exercised.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from statex_dist import tiny
+from statex_dist.checkpoint.atomic import atomic_dir
+from statex_dist.checkpoint.fla_gla import FlaGLA
+from statex_dist.checkpoint.hf_export import write_hf
+from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
+from statex_dist.config import config_from_dict
+from statex_dist.eval.mqar import evaluate_mqar
+from statex_dist.models import build_model, specs_for
+from statex_dist.models.init import init_tensor
+from statex_dist.parallel.weights import gather_full
+
+
+def build(arch: str, seed: int, overrides: dict):
+    config = config_from_dict({**tiny.CONFIGS[arch], **overrides})
+    model = build_model(config, init=False)
+    specs = specs_for(config, 1)
+    gate = tiny.GATE_BIAS if arch == "gla" else None
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, gate))
+    return config, model
+
+
+def save(model, config, out: Path, record: dict) -> None:
+    specs = specs_for(config, 1)
+    full = gather_full(model, specs)
+    fmt = FlaGLA if config.arch == "gla" else TransformersMamba2
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_hf(tmp, fmt, config, ((n, full[n]) for n in specs), {n: torch.float32 for n in specs})
+        (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="pretrain_tiny.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(tiny.CONFIGS), default="gla")
+    ap.add_argument("--seed", type=int, default=0, help="init and data seed (statex_dist.tiny.SHIPPED_SEED ships)")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=3e-3, help="peak lr, cosine to lr/10 after 100 warm-up steps")
+    ap.add_argument("--tokens", type=int, default=tiny.TaskMix.tokens, help="tokens per step")
+    ap.add_argument("--curriculum", type=int, default=None, help="steps on --warmup-pairs first (default steps/5)")
+    ap.add_argument("--warmup-pairs", type=int, nargs="+", default=list(tiny.TaskMix.warmup_pairs))
+    ap.add_argument("--pairs", type=int, nargs="+", default=list(tiny.TaskMix.pairs),
+                    help="N of the MQAR steps after the curriculum (uniform)")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--text-every", type=int, default=tiny.TaskMix.text_every,
+                    help="every k-th step is synthetic text (0: MQAR only)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a model config field, e.g. --set num_layers=1 --set num_heads=4")
+    ap.add_argument("--init-from", default=None,
+                    help="continue from this earlier output (its weights; a fresh optimizer and schedule)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs side by side on 2 cores)")
+    ap.add_argument("--out", default=None, help="output folder (default: statex_dist.tiny.pretrained_path)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out) if args.out else tiny.pretrained_path(args.arch, args.seed)
+    t0 = time.time()
+    sets = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    if args.init_from:
+        from statex_dist.api import load_model
+        model = load_model(args.init_from)
+        config = model.config
+        earlier = json.loads((Path(args.init_from) / "pretrain.json").read_text())
+    else:
+        config, model = build(args.arch, args.seed, sets)
+        earlier = None
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    chain, rec = 0, earlier
+    while rec:                 # how many runs this one continues
+        chain, rec = chain + 1, rec.get("continues")
+    if args.curriculum is None:
+        args.curriculum = 0 if args.init_from else args.steps // 5
+    mix = tiny.TaskMix(tokens=args.tokens, text_every=args.text_every, curriculum=args.curriculum,
+                       warmup_pairs=tuple(args.warmup_pairs), pairs=tuple(args.pairs), weights=None)
+    stream = tiny.batches(mix, args.seed + 7919 * chain)  # a continuation draws new batches
+    losses, evals = {"mqar": [], "text": []}, []
+    bar = tqdm(range(args.steps), desc=f"pretrain tiny-{args.arch}", disable=None)
+    for step in bar:
+        for gr in opt.param_groups:
+            gr["lr"] = tiny.cosine_lr(step, args.steps, args.lr, args.lr / 10, 100)
+        kind, x, y = next(stream)
+        loss = model(x, labels=y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses[kind].append(round(loss.item(), 4))
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            acc = evaluate_mqar(model, tiny.PAIRS, n=256, vocab_offset=tiny.MQAR_OFFSET)
+            evals.append({"step": step + 1, "mqar": acc, "ppl": tiny.text_ppl(model), "seconds": time.time() - t0})
+            bar.write(f"step {step + 1}: MQAR " + " ".join(f"N={k}:{v:.3f}" for k, v in acc.items())
+                      + f", text ppl {evals[-1]['ppl']:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", kind=kind, refresh=False)
+    final = evals[-1]
+    argv = list(argv if argv is not None else sys.argv[1:])
+    record = {"command": "python tools/pretrain_tiny.py " + " ".join(argv), "argv": argv,
+              "arch": args.arch, "seed": args.seed, "steps": args.steps, "lr": args.lr, "tokens_per_step": args.tokens,
+              "curriculum": mix.curriculum, "warmup_pairs": list(mix.warmup_pairs), "pairs": list(mix.pairs), "mqar_vocab_offset": tiny.MQAR_OFFSET, "text_every": mix.text_every, "torch": torch.__version__,
+              "seconds": round(time.time() - t0, 1), "final": final, "evals": evals,
+              "loss_every_50": {k: v[::50] for k, v in losses.items()},
+              "continues": earlier}
+    save(model, config, out, record)
+    print(f"pretrain_tiny: {args.arch} seed {args.seed}, {args.steps} steps in {time.time() - t0:.0f}s -> {out}; "
+          f"MQAR " + " ".join(f"N={k}:{v:.3f}" for k, v in final["mqar"].items()) + f"; text ppl {final['ppl']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
