@@ -85,6 +85,13 @@ def summarise(results: dict, archs, seeds) -> tuple[str, dict]:
             state = items[0][0]["state"]["after" if row == "StateX" else "before"]
             lines.append(f"| {arch} | {row} | " + " | ".join(f"{cells[N][0]:.3f} ± {cells[N][1]:.3f}" for N in PAIRS)
                          + f" | {cells['ppl'][0]:.3f} ± {cells['ppl'][1]:.3f} | {state:,} |")
+    lines += ["", "StateX - LPT, paired by seed:", "",
+              "| model | seed | " + " | ".join(f"N={n}" for n in PAIRS) + " | ppl ratio |", "|" + "---|" * (len(PAIRS) + 3)]
+    for arch in archs:
+        for s in seeds:
+            x, y = results[(arch, s, "statex")]["runs"]["StateX"], results[(arch, s, "lpt")]["runs"]["LPT"]
+            lines.append(f"| {arch} | {s} | " + " | ".join(f"{x['mqar'][str(N)] - y['mqar'][str(N)]:+.3f}" for N in PAIRS)
+                         + f" | {x['ppl']['ppl'] / y['ppl']['ppl']:.3f} |")
     return "\n".join(lines), agg
 
 

@@ -12,6 +12,7 @@ the post-training (statex_dist.train) is where the distributed stack is exercise
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,14 +32,20 @@ from statex_dist.models.init import init_tensor
 from statex_dist.parallel.weights import gather_full
 
 
-def build(arch: str, seed: int, overrides: dict):
+def build(arch: str, seed: int, overrides: dict, dt_range=None):
     config = config_from_dict({**tiny.CONFIGS[arch], **overrides})
     model = build_model(config, init=False)
     specs = specs_for(config, 1)
     gate = tiny.GATE_BIAS if arch == "gla" else None
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, gate))
+            if dt_range and name.endswith("mixer.dt_bias"):
+                # Mamba2's step size from log-U(lo, hi) instead of (1e-3, 0.1): a longer initial memory
+                lo, hi = (math.log(x) for x in dt_range)
+                dt = torch.exp(torch.rand(p.shape, generator=g) * (hi - lo) + lo)
+                p.copy_(dt + torch.log(-torch.expm1(-dt)))   # softplus^-1
     return config, model
 
 
@@ -68,6 +75,8 @@ def main(argv=None) -> int:
                     help="every k-th step is synthetic text (0: MQAR only)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a model config field, e.g. --set num_layers=1 --set num_heads=4")
+    ap.add_argument("--dt-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="Mamba2: draw the initial step size dt from log-U(LO, HI) (default mamba_ssm's 1e-3 0.1)")
     ap.add_argument("--init-from", default=None,
                     help="continue from this earlier output (its weights; a fresh optimizer and schedule)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs side by side on 2 cores)")
@@ -84,7 +93,7 @@ def main(argv=None) -> int:
         config = model.config
         earlier = json.loads((Path(args.init_from) / "pretrain.json").read_text())
     else:
-        config, model = build(args.arch, args.seed, sets)
+        config, model = build(args.arch, args.seed, sets, args.dt_range)
         earlier = None
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
