@@ -48,11 +48,8 @@ def pretrained(arch: str, seed: int, out: Path) -> Path:
 
 def make_data(arch: str, seed: int, steps: int, out: Path) -> None:
     """The shards both arms of a seed read, made once before they start (not by two runs at once)."""
-    from statex_dist.demo import make_data as demo_data
-    from statex_dist.run_config import load_run_config
-    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [])
-    demo_data(out / f"{arch}-seed{seed}" / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed,
-              cfg.eval.vocab_offset)
+    from statex_dist.demo import run_data
+    run_data(arch, out / f"{arch}-seed{seed}", steps, seed)
 
 
 def post_train(arch: str, seed: int, arm: str, steps: int, out: Path, source: Path) -> dict:

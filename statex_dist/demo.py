@@ -45,6 +45,14 @@ def make_data(out: Path, samples: int, seq_len: int, seed: int, vocab_offset: in
     return train, valid
 
 
+def run_data(arch: str, root: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
+    """The arch's run config (before the run's own overrides) and the shards ``steps`` steps of it read,
+    made once under ``root/data`` (every arm of a run with this root shares them)."""
+    from statex_dist.run_config import load_run_config
+    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
+    return cfg, make_data(root / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed, cfg.eval.vocab_offset)
+
+
 def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False, seed: int = 0,
                overrides: tuple[str, ...] = ()) -> dict:
     """Evaluate ``source``, post-train it (StateX, or LPT), evaluate again. Returns
@@ -55,9 +63,7 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
     from statex_dist.statex import count_params, state_floats
     from statex_dist.train import Run
     t0 = time.time()
-    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
-    train, valid = make_data(out.parent / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed,
-                             cfg.eval.vocab_offset)
+    cfg, (train, valid) = run_data(arch, out.parent, steps, seed, overrides)
     name = "lpt" if lpt else "statex"
     cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [
         f"model.source={source}", f"data.train={train}", f"data.valid={valid}", f"logging.dir={out / name}",

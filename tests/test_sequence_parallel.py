@@ -117,8 +117,11 @@ def test_sp_at_tp1_is_a_no_op():
     torch.manual_seed(0)
     model = build_model(cfg, sequence_parallel=True)
     assert not model.sequence_parallel
-    ids, labels = batch(cfg, T=7)
-    assert torch.isfinite(model(ids, labels=labels))
+    ids, labels = batch(cfg, T=7)   # T not divisible by 2: nothing is split at TP=1
+    loss = model(ids, labels=labels)
+    assert torch.isfinite(loss)
+    torch.manual_seed(0)
+    assert torch.equal(loss, build_model(cfg)(ids, labels=labels))  # the same weights, the same loss
 
 
 def _train_twice_worker(rank, world, ov_off, ov_on):

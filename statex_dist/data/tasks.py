@@ -43,9 +43,8 @@ def write_task_shards(out_dir, samples: int, seq_len: int, pairs: Sequence[int] 
     ``text_fraction``, a window of synthetic text (corpus seed ``seed``), loss everywhere. ``vocab_offset``
     moves the MQAR ids to ``offset .. offset + 255`` (statex_dist.eval.mqar); the manifest's vocabulary then
     spans both blocks. Returns the manifest."""
-    from webdataset import ShardWriter
-
-    from statex_dist.checkpoint.atomic import atomic_dir, sha256
+    from statex_dist.checkpoint.atomic import atomic_dir
+    from statex_dist.data.writer import shard_table, shard_writer, tokenizer_entry
     from statex_dist.eval.mqar import IGNORE, mqar_batch
 
     out = Path(out_dir)
@@ -68,22 +67,18 @@ def write_task_shards(out_dir, samples: int, seq_len: int, pairs: Sequence[int] 
         ids[is_text] = torch.cat([x, y[:, -1:]], 1)
         mask[is_text] = True
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        writer = ShardWriter(str(tmp / fmt.SHARD_PATTERN), maxcount=samples_per_shard, maxsize=float("inf"),
-                             verbose=0, encoder=False, mtime=0, user="", group="", mode=0o444)
+        writer = shard_writer(tmp, samples_per_shard)
         try:
             for i in range(samples):
                 writer.write({"__key__": f"{i:0{fmt.KEY_DIGITS}d}", field: fmt.encode_tokens(ids[i].numpy(), dtype),
                               fmt.MASK_FIELD: mask[i].numpy().astype(np.uint8).tobytes()})
         finally:
             writer.close()
-        files = sorted(tmp.glob("shard-*.tar"))
-        shards = [{"file": f.name, "samples": min(samples_per_shard, samples - i * samples_per_shard),
-                   "bytes": f.stat().st_size, "sha256": sha256(f)} for i, f in enumerate(files)]
+        shards = shard_table(tmp, samples, samples_per_shard)
         manifest = {
             "format": fmt.FORMAT, "seq_len": seq_len, "sample_tokens": seq_len + 1, "token_dtype": dtype,
             "sample_field": field, "loss_mask": True,
-            "tokenizer": {"name": tok.name, "vocab_size": vocab, "eos_id": tok.eos_id,
-                          "bos_id": tok.bos_id, "pad_id": tok.pad_id, "fingerprint": tok.fingerprint},
+            "tokenizer": tokenizer_entry(tok, vocab),
             "total_samples": samples, "total_tokens": int(mask.sum()), "shards": shards,
             "task": {"kind": "mqar+text", "pairs": list(pairs), "weights": list(weights) if weights else None,
                      "text_fraction": text_fraction, "seed": seed, "vocab_offset": vocab_offset, "text_samples": int(is_text.sum())},

@@ -103,11 +103,30 @@ class _Packer:
         return out
 
 
+def shard_writer(folder: Path, samples_per_shard: int):
+    """A webdataset ShardWriter into ``folder`` whose tars are byte-reproducible (mtime 0, no owner, 0444)."""
+    from webdataset import ShardWriter
+    return ShardWriter(str(folder / fmt.SHARD_PATTERN), maxcount=samples_per_shard, maxsize=float("inf"),
+                       verbose=0, encoder=False, mtime=0, user="", group="", mode=0o444)
+
+
+def shard_table(folder: Path, samples: int, samples_per_shard: int) -> list[dict]:
+    """The manifest's ``shards`` list for the tars a :func:`shard_writer` wrote: name, samples, bytes, sha256."""
+    from statex_dist.checkpoint.atomic import sha256
+    return [{"file": f.name, "samples": min(samples_per_shard, samples - i * samples_per_shard),
+             "bytes": f.stat().st_size, "sha256": sha256(f)} for i, f in enumerate(sorted(folder.glob("shard-*.tar")))]
+
+
+def tokenizer_entry(tok, vocab_size: Optional[int] = None) -> dict:
+    """The manifest's ``tokenizer`` record (``vocab_size`` may exceed the tokenizer's, for task id blocks)."""
+    return {"name": tok.name, "vocab_size": vocab_size or tok.vocab_size, "eos_id": tok.eos_id,
+            "bos_id": tok.bos_id, "pad_id": tok.pad_id, "fingerprint": tok.fingerprint}
+
+
 def make_shards(inputs: Sequence[str | Path], out_dir: str | Path, opts: ShardOptions, overwrite: bool = False,
                 progress: bool = True) -> dict:
     """Write the shard folder ``out_dir`` from ``inputs``; return its manifest (also in ``manifest.json``)."""
     from tqdm import tqdm
-    from webdataset import ShardWriter
 
     from statex_dist.checkpoint.atomic import atomic_dir, sha256
 
@@ -127,8 +146,7 @@ def make_shards(inputs: Sequence[str | Path], out_dir: str | Path, opts: ShardOp
     with atomic_dir(out, overwrite=overwrite) as tmp:
         packer = _Packer(opts.seq_len)
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenising", disable=not progress)
-        writer = ShardWriter(str(tmp / fmt.SHARD_PATTERN), maxcount=opts.samples_per_shard, maxsize=float("inf"),
-                             verbose=0, encoder=False, mtime=0, user="", group="", mode=0o444)
+        writer = shard_writer(tmp, opts.samples_per_shard)
         try:
             for ids, ndocs, nbytes in _token_chunks(paths, opts, tok):
                 docs += ndocs
@@ -144,18 +162,15 @@ def make_shards(inputs: Sequence[str | Path], out_dir: str | Path, opts: ShardOp
         if samples == 0:
             raise DataError(f"the inputs hold {corpus_tokens} tokens in {docs} documents, fewer than "
                             f"seq_len + 1 = {opts.seq_len + 1}: no sample to write")
-        files = sorted(tmp.glob("shard-*.tar"))
         sps = opts.samples_per_shard
-        shards = [{"file": f.name, "samples": min(sps, samples - i * sps), "bytes": f.stat().st_size,
-                   "sha256": sha256(f)} for i, f in enumerate(files)]
+        shards = shard_table(tmp, samples, sps)
         manifest = {
             "format": fmt.FORMAT,
             "seq_len": opts.seq_len,
             "sample_tokens": opts.seq_len + 1,
             "token_dtype": dtype,
             "sample_field": field,
-            "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
-                          "bos_id": tok.bos_id, "pad_id": tok.pad_id, "fingerprint": tok.fingerprint},
+            "tokenizer": tokenizer_entry(tok),
             "documents": docs,
             "corpus_tokens": corpus_tokens,
             "total_samples": samples,
