@@ -32,7 +32,7 @@ from statex_dist.models.init import init_tensor
 from statex_dist.parallel.weights import gather_full
 
 
-def build(arch: str, seed: int, overrides: dict, dt_range=None):
+def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
     config = config_from_dict({**tiny.CONFIGS[arch], **overrides})
     model = build_model(config, init=False)
     specs = specs_for(config, 1)
@@ -46,6 +46,10 @@ def build(arch: str, seed: int, overrides: dict, dt_range=None):
                 lo, hi = (math.log(x) for x in dt_range)
                 dt = torch.exp(torch.rand(p.shape, generator=g) * (hi - lo) + lo)
                 p.copy_(dt + torch.log(-torch.expm1(-dt)))   # softplus^-1
+            if a_range and name.endswith("mixer.A_log"):
+                # mamba_ssm's A_init_range: the decay per step is exp(-dt * A) while the write is dt * B x, so
+                # a small A gives a long memory without weakening the writes as a small dt does
+                p.copy_(torch.log(torch.empty(p.shape).uniform_(*a_range, generator=g)))
     return config, model
 
 
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
                     help="override a model config field, e.g. --set num_layers=1 --set num_heads=4")
     ap.add_argument("--dt-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="Mamba2: draw the initial step size dt from log-U(LO, HI) (default mamba_ssm's 1e-3 0.1)")
+    ap.add_argument("--a-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="Mamba2: draw -A from U(LO, HI) (mamba_ssm's A_init_range; default A = -(1..nheads))")
     ap.add_argument("--init-from", default=None,
                     help="continue from this earlier output (its weights; a fresh optimizer and schedule)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs side by side on 2 cores)")
@@ -93,7 +99,7 @@ def main(argv=None) -> int:
         config = model.config
         earlier = json.loads((Path(args.init_from) / "pretrain.json").read_text())
     else:
-        config, model = build(args.arch, args.seed, sets, args.dt_range)
+        config, model = build(args.arch, args.seed, sets, args.dt_range, args.a_range)
         earlier = None
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
