@@ -4,9 +4,8 @@ tokens. Before a sublayer's column-parallel input the slices are all-gathered; a
 output the partial sums are reduce-scattered instead of all-reduced (the same bytes in total).
 
 Why not megatron-core's SP mappings: they gather / scatter along dim 0 of its [S, B, H] layout; the models
-here are [B, T, D], so these move along dim 1. On gloo the reduce-scatter is an all-reduce followed by
-taking this rank's slice (the same result, twice the wire bytes) and the all-gather a list all-gather;
-NCCL gets the single-tensor collectives on a [T, B, ...] copy (they work on dim 0).
+here are [B, T, D], so these move along dim 1: the single-tensor collectives (NCCL, and gloo in torch
+2.13) work on dim 0, so they run on a [T, B, ...] copy.
 """
 from __future__ import annotations
 
@@ -29,38 +28,25 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def _native(group) -> bool:
-    return dist.get_backend(group) != "gloo"
-
-
-def _all_gather_t(x: torch.Tensor, group, native: bool) -> torch.Tensor:
+def _all_gather_t(x: torch.Tensor, group) -> torch.Tensor:
     """[B, t, ...] per rank -> [B, t * P, ...], rank order along dim 1."""
     p = dist.get_world_size(group)
-    if not native:
-        pieces = [torch.empty_like(x) for _ in range(p)]
-        dist.all_gather(pieces, x.contiguous(), group=group)
-        return torch.cat(pieces, dim=1)
     xt = x.transpose(0, 1).contiguous()
     out = xt.new_empty((xt.shape[0] * p, *xt.shape[1:]))
     _all_gather_single(out, xt, group=group)
     return out.transpose(0, 1).contiguous()
 
 
-def _reduce_scatter_t(x: torch.Tensor, group, native: bool) -> torch.Tensor:
+def _reduce_scatter_t(x: torch.Tensor, group) -> torch.Tensor:
     """[B, T, ...] per rank -> this rank's [B, T / P, ...] of the sum over ranks."""
-    p, r = dist.get_world_size(group), dist.get_rank(group)
-    t = x.shape[1] // p
-    if not native:
-        total = x.contiguous().clone()
-        dist.all_reduce(total, group=group)
-        return total.narrow(1, r * t, t).contiguous()
+    t = x.shape[1] // dist.get_world_size(group)
     xt = x.transpose(0, 1).contiguous()
     out = xt.new_empty((t, *xt.shape[1:]))
     _reduce_scatter_single(out, xt, group=group)
     return out.transpose(0, 1).contiguous()
 
 
-def _slice_t(x: torch.Tensor, group, native: bool) -> torch.Tensor:
+def _slice_t(x: torch.Tensor, group) -> torch.Tensor:
     """[B, T, ...] -> this rank's [B, T / P, ...] (no communication)."""
     t = x.shape[1] // dist.get_world_size(group)
     return x.narrow(1, dist.get_rank(group) * t, t).contiguous()
@@ -74,11 +60,11 @@ class _TimeCollective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group, fwd, bwd):
         ctx.group, ctx.bwd = group, bwd
-        return fwd(x, group, _native(group))
+        return fwd(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.bwd(grad, ctx.group, _native(ctx.group)), None, None, None
+        return ctx.bwd(grad, ctx.group), None, None, None
 
 
 def gather_seq(x: torch.Tensor, grad_complete: bool = False) -> torch.Tensor:
