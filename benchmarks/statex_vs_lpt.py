@@ -35,14 +35,23 @@ def _run(cmd: list[str], log: Path) -> None:
 
 
 def pretrained(arch: str, seed: int, out: Path) -> Path:
-    """The tiny model pretrained with ``seed``: one ships; others rerun the shipped one's recorded command."""
+    """The tiny model pretrained with ``seed``: one ships; others rerun the shipped one's recorded commands
+    (a chain of them when it continued an earlier run: each stage starts from the previous stage's output)."""
     from statex_dist.tiny import pretrained_path
     path = pretrained_path(arch, seed)
     if not (path / "config.json").exists():
-        argv = json.loads((pretrained_path(arch) / "pretrain.json").read_text())["argv"]
-        keep = [a for i, a in enumerate(argv) if a not in ("--seed", "--out") and (i == 0 or argv[i - 1] not in ("--seed", "--out"))]
-        _run([sys.executable, "tools/pretrain_tiny.py", *keep, "--seed", str(seed), "--out", str(path)],
-             out / f"pretrain-{arch}-seed{seed}.log")
+        chain, rec = [], json.loads((pretrained_path(arch) / "pretrain.json").read_text())
+        while rec:
+            chain.insert(0, rec["argv"])
+            rec = rec.get("continues")
+        prev = None
+        for i, argv in enumerate(chain):
+            drop = ("--seed", "--out", "--init-from")
+            keep = [a for j, a in enumerate(argv) if a not in drop and (j == 0 or argv[j - 1] not in drop)]
+            dst = path if i == len(chain) - 1 else path.with_name(f"{path.name}-stage{i}")
+            _run([sys.executable, "tools/pretrain_tiny.py", *keep, "--seed", str(seed), "--out", str(dst)]
+                 + (["--init-from", str(prev)] if prev else []), out / f"pretrain-{arch}-seed{seed}-{i}.log")
+            prev = dst
     return path
 
 
