@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from statex_dist.tiny import PAIRS
+
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS = (8, 16, 32, 64)
 # post-training leans on the pair counts where the small state runs out (shared/MINIATURE.md), and keeps
 # small ones, whose answers teach a re-initialised or merged layer to bind keys again quickly
 TRAIN_PAIRS = (2, 4, 8, 16, 32, 64)

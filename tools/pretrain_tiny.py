@@ -12,7 +12,6 @@ the post-training (statex_dist.train) is where the distributed stack is exercise
 """
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,19 +36,12 @@ def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
     model = build_model(config, init=False)
     specs = specs_for(config, 1)
     gate = tiny.GATE_BIAS if arch == "gla" else None
-    g = torch.Generator().manual_seed(seed)
+    # Mamba2: a small A (--a-range) gives a long memory without weakening the writes (dt * B x) as a small
+    # dt (--dt-range) does
+    ranges = {"dt_range": tuple(dt_range)} if dt_range else {}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, gate))
-            if dt_range and name.endswith("mixer.dt_bias"):
-                # Mamba2's step size from log-U(lo, hi) instead of (1e-3, 0.1): a longer initial memory
-                lo, hi = (math.log(x) for x in dt_range)
-                dt = torch.exp(torch.rand(p.shape, generator=g) * (hi - lo) + lo)
-                p.copy_(dt + torch.log(-torch.expm1(-dt)))   # softplus^-1
-            if a_range and name.endswith("mixer.A_log"):
-                # mamba_ssm's A_init_range: the decay per step is exp(-dt * A) while the write is dt * B x, so
-                # a small A gives a long memory without weakening the writes as a small dt does
-                p.copy_(torch.log(torch.empty(p.shape).uniform_(*a_range, generator=g)))
+            p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, gate, a_range=a_range, **ranges))
     return config, model
 
 

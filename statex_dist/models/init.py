@@ -21,8 +21,13 @@ _GLA_ATTN = re.compile(r"layers\.\d+\.attn\.(q_proj|k_proj|v_proj|g_proj|o_proj|
 
 
 def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: int = 0,
-                gate_bias: Optional[tuple[float, float]] = None) -> torch.Tensor:
-    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape``."""
+                gate_bias: Optional[tuple[float, float]] = None, dt_range: tuple[float, float] = (1e-3, 0.1),
+                a_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
+    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape``.
+
+    Mamba2 only: ``dt_range`` is mamba_ssm's (dt_min, dt_max); ``a_range`` its ``A_init_range`` (-A drawn from
+    U(lo, hi)), default transformers' A = 1..H.
+    """
     gen = generator(seed, name)
     like = torch.empty(0)
     if name.endswith(("norm.weight", "norm_f.weight")) or name.endswith((".D",)):
@@ -39,9 +44,12 @@ def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: in
         return torch.randn(shape, generator=gen) * 0.02
     # Mamba2
     if name.endswith("mixer.A_log"):
+        if a_range:
+            return torch.log(uniform(shape, *a_range, gen, like))
         return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
     if name.endswith("mixer.dt_bias"):
-        dt = torch.exp(torch.rand(shape, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        lo, hi = (math.log(x) for x in dt_range)
+        dt = torch.exp(torch.rand(shape, generator=gen) * (hi - lo) + lo)
         dt = dt.clamp(min=1e-4)
         return dt + torch.log(-torch.expm1(-dt))
     if name.endswith("conv1d.weight") or name.endswith("conv1d.bias"):
