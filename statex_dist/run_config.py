@@ -8,95 +8,105 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
+from pydantic import Field
+
+# Types with their ranges: each field's annotation is what a value is converted to and checked against.
+Positive = Annotated[int, Field(gt=0)]
+Count = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 @dataclass
 class ModelSection:
     source: str = ""             # HF folder or sharded checkpoint, or "scratch" (then `config` below)
     config: Optional[dict] = None  # model config (arch, sizes) for source=scratch
-    gate_bias_init: Optional[list[float]] = None  # scratch GLA: gate bias U(lo, hi), a long initial memory
-    dtype: str = "auto"          # auto: bf16 on CUDA, fp32 on the CPU
+    gate_bias_init: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None  # scratch GLA: gate bias U(lo, hi)
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
 
 
 @dataclass
 class ExpansionSection:
     enabled: bool = False
-    every: Optional[int] = None  # layers 0, K, 2K, ... (default 6 when enabled and no list)
-    layers: Optional[list[int]] = None
-    gla_heads: int = 1
-    d_state: Optional[int] = None
-    init: str = "reinit"
+    every: Optional[Positive] = None  # layers 0, K, 2K, ... (default 6 when enabled and no list)
+    layers: Optional[list[Count]] = None
+    gla_heads: Positive = 1
+    d_state: Optional[Positive] = None
+    init: str = "reinit"         # checked against the architecture's modes (statex_dist.statex.plan.INITS)
     seed: int = 0
-    gate_bias_init: Optional[list[float]] = None
+    gate_bias_init: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None
 
 
 @dataclass
 class ParallelSection:
-    tp: int = 1
-    pp: int = 1
-    zero_stage: int = 1
+    tp: Positive = 1
+    pp: Positive = 1
+    zero_stage: Literal[0, 1, 2, 3] = 1  # DeepSpeed ZeRO stage
     activation_checkpointing: bool = False
     sequence_parallel: bool = False  # split norms / residuals over TP along time (no-op at tp=1; not with pp>1)
 
 
 @dataclass
 class OptimizerSection:
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    lr: PositiveFloat = 3e-4
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = field(default_factory=lambda: [0.9, 0.95])
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegFloat = 0.1
+    grad_clip: NonNegFloat = 1.0  # 0: no clipping
     freeze_unexpanded: bool = False  # train only the expanded layers
 
 
 @dataclass
 class ScheduleSection:
-    total_steps: int = 20000
-    warmup_steps: int = 1000
-    min_lr: float = 0.0
+    total_steps: Positive = 20000
+    warmup_steps: Count = 1000
+    min_lr: NonNegFloat = 0.0
 
 
 @dataclass
 class DataSection:
     train: str = ""              # folder of webdataset shards made by tools/make_shards.py
     valid: str = ""              # held-out shards for perplexity (optional)
-    seq_len: int = 65536
-    micro_batch: int = 1
-    global_batch: int = 8        # sequences per optimizer step, over all DP ranks and accumulation
-    workers: int = 2
-    shuffle_buffer: int = 1000
+    seq_len: Positive = 65536
+    micro_batch: Positive = 1
+    global_batch: Positive = 8   # sequences per optimizer step, over all DP ranks and accumulation
+    workers: Count = 2
+    shuffle_buffer: Count = 1000
     seed: int = 1234
 
 
 @dataclass
 class EvalSection:
-    every: int = 0               # 0: only at the end
-    tasks: list[str] = field(default_factory=lambda: ["ppl"])   # ppl, mqar, passkey, niah
-    batches: int = 8             # held-out micro-batches for perplexity
-    mqar_pairs: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
-    mqar_n: int = 256            # sequences per pair count
-    vocab_offset: int = 0        # where MQAR's 0-255 token block starts in the model's vocabulary
-    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])   # passkey / niah contexts
-    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    grid_n: int = 10             # examples per (length, depth) cell
+    every: Count = 0             # 0: only at the end
+    tasks: list[Literal["ppl", "mqar", "passkey", "niah"]] = field(default_factory=lambda: ["ppl"])
+    batches: Positive = 8        # held-out micro-batches for perplexity
+    mqar_pairs: list[Positive] = field(default_factory=lambda: [8, 16, 32, 64])
+    mqar_n: Positive = 256       # sequences per pair count
+    vocab_offset: Count = 0      # where MQAR's 0-255 token block starts in the model's vocabulary
+    lengths: list[Positive] = field(default_factory=lambda: [256, 512, 1024, 2048])   # passkey / niah contexts
+    depths: list[Fraction] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    grid_n: Positive = 10        # examples per (length, depth) cell
 
 
 @dataclass
 class LoggingSection:
     dir: str = "runs/default"
-    every: int = 10
+    every: Positive = 10
 
 
 @dataclass
 class CheckpointSection:
     dir: str = ""                # default: <logging.dir>/checkpoints
-    every: int = 1000
-    keep: int = 3
+    every: Count = 1000          # 0: only at the end
+    keep: Count = 3              # 0: keep all
     resume: str = "auto"         # auto: the newest complete checkpoint in dir, if any; or a path; or "none"
 
 
@@ -118,22 +128,49 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: dict, where: str):
+class ConfigError(ValueError):
+    """A run-config value that cannot be used; the message names the key, the value and its origin."""
+
+
+def _leaf_adapter(cls, name: str):
+    """pydantic's converter for field ``name`` of section ``cls`` (lax mode: "3e-4" -> 3e-4, "true" -> True).
+
+    pydantic rather than hand-written casts: it knows every typing form the sections use (Optional, lists
+    of floats, dicts) and the range annotations below, and says in words what it expected.
+    """
+    from pydantic import ConfigDict, TypeAdapter
+    return TypeAdapter(typing.get_type_hints(cls, include_extras=True)[name],
+                       config=ConfigDict(coerce_numbers_to_str=True))  # data.train=123 is a path, not an error
+
+
+def _convert(cls, name: str, value: Any, key: str, origin: str) -> Any:
+    from pydantic import ValidationError
+    try:
+        return _leaf_adapter(cls, name).validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = "".join(f"[{i}]" for i in err["loc"])
+        raise ConfigError(f"{key}{where}={err['input']!r} (from {origin}): {err['msg'].lower()}") from None
+
+
+def _build(cls, data: dict, where: str, origins: dict[str, str]):
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, found {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, found {type(data).__name__} "
+                          f"(from {origins.get(where, 'the config')})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join((where + '.' if where else '') + k for k in unknown)}; "
-                         f"known in {where or 'the top level'}: {sorted(fields)}")
+        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join((where + '.' if where else '') + k for k in unknown)}; "
+                          f"known in {where or 'the top level'}: {sorted(fields)}")
     kwargs = {}
     for k, v in data.items():
         f = fields[k]
+        key = f"{where}.{k}" if where else k
         if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None):
-            kwargs[k] = _build(type(f.default_factory()), v or {}, f"{where}.{k}" if where else k)
+            kwargs[k] = _build(type(f.default_factory()), v or {}, key, origins)
         else:
-            kwargs[k] = v
+            kwargs[k] = _convert(cls, k, v, key, origins.get(key, "the config"))
     return cls(**kwargs)
 
 
@@ -143,24 +180,49 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {dotted}: {k} is not a section")
+            raise ConfigError(f"override {dotted}: {k} is not a section")
     node[keys[-1]] = value
 
 
+def _leaves(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and k != "config":  # model.config is one value (a dict), not a section
+            yield from _leaves(v, key)
+        else:
+            yield key
+
+
 def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML file (or none: all defaults) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    """Read a YAML file (or none: all defaults) and apply ``key.sub=value`` overrides (values parsed as YAML).
+
+    Every value is converted to its field's type (YAML reads ``3e-4`` as a string; it becomes 3e-4) and
+    checked against the field's range; an error names the key, the value and the file or override.
+    """
     tree: dict = {}
+    origins: dict[str, str] = {}
     if path:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such config file; the shipped ones are in configs/")
-        tree = yaml.safe_load(p.read_text()) or {}
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections, found {type(tree).__name__}")
+        origins = {k: str(p) for k in _leaves(tree)}
     for o in overrides:
         if "=" not in o:
-            raise ValueError(f"override {o!r}: expected key.sub=value")
+            raise ConfigError(f"override {o!r}: expected key.sub=value")
         k, v = o.split("=", 1)
-        _set(tree, k.strip(), yaml.safe_load(v))
-    cfg = _build(RunConfig, tree, "")
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError:
+            value = v  # the field's converter says what it expected
+        _set(tree, k.strip(), value)
+        origins[k.strip()] = f"override {o}"
+    cfg = _build(RunConfig, tree, "", origins)
     validate(cfg)
     return cfg
 
@@ -168,21 +230,17 @@ def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()
 def validate(cfg: RunConfig) -> None:
     """Impossible combinations, before any process group exists."""
     p = cfg.parallel
-    if p.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"parallel.zero_stage={p.zero_stage}: DeepSpeed ZeRO stages are 0, 1, 2, 3")
     if p.pp > 1 and p.zero_stage > 1:
-        raise ValueError(f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline "
-                         f"engine supports ZeRO stage 0 or 1 only; use zero_stage=1")
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline "
+                          f"engine supports ZeRO stage 0 or 1 only; use zero_stage=1")
     if p.sequence_parallel and p.tp > 1 and p.pp > 1:
         # the pipeline engine slices the activations it sends over TP, assuming TP ranks hold equal copies
-        raise ValueError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}: sequence parallelism is "
-                         f"implemented for TP without a pipeline; set parallel.pp=1 or "
-                         f"parallel.sequence_parallel=false")
+        raise ConfigError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}: sequence parallelism is "
+                          f"implemented for TP without a pipeline; set parallel.pp=1 or "
+                          f"parallel.sequence_parallel=false")
     if cfg.schedule.warmup_steps > cfg.schedule.total_steps:
-        raise ValueError(f"schedule.warmup_steps={cfg.schedule.warmup_steps} exceeds "
-                         f"schedule.total_steps={cfg.schedule.total_steps}")
+        raise ConfigError(f"schedule.warmup_steps={cfg.schedule.warmup_steps} exceeds "
+                          f"schedule.total_steps={cfg.schedule.total_steps}")
     if cfg.data.global_batch % cfg.data.micro_batch:
-        raise ValueError(f"data.global_batch={cfg.data.global_batch} is not a multiple of "
-                         f"data.micro_batch={cfg.data.micro_batch}")
-    if cfg.model.dtype not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"model.dtype={cfg.model.dtype!r}: use auto, fp32 or bf16")
+        raise ConfigError(f"data.global_batch={cfg.data.global_batch} is not a multiple of "
+                          f"data.micro_batch={cfg.data.micro_batch}")

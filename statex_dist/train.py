@@ -44,13 +44,11 @@ class Run:
         self.resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
         if self.resume is not None:
             saved = checkpoints.read_meta(self.resume)["model_config"]
-            if saved != self.model_config.to_dict():
+            diff = checkpoints.config_differences(saved, self.model_config.to_dict())
+            if diff:
                 raise ValueError(
-                    f"{self.resume}: a checkpoint of another model ({saved['arch']}, {saved['num_layers']} layers, "
-                    f"per-layer {'heads' if saved['arch'] == 'gla' else 'd_state'} "
-                    f"{saved.get('num_heads') or saved.get('d_state')}) than this run's ({self.model_config.arch}, "
-                    f"{self.model_config.num_layers} layers); point model.source / expansion at the same model or "
-                    f"set checkpoint.resume=none")
+                    f"{self.resume}: a checkpoint of another model than this run's ({'; '.join(diff)}); point "
+                    f"model.source / expansion at the same model or set checkpoint.resume=none")
         self._setup()
 
     # --- set-up -----------------------------------------------------------------------------------
@@ -159,9 +157,12 @@ class Run:
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
-        total = torch.as_tensor(total / self.gas)
         from megatron.core import parallel_state as ps
-        dist.all_reduce(total, group=ps.get_data_parallel_group())
+
+        from statex_dist.parallel.state import collective_device
+        group = ps.get_data_parallel_group()
+        total = torch.as_tensor(total / self.gas).to(collective_device(group))
+        dist.all_reduce(total, group=group)
         return float(total) / self.dp
 
     def train(self) -> dict:

@@ -108,7 +108,7 @@ def test_bad_config_fails_before_any_process_group(tmp_path, shards):
     assert gla.returncode == 0, gla.stderr[-2000:]
     gla_ckpt = tmp_path / "gla" / "checkpoints" / "step00000002"
     r = _train_cli(overrides(MAMBA2, shards, tmp_path / "m", **{"checkpoint.resume": str(gla_ckpt)}), timeout=120)
-    assert r.returncode == 2 and "a checkpoint of another model (gla" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "a checkpoint of another model than this run's (arch: gla in the checkpoint" in r.stderr, r.stderr[-2000:]
     for args, msg in [
         (["optimizer.lrr=1"], "unknown config key optimizer.lrr"),
         ([f"data.train={tmp_path / 'nope'}"], "nope"),

@@ -72,9 +72,8 @@ def sum_over_ranks(t: torch.Tensor, dp_size: int = 1, group=None) -> torch.Tenso
     """
     if dp_size == 1:
         return t
-    dev = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    x = t.to(dev)
+    from statex_dist.parallel.state import collective_device
+    x = t.to(collective_device(group))
     dist.all_reduce(x, group=group)
     return x.cpu()
 

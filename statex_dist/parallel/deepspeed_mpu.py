@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from statex_dist.parallel.state import collective_device
+
 
 class MegatronMPU:
     """The ``mpu`` of a DeepSpeed engine without a pipeline, answering from megatron-core's groups, so
@@ -135,7 +137,7 @@ def check_grid_agrees(grid) -> None:
     ds, mc = _grid_view(grid), _megatron_view()
     diff = [f"{k}: DeepSpeed (rank {ds[k][0]} of {ds[k][1]}, ranks {ds[k][2]}) vs megatron-core "
             f"(rank {mc[k][0]} of {mc[k][1]}, ranks {mc[k][2]})" for k in ds if ds[k] != mc[k]]
-    bad = torch.tensor([1 if diff else 0])
+    bad = torch.tensor([1 if diff else 0], device=collective_device())
     dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item():
         mine = "; ".join(diff) if diff else "this rank agrees, another does not"

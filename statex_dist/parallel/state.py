@@ -59,6 +59,15 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
+def collective_device(group=None) -> torch.device:
+    """The device a collective's tensors must live on: the current CUDA device when ``group`` runs on NCCL
+    (NCCL refuses CPU tensors), the CPU under gloo. Every tensor the package builds for a collective (as
+    opposed to a model tensor, already where the model is) is made on this device."""
+    if "nccl" in str(dist.get_backend(group)):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def tp_rank() -> int:
     return ps.get_tensor_model_parallel_rank()
 

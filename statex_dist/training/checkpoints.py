@@ -46,8 +46,38 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state().tolist(), "numpy": np.random.get_state()[1].tolist(),
-            "python": random.getstate()[1]}
+    """This rank's torch, numpy and Python generator states, whole (JSON-able)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(gauss)},
+            "python": {"version": version, "state": list(internal), "gauss_next": gauss_next}}
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore what :func:`rng_state` saved (checkpoints from before numpy / Python were whole: torch only)."""
+    torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+    if isinstance(st.get("numpy"), dict):
+        n = st["numpy"]
+        np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    if isinstance(st.get("python"), dict):
+        py = st["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+
+
+def _canonical(d: dict) -> dict:
+    """A config dict as JSON stores it (tuples become lists, keys strings), so a saved and a live config
+    compare by value."""
+    return json.loads(json.dumps(d))
+
+
+def config_differences(saved: dict, live: dict) -> list[str]:
+    """``key: saved -> live`` for each model-config field that differs by value (empty: the same model)."""
+    a, b = _canonical(saved), _canonical(live)
+    return [f"{k}: {a.get(k, '<absent>')} in the checkpoint, {b.get(k, '<absent>')} in this run"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def _zero3_gathered(p):
@@ -167,5 +197,5 @@ def load(engine, path: Path) -> dict:
     engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
     st = meta["rng"].get(str(dist.get_rank()))
     if st is not None:
-        torch.set_rng_state(torch.tensor(st["torch"], dtype=torch.uint8))
+        set_rng_state(st)
     return meta

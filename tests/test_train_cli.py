@@ -1,0 +1,91 @@
+"""A user's first runs, typed as users type them: ``DEBUG=1 bash launch/train.sh configs/cpu-*-tiny.yaml``
+with ``key=value`` overrides, a run config of their own, and a resume after a clean stop, for both
+architectures."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.train_helpers import ROOT, make_shards
+
+ARCHS = ["gla", "mamba2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("data"), seq_len=128)
+
+
+def launch(config, *overrides, timeout=300):
+    return subprocess.run(["bash", "launch/train.sh", str(config), *overrides], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, DEBUG="1"))
+
+
+def short(shards, run_dir, steps, every):
+    """Overrides that shorten a shipped config to a few steps on the test shards, as a user would type them."""
+    return [f"data.train={shards}", f"logging.dir={run_dir}", f"schedule.total_steps={steps}",
+            "schedule.warmup_steps=1", f"checkpoint.every={every}", "eval.tasks=[ppl]", "logging.every=1"]
+
+
+def lr_logged(stdout: str) -> float:
+    line = next(ln for ln in stdout.splitlines() if "step 1/" in ln)
+    return float(line.split(" lr ")[1].split()[0])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lr_typed_as_people_type_it(tmp_path, shards, arch):
+    # "3e-4" is a string to YAML (no dot); it must train at 3e-4, on the command line and in a file
+    r = launch(f"configs/cpu-{arch}-tiny.yaml", "optimizer.lr=3e-4", *short(shards, tmp_path / "a", 1, 0))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert lr_logged(r.stdout) == pytest.approx(3e-4)   # warm-up of 1 step: the first step runs at lr
+    own = tmp_path / "mine.yaml"
+    own.write_text((ROOT / "configs" / f"cpu-{arch}-tiny.yaml").read_text().replace("lr: 3.0e-3", "lr: 3e-4"))
+    assert "lr: 3e-4" in own.read_text()
+    r = launch(own, *short(shards, tmp_path / "b", 1, 0))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert lr_logged(r.stdout) == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resume_after_a_clean_stop(tmp_path, shards, arch):
+    # 2 steps with a checkpoint, then the same command asking for 3: it resumes at step 2 (model, optimizer,
+    # schedule), the same layout and config; a Mamba2 run used to refuse its own checkpoint here
+    cfg = f"configs/cpu-{arch}-tiny.yaml"
+    a = launch(cfg, *short(shards, tmp_path / "run", 2, 2))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = launch(cfg, *short(shards, tmp_path / "run", 3, 2), "checkpoint.resume=auto")
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert "resumed from" in b.stdout and "step00000002 at step 2: model, optimizer and schedule" in b.stdout, b.stdout
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "step00000003" / "statex.json").read_text())
+    assert meta["step"] == 3
+
+
+def test_resume_of_another_model_names_the_fields(tmp_path, shards):
+    a = launch("configs/cpu-mamba2-tiny.yaml", *short(shards, tmp_path / "run", 1, 1))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = launch("configs/cpu-mamba2-tiny.yaml", *short(shards, tmp_path / "run", 2, 1), "expansion.d_state=32")
+    assert b.returncode == 2
+    assert "d_state: [64, 16] in the checkpoint, [32, 16] in this run" in b.stderr, b.stderr[-2000:]
+    assert "Traceback" not in b.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=abc", "optimizer.lr='abc' (from override optimizer.lr=abc): input should be a valid number"),
+    ("optimizer.lr=0", "optimizer.lr=0 (from override optimizer.lr=0): input should be greater than 0"),
+    ("optimizer.betas=[0.9,1.0]", "optimizer.betas[1]=1.0"),
+    ("parallel.activation_checkpointing=maybe", "parallel.activation_checkpointing='maybe'"),
+    ("model.dtype=fp16", "input should be 'auto', 'fp32' or 'bf16'"),
+])
+def test_bad_values_name_key_value_and_origin(tmp_path, override, message):
+    r = launch("configs/cpu-gla-tiny.yaml", override, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_value_in_a_file_names_the_file(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("optimizer: {lr: fast}\n")
+    r = launch(own, timeout=120)
+    assert r.returncode == 2 and f"optimizer.lr='fast' (from {own})" in r.stderr, r.stderr[-2000:]
