@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
     ap.add_argument("--gla-heads", type=int, help="GLA: heads of each expanded layer (default 1)")
     ap.add_argument("--d-state", type=int, help="Mamba2: d_state of each expanded layer (default 4x)")
-    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero (default reinit)")
+    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero|preserve (default reinit)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the re-initialised tensors")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "keep"], default="keep")
     ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")

@@ -102,7 +102,7 @@ def test_init_must_suit_the_arch(cfg, init):
 
 
 def test_unknown_init_and_bad_options():
-    known = r"\['copy', 'merge', 'reinit', 'zero'\]"
+    known = r"\['copy', 'merge', 'preserve', 'reinit', 'zero'\]"
     with pytest.raises(ValueError, match=rf"init='random' is unknown; expected one of {known}"):
         ExpansionPlan([0], init="random")
     with pytest.raises(ValueError, match="lo <= hi"):

@@ -176,6 +176,30 @@ def test_mamba2_zero_pads_each_group():
             assert not grouped[:, 16:].any()
 
 
+def test_mamba2_preserve_keeps_old_rows_draws_new_ones_and_zeroes_new_c_conv():
+    old = mamba2_cfg()
+    plan = ExpansionPlan([1], d_state=24, init="preserve")
+    new = expand_config(old, plan)
+    w = random_weights(old)
+    out = expand_all(w, old, new, plan)
+    check_shapes(out, new)
+    check_untouched(out, w, [1])
+    bounds = {MIXER["in_proj"]: 1 / 8, MIXER["conv_w"]: 1 / 2, MIXER["conv_b"]: 1 / 2}  # reinit's: 1/sqrt(fan_in)
+    for name, kind in ((MIXER["in_proj"], "in_proj"), (MIXER["conv_w"], "conv"), (MIXER["conv_b"], "conv")):
+        a, b = _blocks(old, 1, w["layers.1." + name], kind), _blocks(new, 1, out["layers.1." + name], kind)
+        for k in ("B", "C"):
+            grouped = b[k].reshape(2, 24, *b[k].shape[1:])
+            assert torch.equal(grouped[:, :16], a[k].reshape(2, 16, *a[k].shape[1:])), (name, k)
+            fresh = grouped[:, 16:]
+            if kind == "conv" and k == "C":
+                assert not fresh.any(), name  # C_new = SiLU(0) = 0 at step 0
+            else:
+                assert 0.8 * bounds[name] < fresh.abs().max() <= bounds[name], (name, k)
+        assert all(torch.equal(a[k], b[k]) for k in a if k not in ("B", "C"))
+    for k in ("mixer.dt_bias", "mixer.A_log", "mixer.norm.weight", "mixer.D", "mixer.out_proj.weight"):
+        assert out["layers.1." + k] is w["layers.1." + k]
+
+
 def test_dtype_and_device_are_kept():
     old = mamba2_cfg()
     plan = ExpansionPlan([0], d_state=32)

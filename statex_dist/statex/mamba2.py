@@ -3,6 +3,13 @@
 Shapes: D hidden, E d_inner, G ngroups, Hh heads, W conv width. in_proj rows pack [z | x | B | C | dt]
 with widths [E, E, G*N, G*N, Hh]; the conv channels pack [x | B | C] with widths [E, G*N, G*N]. B and C
 are group-major (group g holds rows g*N .. (g+1)*N of its block); only B and C grow.
+
+Modes: ``reinit`` (the paper's default) redraws every B/C row and conv channel and resets A_log, dt_bias and
+the norm; ``copy`` tiles the old rows; ``zero`` keeps them and zero-pads (the output is unchanged, but
+B_new = C_new = 0 is a saddle point: each one's gradient is proportional to the other, so both stay zero
+and the run equals LPT); ``preserve`` keeps the old rows, draws the new B and C rows of in_proj as
+``reinit`` does, draws the new B conv channels and zeroes the new C conv channels (taps and bias): the
+output is unchanged at step 0 and the new rows train.
 """
 from __future__ import annotations
 
@@ -20,8 +27,12 @@ def _drawer(gen: torch.Generator, bound: float, like: torch.Tensor):
     return lambda shape: uniform(shape, -bound, bound, gen, like)
 
 
-def _grow(block: torch.Tensor, G: int, N: int, N2: int, mode: str, fresh) -> torch.Tensor:
-    """B or C rows [G*N, ...] -> [G*N2, ...]. ``fresh(shape)`` draws the ``reinit`` values."""
+def _grow(block: torch.Tensor, G: int, N: int, N2: int, mode: str, fresh, new_rows: str = "fresh") -> torch.Tensor:
+    """B or C rows [G*N, ...] -> [G*N2, ...]. ``fresh(shape)`` draws the ``reinit`` values.
+
+    ``preserve`` keeps each group's N rows and fills its N2 - N new rows with ``fresh`` values, or with zeros
+    where ``new_rows="zero"`` (the new C channels' conv taps and bias).
+    """
     rest = block.shape[1:]
     if mode == "reinit":
         return fresh((G * N2, *rest))
@@ -29,9 +40,11 @@ def _grow(block: torch.Tensor, G: int, N: int, N2: int, mode: str, fresh) -> tor
     if mode == "copy":  # tile each group's N rows, then cut to N'
         reps = math.ceil(N2 / N)
         grown = per_group.repeat(1, reps, *([1] * len(rest)))[:, :N2]
-    else:  # zero: new rows contribute nothing, so the layer computes what it did before
+    else:  # zero / preserve: the old rows in place, new rows after them in each group
         grown = per_group.new_zeros((G, N2, *rest))
         grown[:, :N] = per_group
+        if mode == "preserve" and new_rows == "fresh":
+            grown[:, N:] = fresh((G, N2 - N, *rest))
     return grown.reshape(G * N2, *rest)
 
 
@@ -53,7 +66,9 @@ def expand_mamba2_layer(name: str, local: str, tensor: torch.Tensor, layer: int,
         check_shape(name, tensor, want)
         x, B, C = tensor.split([E, G * N, G * N])
         fresh = _drawer(gen, default_bound(W), tensor)  # depthwise nn.Conv1d: fan_in = 1 * W, weight and bias
-        return torch.cat([x, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh)])
+        # preserve: C_new = SiLU(conv(.) + 0) = 0 with zero taps and bias, so the layer's output is unchanged,
+        # while B_new (fresh taps) makes the new state rows non-zero and gives C_new's taps a gradient at once
+        return torch.cat([x, _grow(B, G, N, N2, mode, fresh), _grow(C, G, N, N2, mode, fresh, new_rows="zero")])
     if local in ("mixer.dt_bias", "mixer.A_log", "mixer.norm.weight"):
         check_shape(name, tensor, (E,) if local == "mixer.norm.weight" else (Hh,))
         if mode != "reinit":

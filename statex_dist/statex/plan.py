@@ -8,7 +8,7 @@ from typing import Optional
 from statex_dist.config import GLAConfig, Mamba2Config, ModelConfig
 from statex_dist.statex.layers import choose_layers
 
-INITS = {"gla": ("reinit", "merge"), "mamba2": ("reinit", "copy", "zero")}
+INITS = {"gla": ("reinit", "merge"), "mamba2": ("reinit", "copy", "zero", "preserve")}
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class ExpansionPlan:
         layers: indices of the layers to enlarge (see ``choose_layers``).
         gla_heads: GLA only: heads H' of an expanded layer; must divide its heads H (1 = merge all).
         d_state: Mamba2 only: the expanded layers' d_state N' (> their N).
-        init: GLA ``reinit`` | ``merge``; Mamba2 ``reinit`` | ``copy`` | ``zero``.
+        init: GLA ``reinit`` | ``merge``; Mamba2 ``reinit`` | ``copy`` | ``zero`` | ``preserve``
+            (statex_dist.statex.mamba2 says what each does).
         seed: seeds every random tensor together with the parameter's name.
         gate_bias_init: GLA ``reinit`` only: draw gk_proj.1.bias from U(lo, hi) instead of zeros.
     """
