@@ -3,6 +3,7 @@
 #
 #   bash launch/train.sh                         the embedded default on this machine's CPU (demo)
 #   bash launch/train.sh CONFIG [key.sub=value ...]
+#   bash launch/train.sh CONFIG [key.sub=value ...] --print-config    the resolved run config; starts nothing
 #
 # Environment:
 #   NPROC=N          processes on this machine: GPUs on a GPU machine (default: all of them), gloo
@@ -23,6 +24,11 @@ fi
 case "$1" in
   --*) exec "$PY" -m statex_dist.demo "$@" ;;
 esac
+for a in "$@"; do
+  case "$a" in  # answered by one process, before any launcher starts
+    --print-config|-h|--help) exec "$PY" -m statex_dist.train "$@" ;;
+  esac
+done
 if [ "${DEBUG:-0}" = 1 ]; then
   exec "$PY" -m statex_dist.train "$@"
 fi
@@ -38,5 +44,8 @@ else
     NPROC=$("$PY" -c "import torch; print(max(torch.cuda.device_count(), 1))")
   fi
   args+=(--num_gpus "$NPROC" --master_port "${MASTER_PORT:-29500}")
+  # the run config checked once, in one line, before the launcher starts NPROC processes that would each
+  # print the same error (several machines: each rank checks its own world size)
+  WORLD_SIZE="$NPROC" "$PY" -m statex_dist.train "$@" --print-config > /dev/null
 fi
 exec "$DS" "${args[@]}" --module statex_dist.train "$@"

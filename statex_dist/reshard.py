@@ -40,28 +40,52 @@ def copy_side_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+EXAMPLE = """example:
+  python tools/reshard_expand.py --src statex_dist/pretrained/tiny-gla --dst runs/tiny-gla-x --expand-every 2 \\
+      --gla-heads 1 --init merge --tp 2
+  python tools/reshard_expand.py --src runs/tiny-gla-x --dst runs/tiny-gla-x-hf --format hf
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="reshard_expand.py",
+    from statex_dist.cli_errors import Parser, count, positive_int
+    ap = Parser(
+        prog="reshard_expand.py", epilog=EXAMPLE,
         description="Expand the recurrent state of chosen layers (StateX), shard for any TP x PP layout, or "
                     "export back to the source's Hugging Face format, in one streaming pass.")
-    ap.add_argument("--src", required=True, help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2) "
-                                                 "or a statex-dist sharded checkpoint")
-    ap.add_argument("--dst", required=True, help="output folder (written atomically)")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the sharded output")
-    ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the sharded output")
-    ap.add_argument("--format", choices=["sharded", "hf"], default="sharded")
+    ap.add_argument("--src", required=True, metavar="PATH",
+                    help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2) or a statex-dist "
+                         "sharded checkpoint")
+    ap.add_argument("--dst", required=True, metavar="PATH", help="output folder (written atomically; not inside --src)")
+    ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size of the sharded output")
+    ap.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel size of the sharded output")
+    ap.add_argument("--format", choices=["sharded", "hf"], default="sharded",
+                    help="this project's sharded checkpoint, or the source's Hugging Face format")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--expand-every", type=int, metavar="K", help="expand layers 0, K, 2K, ... (default K=6 "
-                                                                 "when another expansion flag is given)")
+    g.add_argument("--expand-every", type=positive_int, metavar="K",
+                   help="expand layers 0, K, 2K, ... (default K=6 when another expansion flag is given)")
     g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
-    ap.add_argument("--gla-heads", type=int, help="GLA: heads of each expanded layer (default 1)")
-    ap.add_argument("--d-state", type=int, help="Mamba2: d_state of each expanded layer (default 4x)")
-    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero|preserve (default reinit)")
+    ap.add_argument("--gla-heads", type=positive_int, help="GLA only: heads of each expanded layer (default 1)")
+    ap.add_argument("--d-state", type=positive_int,
+                    help="Mamba2 only: d_state of each expanded layer, larger than the current one (default 4x)")
+    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero|preserve "
+                                   "(default reinit)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the re-initialised tensors")
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "keep"], default="keep")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "keep"], default="keep", help="dtype of the written tensors")
     ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return ap
+
+
+def check_paths(src: str, dst: str) -> None:
+    """Refuse a destination that would write into, or (with --overwrite) delete, the source."""
+    from statex_dist.checkpoint.errors import MissingCheckpointError
+    from statex_dist.cli_errors import path_inside
+    if not Path(src).exists():
+        raise MissingCheckpointError(f"--src {src}: does not exist; pass a checkpoint folder")
+    if path_inside(dst, src):
+        raise CheckpointError(f"--dst {dst} is inside --src {src}; choose a destination outside the source")
+    if path_inside(src, dst):
+        raise CheckpointError(f"--src {src} is inside --dst {dst}; writing DST would replace the source")
 
 
 def make_plan(args, config) -> Optional[ExpansionPlan]:
@@ -69,13 +93,18 @@ def make_plan(args, config) -> Optional[ExpansionPlan]:
                                          args.init))
     if not wanted:
         return None
-    layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None
+    if config.arch == "gla" and args.d_state is not None:
+        raise ValueError("--d-state applies to Mamba2 checkpoints; this is a GLA checkpoint (use --gla-heads)")
+    if config.arch != "gla" and args.gla_heads is not None:
+        raise ValueError("--gla-heads applies to GLA checkpoints; this is a Mamba2 checkpoint (use --d-state)")
+    try:
+        layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None
+    except ValueError:
+        raise ValueError(f"--expand-layers {args.expand_layers!r}: expected comma-separated layer indices") from None
     chosen = choose_layers(config.num_layers, every=args.expand_every, layers=layers)
     if config.arch == "gla":
         return ExpansionPlan(layers=chosen, gla_heads=args.gla_heads or 1, init=args.init or "reinit",
                              seed=args.seed)
-    if args.gla_heads is not None:
-        raise ValueError("--gla-heads applies to GLA checkpoints; this is a Mamba2 checkpoint (use --d-state)")
     d_state = args.d_state or 4 * max(config.d_state[i] for i in chosen)
     return ExpansionPlan(layers=chosen, d_state=d_state, init=args.init or "reinit", seed=args.seed)
 
@@ -85,8 +114,7 @@ def run(argv=None) -> dict:
     t0 = time.time()
     if args.format == "hf" and (args.tp != 1 or args.pp != 1):
         raise ValueError("--format hf writes one unsharded folder: drop --tp/--pp (or use --format sharded)")
-    if args.tp < 1 or args.pp < 1:
-        raise ValueError("--tp and --pp must be >= 1")
+    check_paths(args.src, args.dst)
     if Path(args.dst).exists() and not args.overwrite:
         raise CheckpointError(f"{Path(args.dst).absolute()}: already exists; pass --overwrite to replace it")
     src = open_source(args.src)
@@ -143,9 +171,8 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(argv)
-    except (CheckpointError, ValueError) as e:
-        print(f"reshard_expand: error: {e}")
-        return 2
-    return 0
+    from statex_dist.cli_errors import run_main
+
+    def body(a):
+        run(a)  # its summary dict is for Python callers; the command line prints it
+    return run_main("reshard_expand.py", body, argv)

@@ -193,11 +193,13 @@ def _leaves(tree: dict, prefix: str = ""):
             yield key
 
 
-def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()) -> RunConfig:
+def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = (),
+                    world: Optional[int] = None) -> RunConfig:
     """Read a YAML file (or none: all defaults) and apply ``key.sub=value`` overrides (values parsed as YAML).
 
     Every value is converted to its field's type (YAML reads ``3e-4`` as a string; it becomes 3e-4) and
     checked against the field's range; an error names the key, the value and the file or override.
+    ``world`` (default: ``$WORLD_SIZE`` when set) is the process count the batch sizes are checked for.
     """
     tree: dict = {}
     origins: dict[str, str] = {}
@@ -206,9 +208,17 @@ def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such config file; the shipped ones are in configs/")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: cannot read the config file ({getattr(e, 'strerror', None) or e}); pass a "
+                              f"YAML file such as configs/cpu-gla-tiny.yaml") from None
+        try:
+            tree = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+        if tree is None:
+            raise ConfigError(f"{p}: the config file is empty; a run needs at least model.source and data.train "
+                              f"(start from one of configs/)")
         if not isinstance(tree, dict):
             raise ConfigError(f"{p}: expected a mapping of sections, found {type(tree).__name__}")
         origins = {k: str(p) for k in _leaves(tree)}
@@ -223,24 +233,84 @@ def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()
         _set(tree, k.strip(), value)
         origins[k.strip()] = f"override {o}"
     cfg = _build(RunConfig, tree, "", origins)
-    validate(cfg)
+    if world is None and os.environ.get("WORLD_SIZE", "").isdigit():
+        world = int(os.environ["WORLD_SIZE"])
+    validate(cfg, origins, world)
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
-    """Impossible combinations, before any process group exists."""
-    p = cfg.parallel
+def _from(origins: dict[str, str], key: str) -> str:
+    return f" (from {origins[key]})" if key in origins else " (the default)"
+
+
+def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Optional[int] = None) -> None:
+    """Impossible combinations, before any process group exists; each error names the key, its value, the
+    range that would work and where the value came from."""
+    o = origins or {}
+    p, d = cfg.parallel, cfg.data
     if p.pp > 1 and p.zero_stage > 1:
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage} with parallel.pp={p.pp}: DeepSpeed's pipeline "
-                          f"engine supports ZeRO stage 0 or 1 only; use zero_stage=1")
+        raise ConfigError(f"parallel.zero_stage={p.zero_stage}{_from(o, 'parallel.zero_stage')} with "
+                          f"parallel.pp={p.pp}: DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; "
+                          f"use zero_stage=1")
     if p.sequence_parallel and p.tp > 1 and p.pp > 1:
         # the pipeline engine slices the activations it sends over TP, assuming TP ranks hold equal copies
-        raise ConfigError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}: sequence parallelism is "
-                          f"implemented for TP without a pipeline; set parallel.pp=1 or "
+        raise ConfigError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}{_from(o, 'parallel.pp')}: "
+                          f"sequence parallelism is implemented for TP without a pipeline; set parallel.pp=1 or "
                           f"parallel.sequence_parallel=false")
     if cfg.schedule.warmup_steps > cfg.schedule.total_steps:
-        raise ConfigError(f"schedule.warmup_steps={cfg.schedule.warmup_steps} exceeds "
-                          f"schedule.total_steps={cfg.schedule.total_steps}")
-    if cfg.data.global_batch % cfg.data.micro_batch:
-        raise ConfigError(f"data.global_batch={cfg.data.global_batch} is not a multiple of "
-                          f"data.micro_batch={cfg.data.micro_batch}")
+        raise ConfigError(f"schedule.warmup_steps={cfg.schedule.warmup_steps}{_from(o, 'schedule.warmup_steps')} "
+                          f"exceeds schedule.total_steps={cfg.schedule.total_steps}; expected 0 .. "
+                          f"{cfg.schedule.total_steps}")
+    # DP is only known from the launcher's process count; without one, a world of one
+    dp = world // (p.tp * p.pp) if world and world % (p.tp * p.pp) == 0 else 1
+    per_step = d.micro_batch * dp
+    if d.global_batch % per_step:
+        over = f"data.micro_batch x DP = {d.micro_batch} x {dp}" if dp > 1 else f"data.micro_batch={d.micro_batch}"
+        raise ConfigError(f"data.global_batch={d.global_batch}{_from(o, 'data.global_batch')} is not a multiple of "
+                          f"{over}{_from(o, 'data.micro_batch')}; expected a multiple of {per_step}"
+                          + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp}))" if dp > 1 else ""))
+    # Mamba2's chunk size puts no constraint on seq_len: both SSD scans (mamba_ssm's kernel and
+    # statex_dist.ops.ssd) pad the last chunk. Sequence parallelism splits every sequence over TP.
+    if p.sequence_parallel and p.tp > 1 and d.seq_len % p.tp:
+        raise ConfigError(f"data.seq_len={d.seq_len}{_from(o, 'data.seq_len')} does not split over "
+                          f"parallel.tp={p.tp} with parallel.sequence_parallel=true; expected a multiple of "
+                          f"{p.tp} (or set parallel.sequence_parallel=false)")
+
+
+def dump(cfg: RunConfig) -> str:
+    """The resolved run config as YAML: what ``--print-config`` shows and what a run will use."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _type_text(t) -> str:
+    """A field annotation in words: ``Annotated[int, Field(gt=0)]`` -> ``int > 0``."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is Annotated:
+        ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=",
+               "max_length": "length <="}
+        bounds = [f"{word} {getattr(m, k)}" for info in args[1:] for m in getattr(info, "metadata", [])
+                  for k, word in ops.items() if getattr(m, k, None) is not None]
+        return ", ".join([_type_text(args[0])] + bounds)
+    if origin is typing.Union:
+        return " or ".join("null" if a is type(None) else _type_text(a) for a in args)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in args)
+    if origin is list:
+        return f"list of ({_type_text(args[0])})"
+    return getattr(t, "__name__", str(t))
+
+
+def key_table() -> str:
+    """Every run-config key with its type, range and default (the ``--help`` of the training entry point)."""
+    lines = []
+    for top in dataclasses.fields(RunConfig):
+        if top.default_factory is not dataclasses.MISSING:
+            cls = type(top.default_factory())
+            for f in dataclasses.fields(cls):
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                hint = typing.get_type_hints(cls, include_extras=True)[f.name]
+                lines.append(f"  {top.name}.{f.name}: {_type_text(hint)} (default: {default!r})")
+        else:
+            hint = typing.get_type_hints(RunConfig, include_extras=True)[top.name]
+            lines.append(f"  {top.name}: {_type_text(hint)} (default: {top.default!r})")
+    return "\n".join(lines)

@@ -229,13 +229,16 @@ class Run:
         gn = self.engine.get_global_grad_norm()
         if gn is not None:
             w.add_scalar("train/grad_norm", float(gn), s)
+        from statex_dist.training.flops import train_flops_per_token
+        # a step's tokens are shared by all GPUs of the job (TP and PP ranks work on the same tokens)
+        per_gpu = tokens_per_step / max(dt, 1e-9) / dist.get_world_size()
+        flops = train_flops_per_token(self.model_config) * per_gpu  # the whole model's, per GPU
         w.add_scalar("train/tokens_per_s", tokens_per_step / max(dt, 1e-9), s)
+        w.add_scalar("train/tokens_per_s_per_gpu", per_gpu, s)
         w.add_scalar("train/tokens_seen", tokens_per_step * s, s)
+        w.add_scalar("train/model_tflops_per_gpu", flops / 1e12, s)
         if torch.cuda.is_available():
             w.add_scalar("train/memory_gb", torch.cuda.max_memory_allocated() / 1e9, s)
-            # 6 N FLOPs per token (forward + backward of the matmuls); the scans' own FLOPs are left out
-            flops = 6 * self.trainable * tokens_per_step / max(dt, 1e-9) / dist.get_world_size()
-            w.add_scalar("train/model_tflops_per_gpu", flops / 1e12, s)
             peak = _peak_flops(self.dtype)
             if peak:
                 w.add_scalar("train/mfu", flops / peak, s)
@@ -284,22 +287,42 @@ class _PipeIter:
         return self.run._micro()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="statex_dist.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", nargs="?", help="YAML run config (configs/*.yaml)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value")
+EXAMPLE = """example:
+  DEBUG=1 bash launch/train.sh configs/cpu-gla-tiny.yaml optimizer.lr=3e-4 schedule.total_steps=100
+  python -m statex_dist.train configs/cpu-gla-tiny.yaml data.seq_len=256 --print-config
+
+run-config keys (in the YAML file as sections, on the command line as section.key=value):
+"""
+
+
+def parser() -> "argparse.ArgumentParser":
+    from statex_dist.cli_errors import Parser
+    from statex_dist.run_config import key_table
+    ap = Parser(prog="statex_dist.train", description=__doc__, epilog=EXAMPLE + key_table())
+    ap.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="YAML run config (configs/*.yaml)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY.SUB=VALUE",
+                    help="overrides of the file's values, typed as YAML (optimizer.lr=3e-4, eval.tasks=[ppl])")
+    ap.add_argument("--print-config", action="store_true",
+                    help="print the resolved run config as YAML and exit without starting anything")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    args = ap.parse_args(argv)
-    if args.config and "=" in args.config:  # no YAML file: overrides only
-        args.overrides.insert(0, args.config)
-        args.config = None
+    return ap
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from statex_dist.cli_errors import EXPECTED, fail
     try:
+        args = parser().parse_intermixed_args(argv)
+        if args.config and "=" in args.config:  # no YAML file: overrides only
+            args.overrides.insert(0, args.config)
+            args.config = None
         cfg = load_run_config(args.config, args.overrides)
+        if args.print_config:
+            from statex_dist.run_config import dump
+            print(dump(cfg), end="")
+            return 0
         run = Run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"statex_dist.train: error: {e}", file=sys.stderr)
-        return 2
+    except EXPECTED as e:  # only set-up: an error inside the steps is a bug and keeps its traceback
+        return fail("statex_dist.train", e)
     out = run.train()
     run.log(f"done: {out['step']} steps, final loss {out['losses'][-1]:.4f}" if out["losses"] else "done: 0 steps")
     return 0

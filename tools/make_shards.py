@@ -11,22 +11,31 @@ labels = sample[1:]). --tokenizer bytes: ids 0..255 are UTF-8 bytes, 256 EOS, 25
 Tokens are stored raw little-endian: uint16 if the vocabulary has <= 65536 ids, else int32.
 The output folder holds shard-NNNNNN.tar and manifest.json; statex_dist/data/format.py describes both.
 """
-import argparse
 import sys
 import time
 
+from statex_dist.cli_errors import Parser, positive_int, run_main
 from statex_dist.data.writer import ShardOptions, make_shards
 
 
+EXAMPLE = """example:
+  python tools/make_shards.py corpus/ -o data/train --tokenizer bytes --seq-len 2048 --samples-per-shard 1024
+"""
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="make_shards.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("inputs", nargs="+", help=".txt / .jsonl files or folders of them")
-    ap.add_argument("-o", "--output", required=True, help="shard folder to create")
-    ap.add_argument("--tokenizer", default="bytes", help="'bytes' or a local Hugging Face tokenizer folder")
-    ap.add_argument("--seq-len", type=int, default=2048, help="tokens of input_ids per sample (default 2048)")
-    ap.add_argument("--samples-per-shard", type=int, default=1024)
-    ap.add_argument("--workers", type=int, default=1, help="tokenisation processes")
+    return run_main("make_shards.py", _main, argv)
+
+
+def _main(argv=None) -> int:
+    ap = Parser(prog="make_shards.py", description=__doc__, epilog=EXAMPLE)
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help=".txt / .jsonl files or folders of them")
+    ap.add_argument("-o", "--output", required=True, metavar="PATH", help="shard folder to create")
+    ap.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
+                    help="'bytes' or a local Hugging Face tokenizer folder")
+    ap.add_argument("--seq-len", type=positive_int, default=2048, help="tokens of input_ids per sample")
+    ap.add_argument("--samples-per-shard", type=positive_int, default=1024, help="samples per tar file")
+    ap.add_argument("--workers", type=positive_int, default=1, help="tokenisation processes")
     ap.add_argument("--text-field", default="text", help="JSONL field holding the document")
     ap.add_argument("--txt-docs", choices=["file", "blank-line"], default="file",
                     help="a .txt file is one document, or one per blank-line-separated block")
@@ -37,11 +46,7 @@ def main(argv=None) -> int:
     opts = ShardOptions(seq_len=a.seq_len, samples_per_shard=a.samples_per_shard, tokenizer=a.tokenizer,
                         text_field=a.text_field, txt_docs=a.txt_docs, add_bos=a.add_bos, workers=a.workers)
     t0 = time.time()
-    try:
-        m = make_shards(a.inputs, a.output, opts, overwrite=a.overwrite, progress=not a.quiet)
-    except (ValueError, OSError) as e:  # DataError, and I/O errors naming their path
-        print(f"make_shards.py: error: {e}", file=sys.stderr)
-        return 2
+    m = make_shards(a.inputs, a.output, opts, overwrite=a.overwrite, progress=not a.quiet)
     tok = m["tokenizer"]
     print(f"wrote {len(m['shards'])} shards, {m['total_samples']} samples x {m['seq_len']} tokens "
           f"({m['total_tokens']:,} label tokens of {m['corpus_tokens']:,}; {m['documents']} documents) "

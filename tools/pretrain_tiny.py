@@ -10,7 +10,6 @@ accuracy per N and text perplexity), written atomically. The same flags give the
 torch build. One process, plain torch AdamW: a model of 0.1M parameters gains nothing from DeepSpeed, and
 the post-training (statex_dist.train) is where the distributed stack is exercised.
 """
-import argparse
 import json
 import sys
 import time
@@ -20,18 +19,13 @@ import torch
 from tqdm import tqdm
 
 from statex_dist import tiny
-from statex_dist.checkpoint.atomic import atomic_dir
-from statex_dist.checkpoint.fla_gla import FlaGLA
-from statex_dist.checkpoint.hf_export import write_hf
-from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
 from statex_dist.config import config_from_dict
-from statex_dist.eval.mqar import evaluate_mqar
-from statex_dist.models import build_model, specs_for
-from statex_dist.models.init import init_tensor
-from statex_dist.parallel.weights import gather_full
 
 
 def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
+    # the model stack (megatron-core) is imported where it is used: --help and a bad flag answer at once
+    from statex_dist.models import build_model, specs_for
+    from statex_dist.models.init import init_tensor
     config = config_from_dict({**tiny.CONFIGS[arch], **overrides})
     model = build_model(config, init=False)
     specs = specs_for(config, 1)
@@ -46,6 +40,12 @@ def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
 
 
 def save(model, config, out: Path, record: dict) -> None:
+    from statex_dist.checkpoint.atomic import atomic_dir
+    from statex_dist.checkpoint.fla_gla import FlaGLA
+    from statex_dist.checkpoint.hf_export import write_hf
+    from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
+    from statex_dist.models import specs_for
+    from statex_dist.parallel.weights import gather_full
     specs = specs_for(config, 1)
     full = gather_full(model, specs)
     fmt = FlaGLA if config.arch == "gla" else TransformersMamba2
@@ -54,45 +54,102 @@ def save(model, config, out: Path, record: dict) -> None:
         (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="pretrain_tiny.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=sorted(tiny.CONFIGS), default="gla")
+EXAMPLE = """example:
+  python tools/pretrain_tiny.py --arch mamba2 --seed 1 --steps 3000 --out runs/pretrained/tiny-mamba2-seed1
+  python tools/pretrain_tiny.py --init-from runs/pretrained/tiny-mamba2-seed1 --steps 1000 --out runs/more
+"""
+
+
+def parser():
+    from statex_dist.cli_errors import Parser, count, positive_float, positive_int
+    ap = Parser(prog="pretrain_tiny.py", description=__doc__, epilog=EXAMPLE)
+    ap.add_argument("--arch", choices=sorted(tiny.CONFIGS), default="gla", help="which tiny model (statex_dist.tiny)")
     ap.add_argument("--seed", type=int, default=0, help="init and data seed (statex_dist.tiny.SHIPPED_SEED ships)")
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--lr", type=float, default=3e-3, help="peak lr, cosine to lr/10 after 100 warm-up steps")
-    ap.add_argument("--tokens", type=int, default=tiny.TaskMix.tokens, help="tokens per step")
-    ap.add_argument("--curriculum", type=int, default=None, help="steps on --warmup-pairs first (default steps/5)")
-    ap.add_argument("--warmup-pairs", type=int, nargs="+", default=list(tiny.TaskMix.warmup_pairs))
-    ap.add_argument("--pairs", type=int, nargs="+", default=list(tiny.TaskMix.pairs),
+    ap.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps")
+    ap.add_argument("--lr", type=positive_float, default=3e-3,
+                    help="peak lr, cosine to lr/10 after 100 warm-up steps")
+    ap.add_argument("--tokens", type=positive_int, default=tiny.TaskMix.tokens, help="tokens per step")
+    ap.add_argument("--curriculum", type=count, default=None,
+                    help="steps on --warmup-pairs first (default steps/5; 0 with --init-from)")
+    ap.add_argument("--warmup-pairs", type=positive_int, nargs="+", default=list(tiny.TaskMix.warmup_pairs),
+                    help="N of the MQAR steps of the curriculum (uniform)")
+    ap.add_argument("--pairs", type=positive_int, nargs="+", default=list(tiny.TaskMix.pairs),
                     help="N of the MQAR steps after the curriculum (uniform)")
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--text-every", type=int, default=tiny.TaskMix.text_every,
+    ap.add_argument("--eval-every", type=positive_int, default=500, help="steps between MQAR / perplexity evaluations")
+    ap.add_argument("--text-every", type=count, default=tiny.TaskMix.text_every,
                     help="every k-th step is synthetic text (0: MQAR only)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a model config field, e.g. --set num_layers=1 --set num_heads=4")
-    ap.add_argument("--dt-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="override a model config field (VALUE as JSON), e.g. --set num_layers=1 --set num_heads=4")
+    ap.add_argument("--dt-range", type=positive_float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="Mamba2: draw the initial step size dt from log-U(LO, HI) (default mamba_ssm's 1e-3 0.1)")
-    ap.add_argument("--a-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    ap.add_argument("--a-range", type=positive_float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="Mamba2: draw -A from U(LO, HI) (mamba_ssm's A_init_range; default A = -(1..nheads))")
-    ap.add_argument("--init-from", default=None,
+    ap.add_argument("--init-from", default=None, metavar="PATH",
                     help="continue from this earlier output (its weights; a fresh optimizer and schedule)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs side by side on 2 cores)")
-    ap.add_argument("--out", default=None, help="output folder (default: statex_dist.tiny.pretrained_path)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--threads", type=positive_int, default=1,
+                    help="torch threads (1: two runs side by side on 2 cores)")
+    ap.add_argument("--out", default=None, metavar="PATH",
+                    help="output folder (default: statex_dist.tiny.pretrained_path)")
+    return ap
+
+
+def model_overrides(sets: list[str], arch: str) -> dict:
+    """``--set KEY=VALUE`` -> {key: value}, refused unless the tiny config of ``arch`` takes it."""
+    out = {}
+    for kv in sets:
+        k, eq, v = kv.partition("=")
+        if not eq or not k:
+            raise ValueError(f"--set {kv!r}: expected KEY=VALUE, e.g. --set num_layers=1")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            raise ValueError(f"--set {kv!r}: the value is not JSON (a number, true/false, a quoted string or a "
+                             f"list)") from None
+    try:
+        config_from_dict({**tiny.CONFIGS[arch], **out})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set {' '.join(sets)}: {e}") from None
+    return out
+
+
+def earlier_run(path: str) -> dict:
+    """The pretrain.json of an earlier output (what --init-from continues)."""
+    record = Path(path) / "pretrain.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"--init-from {path}: no pretrain.json there; pass an earlier output of this tool")
+    from statex_dist.checkpoint.tensor_files import read_json
+    return read_json(record)
+
+
+def main(argv=None) -> int:
+    from statex_dist.cli_errors import EXPECTED, fail
+    try:
+        args, config, model, earlier = setup(argv)
+    except EXPECTED as e:  # only the inputs: an error inside the steps is a bug and keeps its traceback
+        return fail("pretrain_tiny.py", e)
+    return pretrain(args, config, model, earlier, argv)
+
+
+def setup(argv):
+    """Every input checked (the model overrides, the run this one continues), then the model to train."""
+    args = parser().parse_args(argv)
+    sets = model_overrides(args.set, args.arch)
+    earlier = earlier_run(args.init_from) if args.init_from else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    out = Path(args.out) if args.out else tiny.pretrained_path(args.arch, args.seed)
-    t0 = time.time()
-    sets = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     if args.init_from:
         from statex_dist.api import load_model
         model = load_model(args.init_from)
         config = model.config
-        earlier = json.loads((Path(args.init_from) / "pretrain.json").read_text())
     else:
         config, model = build(args.arch, args.seed, sets, args.dt_range, args.a_range)
-        earlier = None
+    return args, config, model, earlier
+
+
+def pretrain(args, config, model, earlier, argv) -> int:
+    from statex_dist.eval.mqar import evaluate_mqar
+    out = Path(args.out) if args.out else tiny.pretrained_path(args.arch, args.seed)
+    t0 = time.time()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],

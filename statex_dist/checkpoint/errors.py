@@ -3,3 +3,7 @@
 
 class CheckpointError(ValueError):
     pass
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that is not there (also a FileNotFoundError, as Python callers expect)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.errors import CheckpointError, MissingCheckpointError
 from statex_dist.checkpoint.fla_gla import FlaGLA
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
@@ -22,6 +22,8 @@ VOCAB_TENSORS = ("embeddings.weight", "embedding.weight", "lm_head.weight")
 
 def detect_format(folder: str | os.PathLike) -> tuple[type[HFFormat], dict]:
     folder = Path(folder)
+    if not folder.exists():
+        raise MissingCheckpointError(f"{folder}: does not exist (not a folder); pass the checkpoint's directory")
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass the checkpoint's directory")
     cfg = read_json(folder / "config.json")
@@ -63,6 +65,20 @@ def find_tensor(reader: TensorReader, fmt: type[HFFormat], name: str, config: Mo
         f"the checkpoint is incomplete or its config.json does not describe it")
 
 
+def check_tensor(reader: TensorReader, hf: str, want: tuple[int, ...], folder: Path) -> None:
+    """The tensor's shape is what the config implies and its dtype a floating-point one (before reading it)."""
+    found = reader.shape(hf)
+    if tuple(found) != tuple(want):
+        raise CheckpointError(
+            f"{reader.file_of(hf)}: tensor {hf!r} has shape {list(found)} but the config "
+            f"({folder / 'config.json'}) implies {list(want)}; the config and weights do not belong together")
+    dtype = reader.dtype(hf)
+    if not dtype.is_floating_point:
+        raise CheckpointError(
+            f"{reader.file_of(hf)}: tensor {hf!r} has dtype {str(dtype).removeprefix('torch.')}; model weights "
+            f"are floating point (float32, bfloat16, float16): the file is not this model's checkpoint")
+
+
 def load_hf_into(model: nn.Module, folder: str | os.PathLike, fmt: type[HFFormat], specs: dict[str, ShardSpec]) -> None:
     """Copy every parameter's TP slice from the folder; shapes are checked against ``specs`` first."""
     from statex_dist.parallel import state  # megatron-core: only where a model exists
@@ -76,11 +92,7 @@ def load_hf_into(model: nn.Module, folder: str | os.PathLike, fmt: type[HFFormat
     for name, spec in specs.items():
         hf = find_tensor(reader, fmt, name, config)
         used.add(hf)
-        want, found = checkpoint_shape(name, spec, config), reader.shape(hf)
-        if tuple(found) != tuple(want):
-            raise CheckpointError(
-                f"{reader.file_of(hf)}: tensor {hf!r} has shape {list(found)} but the config "
-                f"({Path(folder) / 'config.json'}) implies {list(want)}; the config and weights do not belong together")
+        check_tensor(reader, hf, checkpoint_shape(name, spec, config), Path(folder))
         full = reader.get(hf)
         if full.shape[0] < spec.shape[0]:  # vocab rows added for TP divisibility
             full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])

@@ -13,7 +13,7 @@ import torch
 from statex_dist.checkpoint.atomic import MANIFEST
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS, FORMATS, find_tensor, read_hf_config
+from statex_dist.checkpoint.hf_load import VOCAB_TENSORS, FORMATS, check_tensor, find_tensor, read_hf_config
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
 from statex_dist.config import ModelConfig
 from statex_dist.models import specs_for
@@ -41,13 +41,8 @@ class HFSource:
 
     def get(self, name: str) -> torch.Tensor:
         hf = self._names[name]
-        t = self.reader.get(hf)
-        want = checkpoint_shape(self.config, name)
-        if tuple(t.shape) != want:
-            raise CheckpointError(
-                f"{self.reader.file_of(hf)}: tensor {hf!r} has shape {list(t.shape)} but the config "
-                f"({self.folder / 'config.json'}) implies {list(want)}; the config and weights do not belong together")
-        return t
+        check_tensor(self.reader, hf, checkpoint_shape(self.config, name), self.folder)
+        return self.reader.get(hf)
 
     def file_of(self, name: str) -> Path:
         return self.reader.file_of(self._names[name])

@@ -48,12 +48,29 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         self.base = 8 + n
         self.entries = header
+        for key, e in header.items():
+            self._check_entry(key, e)
         end = max((v["data_offsets"][1] for v in header.values()), default=0)
         if self.base + end > size:
             raise CheckpointError(
                 f"{self.path}: truncated: the header describes {self.base + end} bytes but the file has {size}; "
                 f"copy or download it again")
         self._fd = os.open(self.path, os.O_RDONLY)
+
+    def _check_entry(self, key: str, e) -> None:
+        """A header entry that cannot be read as a tensor: named here, not as a KeyError deep in a load."""
+        try:
+            dtype, shape, (lo, hi) = _ST_DTYPES.get(e["dtype"]), [int(d) for d in e["shape"]], e["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{self.path}: tensor {key!r} has a malformed header entry {e!r}; the file is "
+                                  f"corrupt") from None
+        if dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {key!r} has dtype {e['dtype']}, which this reader does not "
+                                  f"know (known: {sorted(_ST_DTYPES)})")
+        if hi - lo != torch.Size(shape).numel() * dtype.itemsize:
+            raise CheckpointError(f"{self.path}: tensor {key!r} of shape {shape} and dtype {e['dtype']} needs "
+                                  f"{torch.Size(shape).numel() * dtype.itemsize} bytes, its header gives {hi - lo}; "
+                                  f"the file is corrupt")
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -128,7 +145,14 @@ class TensorReader:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises several types for truncated or unsafe pickles
-            raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True): {e}") from e
+            raise CheckpointError(f"{path}: cannot be read with torch.load(weights_only=True) ({_load_reason(e)}); "
+                                  f"a weights file must be a plain state dict of tensors: re-save it with "
+                                  f"torch.save(model.state_dict()) or as safetensors") from e
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            what = type(sd).__name__ if not isinstance(sd, dict) else next(
+                f"a {type(v).__name__} under {k!r}" for k, v in sd.items() if not isinstance(v, torch.Tensor))
+            raise CheckpointError(f"{path}: not a plain state dict of tensors (it holds {what}); save "
+                                  f"model.state_dict() or convert the file to safetensors")
         self._bin[path] = sd
         return list(sd.keys())
 
@@ -164,6 +188,15 @@ class TensorReader:
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for k in self._where:
             yield k, self.get(k)
+
+
+def _load_reason(e: Exception) -> str:
+    """torch.load's reason in one line, without its advice to retry with weights_only=False (which would run
+    whatever code the pickle holds)."""
+    paragraphs = [" ".join(p.split()) for p in str(e).split("\n\n") if p.strip()]
+    if len(paragraphs) > 1 and paragraphs[0].startswith("Weights only load failed"):
+        return paragraphs[1]
+    return paragraphs[0] if paragraphs else type(e).__name__
 
 
 def read_json(path: Path) -> dict:

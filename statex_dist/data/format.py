@@ -114,13 +114,88 @@ def _sha256(path: Path) -> str:
     return sha256(path)
 
 
-def check_shards(shard_dir, verify_hashes: bool = False) -> Manifest:
+_BLOCK = 512  # a tar header, and the unit its data is padded to
+
+
+def _tar_header(fd: int, offset: int):
+    """(member name, data size) of the tar header at ``offset``; None at the end-of-archive block; raises
+    ValueError where no header is (the offset is inside data, or the file ends)."""
+    import os
+    h = os.pread(fd, _BLOCK, offset)
+    if len(h) < _BLOCK:
+        raise ValueError(f"the file ends at byte {offset + len(h)}")
+    if h == bytes(_BLOCK):
+        return None
+    stored = h[148:156].split(b"\0")[0].strip()
+    if not stored or int(stored, 8) != sum(h[:148]) + 8 * 32 + sum(h[156:]):  # checksum: its field as spaces
+        raise ValueError(f"no tar header at byte {offset}")
+    return h[:100].split(b"\0")[0].decode(errors="replace"), int(h[124:136].split(b"\0")[0].strip() or b"0", 8)
+
+
+def _sample_headers(fd: int, offset: int, n: int) -> list[tuple[str, int]]:
+    out = []
+    for _ in range(n):
+        head = _tar_header(fd, offset)
+        if head is None:
+            raise ValueError(f"the archive ends at byte {offset}")
+        out.append(head)
+        offset += _BLOCK + -(-head[1] // _BLOCK) * _BLOCK
+    return out
+
+
+def _check_layout(shard: ShardInfo, m: Manifest, mpath: Path) -> None:
+    """The tar holds the manifest's sample count, each sample the members the manifest promises at their sizes.
+
+    The writer gives every sample the same members at the same sizes, so sample i's headers sit at i times
+    one sample's span: reading the first sample's headers, the last sample's and the end-of-archive block
+    (a few reads, whatever the shard's size) proves the count, the token dtype and that no member is lost,
+    before any step of a run.
+    """
+    import os
+    want = {m.field: (m.seq_len + 1) * np.dtype(_DTYPES[m.dtype_name][0]).itemsize}
+    if m.loss_mask:
+        want[MASK_FIELD] = m.seq_len
+    span = len(want) * _BLOCK + sum(-(-n // _BLOCK) * _BLOCK for n in want.values())
+    fix = "re-create the folder with tools/make_shards.py"
+    fd = os.open(shard.path, os.O_RDONLY)
+    try:
+        try:
+            first = _sample_headers(fd, 0, len(want))
+        except ValueError as e:
+            raise ShardError(f"shard {shard.path}: not a readable tar ({e}); {fix}") from None
+        key = first[0][0].partition(".")[0]
+        members = {name.partition(".")[2]: size for name, size in first if name.partition(".")[0] == key}
+        for member, size in want.items():
+            if member not in members:
+                raise ShardError(f"shard {shard.path}: sample {key} has no '{member}' member (has {sorted(members)}); "
+                                 f"{mpath} promises {sorted(want)} per sample ({m.dtype_name} tokens); {fix}")
+            if members[member] != size:
+                raise ShardError(f"shard {shard.path}: member {key}.{member} is {members[member]} bytes, {mpath} "
+                                 f"promises {size} (seq_len {m.seq_len}, {m.dtype_name}); {fix}")
+        try:
+            last = _sample_headers(fd, (shard.samples - 1) * span, len(want))
+            end = _tar_header(fd, shard.samples * span)
+            ok = end is None and sorted(n.partition(".")[2] for n, _ in last) == sorted(want)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ShardError(f"shard {shard.path} does not hold the {shard.samples} samples of {sorted(want)} that "
+                             f"{mpath} lists (a sample count that is wrong or a member that is missing); {fix}")
+    finally:
+        os.close(fd)
+
+
+def check_shards(shard_dir, verify_hashes: bool = False, layout: bool = True) -> Manifest:
     """Read ``shard_dir/manifest.json`` and check that every shard file is there with its recorded size.
 
     Touches only local files (no collective), so a training job calls it before creating process groups:
     a rank that lacks the data fails at once instead of leaving its peers waiting in a collective.
-    ``verify_hashes`` also compares each shard's sha256 (reads every byte).
+    ``layout`` also checks each tar against the manifest (:func:`_check_layout`: a few reads a shard);
+    ``verify_hashes`` compares each shard's sha256 (reads every byte).
     """
+    if not str(shard_dir or ""):
+        raise MissingDataError("no shard folder given (data.train, data.valid or --data); make one with "
+                               "tools/make_shards.py")
     folder = Path(shard_dir)
     if not folder.is_dir():
         raise MissingDataError(f"shard folder {folder} does not exist; create it with tools/make_shards.py")
@@ -158,4 +233,6 @@ def check_shards(shard_dir, verify_hashes: bool = False) -> Manifest:
                              f"re-create it with tools/make_shards.py")
         if verify_hashes and _sha256(s.path) != s.sha256:
             raise ShardError(f"shard {s.path}: sha256 differs from {mpath}; the shard is corrupt")
+        if layout:
+            _check_layout(s, m, mpath)
     return m

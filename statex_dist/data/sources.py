@@ -31,6 +31,8 @@ def list_inputs(paths: Sequence[str | Path]) -> list[Path]:
         elif p.is_file():
             if p.suffix not in SUFFIXES:
                 raise DataError(f"input {p}: unsupported type '{p.suffix}' (use .txt or .jsonl)")
+            if p.stat().st_size == 0:  # named on purpose, so empty by mistake (a folder's empty files are skipped)
+                raise DataError(f"input {p} is empty (0 bytes)")
             out.append(p)
         else:
             raise MissingDataError(f"input {p} does not exist")

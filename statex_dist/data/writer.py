@@ -136,6 +136,10 @@ def make_shards(inputs: Sequence[str | Path], out_dir: str | Path, opts: ShardOp
     if opts.seq_len < 1 or opts.samples_per_shard < 1:
         raise DataError(f"seq_len ({opts.seq_len}) and samples_per_shard ({opts.samples_per_shard}) must be >= 1")
     paths = list_inputs(inputs)
+    from statex_dist.cli_errors import path_inside
+    inside = [str(p) for p in paths if path_inside(p, out)]
+    if inside:  # writing the folder (or --overwrite) would remove the corpus it reads
+        raise DataError(f"output folder {out} holds the input {inside[0]}; write the shards elsewhere")
     tok = load_tokenizer(opts.tokenizer)
     if opts.add_bos and tok.bos_id is None:
         raise DataError(f"--add-bos: tokenizer {tok.name} has no BOS token")

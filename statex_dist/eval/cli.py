@@ -17,35 +17,36 @@ import time
 from pathlib import Path
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
+EXAMPLE = """example:
+  python -m statex_dist.eval --ckpt statex_dist/pretrained/tiny-gla --tasks mqar,passkey --pairs 4,8,16 \\
+      --lengths 256,512 --out runs/eval-tiny-gla
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m statex_dist.eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", action="append", required=True, help="checkpoint folder (repeat to compare runs)")
+    from statex_dist.cli_errors import Parser, count, fraction_list, int_list, positive_int
+    ap = Parser(prog="python -m statex_dist.eval", description=__doc__, epilog=EXAMPLE)
+    ap.add_argument("--ckpt", action="append", required=True, metavar="PATH",
+                    help="checkpoint folder (repeat to compare runs)")
     ap.add_argument("--name", action="append", help="display name of each --ckpt, in order (default: folder name)")
     ap.add_argument("--tasks", default="mqar,passkey,niah", help="comma-separated: mqar,passkey,niah,ppl")
-    ap.add_argument("--data", help="held-out shard folder (tools/make_shards.py) for ppl")
-    ap.add_argument("--out", help="write eval.json, report.txt and PNG plots here")
-    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel processes (see above)")
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--data", metavar="PATH", help="held-out shard folder (tools/make_shards.py) for ppl")
+    ap.add_argument("--out", metavar="PATH", help="write eval.json, report.txt and PNG plots here")
+    ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel processes (see above)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the loaded weights")
     ap.add_argument("--seed", type=int, default=0, help="selects the fixed evaluation sets")
-    ap.add_argument("--batch", type=int, default=16, help="sequences per forward pass")
-    ap.add_argument("--pairs", type=_ints, default=[8, 16, 32, 64], help="MQAR N values")
-    ap.add_argument("--mqar-n", type=int, default=256, help="MQAR sequences per N")
-    ap.add_argument("--vocab-offset", type=int, default=0, help="first id of the MQAR 0-255 block")
-    ap.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048], help="passkey/NIAH lengths (tokens)")
-    ap.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths in [0, 1]")
-    ap.add_argument("--examples", type=int, default=10, help="passkey/NIAH examples per (length, depth)")
-    ap.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer folder (passkey, NIAH)")
-    ap.add_argument("--ppl-batches", type=int, default=8)
-    ap.add_argument("--micro-batch", type=int, default=4, help="ppl sequences per forward pass")
+    ap.add_argument("--batch", type=positive_int, default=16, help="sequences per forward pass")
+    ap.add_argument("--pairs", type=int_list, default=[8, 16, 32, 64], help="MQAR N values")
+    ap.add_argument("--mqar-n", type=positive_int, default=256, help="MQAR sequences per N")
+    ap.add_argument("--vocab-offset", type=count, default=0, help="first id of the MQAR 0-255 block")
+    ap.add_argument("--lengths", type=int_list, default=[256, 512, 1024, 2048], help="passkey/NIAH lengths (tokens)")
+    ap.add_argument("--depths", type=fraction_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                    help="needle depths in [0, 1]")
+    ap.add_argument("--examples", type=positive_int, default=10, help="passkey/NIAH examples per (length, depth)")
+    ap.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
+                    help="'bytes' or a tokenizer folder (passkey, NIAH)")
+    ap.add_argument("--ppl-batches", type=positive_int, default=8, help="held-out micro-batches for ppl")
+    ap.add_argument("--micro-batch", type=positive_int, default=4, help="ppl sequences per forward pass")
     return ap
 
 
@@ -88,15 +89,35 @@ def evaluate_checkpoints(args) -> dict:
     return results
 
 
-def run(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.tp < 1:
-        raise ValueError("--tp must be >= 1")
-    if "ppl" in args.tasks.split(",") and not args.data:
+def check_inputs(args) -> None:
+    """Every path and name the evaluation will use, before any process group or model exists."""
+    from statex_dist.eval.suite import TASKS
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"--tasks {args.tasks!r}: unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    if "ppl" in tasks and not args.data:
         raise ValueError("the ppl task needs --data SHARDS")
     missing = [c for c in args.ckpt if not Path(c).is_dir()]
     if missing:
         raise FileNotFoundError(f"checkpoint folder(s) not found: {', '.join(missing)}")
+    run_names(args.ckpt, args.name)
+    from statex_dist.checkpoint.sharded import is_sharded
+    for c in args.ckpt:
+        if not is_sharded(c):  # a sharded checkpoint is verified against its manifest as it loads
+            from statex_dist.checkpoint import read_hf_config
+            read_hf_config(c)
+    if "ppl" in tasks:
+        from statex_dist.data import check_shards
+        check_shards(args.data)
+    if {"passkey", "niah"} & set(tasks) and args.tokenizer != "bytes":
+        from statex_dist.data.tokenizer import load_tokenizer
+        load_tokenizer(args.tokenizer)
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_inputs(args)
     launched = "WORLD_SIZE" in os.environ
     if args.tp > 1 and not launched:
         return spawn(args.tp, sys.argv[1:] if argv is None else list(argv))
@@ -168,11 +189,6 @@ def spawn(n: int, argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    from statex_dist.checkpoint.errors import CheckpointError
-    from statex_dist.data.errors import DataError
-    try:
-        return run(argv)
-    except (ValueError, CheckpointError, DataError, FileNotFoundError) as e:
-        rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
-        print(f"statex_dist.eval{rank}: error: {e}", file=sys.stderr)
-        return 2
+    from statex_dist.cli_errors import run_main
+    rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+    return run_main(f"statex_dist.eval{rank}", run, argv)

@@ -1,0 +1,47 @@
+"""Model FLOPs per token, from the model config alone: the figure behind TFLOP/s and MFU.
+
+The whole model is counted, whatever the TP x PP layout (a rank's shard would count it TP x PP times too
+little), and one step's FLOPs are shared by every GPU of the job. A multiply-add is 2 FLOPs.
+
+Counted per token, forward:
+- every matmul: 2 x (weights of the projections, the low-rank gate and the LM head over the real vocab);
+  the embedding is a lookup (0);
+- the depthwise short convolutions: 2 x width x channels;
+- the recurrence in its recurrent form, 4 x (state floats) per layer: a rank-1 update of the state
+  (k^T v, dt x^T B) and its read-out (q S, S C), each a multiply-add per state float. The chunked kernels
+  do more arithmetic than this (the intra-chunk products); that is their cost, not the model's.
+Left out: norms, activations, gates, the decay's multiplies and the loss (O(D) per token).
+
+Training counts 3 x forward (backward = 2 x forward), the usual model-FLOPs convention: activation
+checkpointing's recompute is not counted, and frozen weights are counted as if trained.
+"""
+from __future__ import annotations
+
+from statex_dist.config import GLAConfig, Mamba2Config, ModelConfig
+
+
+def _gla_layer(cfg: GLAConfig, layer: int) -> int:
+    D, K, V, r, I = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.gate_low_rank_dim, cfg.intermediate_size
+    weights = D * K * 2 + D * V + V * D + D * r + r * K + 3 * D * I  # q, k, v, o, gate (low rank), MLP
+    if cfg.use_output_gate:
+        weights += D * V
+    conv = cfg.conv_size * (2 * K + V) if cfg.use_short_conv else 0
+    return 2 * weights + 2 * conv + 4 * cfg.state_size(layer)
+
+
+def _mamba2_layer(cfg: Mamba2Config, layer: int) -> int:
+    D, E, G, N, H = cfg.hidden_size, cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
+    weights = D * (2 * E + 2 * G * N + H) + E * D  # in_proj [z | xBC | dt], out_proj
+    conv = cfg.d_conv * (E + 2 * G * N)
+    return 2 * weights + 2 * conv + 4 * cfg.state_size(layer)
+
+
+def forward_flops_per_token(cfg: ModelConfig) -> int:
+    """Forward FLOPs of the whole model for one token (see the module docstring for what counts)."""
+    layer = _gla_layer if cfg.arch == "gla" else _mamba2_layer
+    return sum(layer(cfg, i) for i in range(cfg.num_layers)) + 2 * cfg.hidden_size * cfg.vocab_size
+
+
+def train_flops_per_token(cfg: ModelConfig) -> int:
+    """Forward + backward FLOPs for one trained token: 3 x forward."""
+    return 3 * forward_flops_per_token(cfg)
