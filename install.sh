@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv/ at the repo root and installs statex-dist editable, with torch pinned for every pip call.
 # Usage: bash install.sh            (CPU or CUDA machine)
-#        STATEX_CUDA_EXTRAS=1 bash install.sh   (also builds mamba-ssm and causal-conv1d; needs nvcc)
+#        STATEX_CUDA_EXTRAS=1 bash install.sh   (builds mamba-ssm's and causal-conv1d's CUDA extensions; needs nvcc)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -13,7 +13,11 @@ $pip install -q "torch==2.13.0"
 # DeepSpeed ships as a source package; its setup imports torch, so build it against the venv's torch.
 DS_BUILD_OPS=0 $pip install -q --no-build-isolation -r requirements.txt
 $pip install -q --no-build-isolation --no-deps -e .
-if [ "${STATEX_CUDA_EXTRAS:-0}" = 1 ]; then
-  MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE $pip install -q --no-build-isolation -r requirements-cuda.txt
-fi
-.venv/bin/python -c "import torch, deepspeed, megatron.core, fla, webdataset, statex_dist; print('statex-dist installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__)"
+# mamba_ssm and causal-conv1d (see requirements-cuda.txt): without their CUDA extensions unless asked
+skip=TRUE
+[ "${STATEX_CUDA_EXTRAS:-0}" = 1 ] && skip=FALSE
+MAMBA_SKIP_CUDA_BUILD=$skip CAUSAL_CONV1D_SKIP_CUDA_BUILD=$skip MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+  $pip install -q --no-build-isolation --no-deps -r requirements-cuda.txt
+.venv/bin/python -c "import torch, deepspeed, megatron.core, fla, webdataset, statex_dist, importlib.util as u; \
+assert u.find_spec('mamba_ssm') and u.find_spec('causal_conv1d'); \
+print('statex-dist installed: torch', torch.__version__, '| deepspeed', deepspeed.__version__)"

@@ -1,92 +1,317 @@
-"""GPU checks and timings (run through benchmarks/gpu.sh on a lent GPU).
+"""The prepared check for one lent GPU (run through benchmarks/gpu.sh): one PASS / FAIL / SKIP line per item,
+then a summary; on a machine without CUDA the CUDA items say "skipped: no GPU" and the rest run on the CPU.
 
-1. The CUDA dispatch against the CPU path on the same inputs: fla's chunk_gla vs chunk_gla_torch and
-   mamba_ssm's mamba_chunk_scan_combined vs ssd_scan_torch (fp32 and bf16, values and gradients).
-2. Training-step throughput (forward, backward, AdamW) of this project's models at GLA-340M and
-   Mamba2-370m shapes, 4K context, bf16: tokens/s and MFU against the card's dense bf16 peak.
+Items:
+- kernels-*: the CUDA dispatch (fla chunk_gla, mamba_ssm mamba_chunk_scan_combined, causal_conv1d_fn) against
+  the PyTorch paths on the same GPU inputs, fp32 and bf16, outputs, final states and every input gradient.
+  GLA at GLA-340M heads (4 x 128 x 256) and a merged 1-head layer of GLA-1.3B (key dim 1024, value 2048).
+  The reference runs in fp32 on the same (for bf16: bf16-rounded) inputs, so the error is the kernel's own.
+  Bounds, max|a - b| / max|b|: fp32 1e-2 (Triton's fp32 dots run in TF32, 10-bit mantissa, on Hopper),
+  bf16 5e-2 (bf16 inputs to the dots, 8-bit mantissa, fp32 accumulation); the measured errors are printed.
+- ds-bf16-step: `torchrun --nproc_per_node 1 -m statex_dist.train` in bf16 (DeepSpeed's bf16 optimizer over
+  NCCL on a GPU, gloo on the CPU): every collective of a step, the evaluation and a checkpoint; a CPU
+  tensor handed to NCCL fails it.
+- throughput-*: GLA-340M and Mamba2-370m shapes, 4K context, bf16, forward + backward + AdamW: tokens/s and
+  MFU (statex_dist.training.flops against the card's dense bf16 peak).
+- memory-GLA-1.3B-64K: one training step at 64K context with activation checkpointing: peak memory.
+- generate-export: a StateX export of a GLA (layer 0 merged to 1 head, so the remote code), loaded with
+  AutoModelForCausalLM(trust_remote_code=True) on the device: its logits against load_model's (the fla
+  kernels on CUDA), and greedy generate with the recurrent cache equal to generate over the whole prefix.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+import traceback
+from pathlib import Path
 
 import torch
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense, per the vendors' data sheets
+TOL = {torch.float32: 1e-2, torch.bfloat16: 5e-2}
+CUDA = torch.cuda.is_available()
+CONV_BUILD = Path(os.environ.get("STATEX_CONV_BUILD", "/tmp/statex_conv_build"))
+T0 = time.time()
 
 
 def rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-def check_kernels(dtype):
-    from statex_dist.ops import chunk_gla_torch, gla_attention, ssd_scan, ssd_scan_torch
+def compare(fn, ref, inputs: dict, dtype, fp32=("A", "initial_state", "initial_states")) -> dict:
+    """Outputs and input gradients of ``fn`` (on ``dtype`` leaves) and ``ref`` (fp32 copies): {name: rel err}.
+
+    The leaves named in ``fp32`` stay fp32 for both, as the models pass them (A = -exp(A_log.float()), states).
+    """
+    res = []
+    for f, dt in ((fn, dtype), (ref, torch.float32)):
+        leaves = {k: (v if k in fp32 else v.to(dtype).to(dt)).requires_grad_() for k, v in inputs.items()}
+        outs = f(**leaves)
+        torch.manual_seed(1)
+        loss = sum((o.float() * torch.randn_like(o, dtype=torch.float32)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        res.append({**{f"out{i}": o for i, o in enumerate(outs)}, **{"d" + k: g for k, g in zip(leaves, grads)}})
+    return {k: rel(res[0][k], res[1][k]) for k in res[1]}
+
+
+def _verdict(errs: dict, dtype) -> tuple[bool, str]:
+    worst = max(errs, key=errs.get)
+    return errs[worst] <= TOL[dtype], f"max err {errs[worst]:.1e} ({worst}), bound {TOL[dtype]:.0e}"
+
+
+def kernels_gla(dtype):
+    from statex_dist.ops import chunk_gla_torch, gla_attention
     torch.manual_seed(0)
-    out = {}
-    B, T, H, K, V = 2, 1024, 4, 128, 256
-    q, k = (torch.randn(B, T, H, K, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
-    v = torch.randn(B, T, H, V, device="cuda", dtype=dtype, requires_grad=True)
-    g = (torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16).to(dtype).requires_grad_()
-    o1, _ = gla_attention(q, k, v, g)
-    o2, _ = chunk_gla_torch(q, k, v, g)
-    out["gla_fwd"] = rel(o1, o2)
-    gr1 = torch.autograd.grad(o1.float().sum(), (q, k, v, g))
-    gr2 = torch.autograd.grad(o2.float().sum(), (q, k, v, g))
-    out["gla_bwd"] = max(rel(a, b) for a, b in zip(gr1, gr2))
-    b, l, h, p, n = 2, 1024, 32, 64, 128
-    x = torch.randn(b, l, h, p, device="cuda", dtype=dtype)
-    dt = torch.randn(b, l, h, device="cuda", dtype=dtype)
-    A = -torch.rand(h, device="cuda") - 0.5
-    Bm, Cm = (torch.randn(b, l, 1, n, device="cuda", dtype=dtype) for _ in range(2))
-    D, dtb = torch.ones(h, device="cuda"), torch.zeros(h, device="cuda")
-    y1 = ssd_scan(x, dt, A, Bm, Cm, 256, D=D, dt_bias=dtb, dt_softplus=True)
-    y2 = ssd_scan_torch(x, dt, A, Bm, Cm, 256, D=D, dt_bias=dtb, dt_softplus=True)
-    out["ssd_fwd"] = rel(y1, y2)
-    return out
+    errs = {}
+    for label, (B, T, H, K, V) in {"340M": (2, 1024, 4, 128, 256), "merged-1h": (1, 1024, 1, 1024, 2048)}.items():
+        d = dict(device="cuda")
+        inputs = dict(q=torch.randn(B, T, H, K, **d), k=torch.randn(B, T, H, K, **d), v=torch.randn(B, T, H, V, **d),
+                      g=torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, **d)) / 16,
+                      initial_state=torch.randn(B, H, K, V, **d))
+        scale = K ** -0.5
+        e = compare(lambda **t: gla_attention(**t, scale=scale, output_final_state=True),
+                    lambda **t: chunk_gla_torch(**t, scale=scale, output_final_state=True), inputs, dtype)
+        errs.update({f"{label}:{k}": v for k, v in e.items()})
+    return _verdict(errs, dtype)
 
 
-def step_throughput(cfg, T: int, batch: int, steps: int):
+def kernels_ssd(dtype):
+    from statex_dist.ops import ssd_scan, ssd_scan_torch
+    torch.manual_seed(0)
+    b, l, h, p, g, n = 2, 1000, 32, 64, 1, 128   # Mamba2-370m heads; l not a multiple of the chunk
+    d = dict(device="cuda")
+    inputs = dict(x=torch.randn(b, l, h, p, **d), dt=torch.randn(b, l, h, **d) * 0.5, A=-torch.rand(h, **d) * 3 - 0.2,
+                  B=torch.randn(b, l, g, n, **d), C=torch.randn(b, l, g, n, **d), D=torch.randn(h, **d),
+                  dt_bias=torch.randn(h, **d) * 0.5 - 1, initial_states=torch.randn(b, h, p, n, **d))
+    kw = dict(chunk_size=256, dt_softplus=True, return_final_states=True)
+    errs = compare(lambda **t: ssd_scan(**t, **kw), lambda **t: ssd_scan_torch(**t, **kw), inputs, dtype)
+    return _verdict(errs, dtype)
+
+
+def kernels_conv(dtype):
+    """causal_conv1d_fn needs its CUDA extension, built by gpu.sh from the carried source: in a fresh process."""
+    marker = CONV_BUILD / "status"
+    deadline = T0 + 340   # gpu.sh gives the build 330 s from the start
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(2)
+    status = marker.read_text().strip() if marker.exists() else "still building"
+    if status != "ok":
+        return None, f"skipped: causal_conv1d_cuda not built ({status})"
+    proc = subprocess.run([sys.executable, __file__, "--conv-check", str(dtype).split(".")[-1]], capture_output=True,
+                          text=True, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CONV ")]
+    if proc.returncode or not line:
+        return False, (proc.stderr or proc.stdout)[-800:]
+    return _verdict(json.loads(line[-1][5:]), dtype)
+
+
+def _conv_check(dtype_name: str) -> None:
+    import importlib.util
+    dtype = getattr(torch, dtype_name)
+    sys.path.insert(0, str(next((CONV_BUILD / "src").glob("causal_conv1d-*"))))   # its Python package
+    spec = importlib.util.spec_from_file_location("causal_conv1d_cuda", CONV_BUILD / "causal_conv1d_cuda.so")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules["causal_conv1d_cuda"] = mod
+    os.environ["STATEX_KERNELS"] = "causal_conv1d"   # forced: an import failure is an error, not the fallback
+    from statex_dist.ops import causal_conv1d, causal_conv1d_torch
+    torch.manual_seed(0)
+    B, T, D, W = 2, 1000, 2304, 4   # Mamba2-370m's conv channels: d_inner + 2 * d_state
+    d = dict(device="cuda")
+    errs = {}
+    for label, extra in {"plain": {}, "state": {"initial_state": torch.randn(B, D, W - 1, **d)}}.items():
+        inputs = dict(x=torch.randn(B, T, D, **d), weight=torch.randn(D, W, **d) / 2, bias=torch.randn(D, **d), **extra)
+        final = bool(extra)
+
+        def run(f, **t):
+            out = f(**t, activation="silu", return_final_state=final)
+            return out if final else (out,)
+        e = compare(lambda **t: run(causal_conv1d, **t), lambda **t: run(causal_conv1d_torch, **t), inputs, dtype)
+        errs.update({f"{label}:{k}": v for k, v in e.items()})
+    print("CONV " + json.dumps(errs))
+
+
+def build_conv(src_tar: str) -> None:
+    """JIT-build causal_conv1d's CUDA extension for this GPU only (its setup.py builds for 8 architectures)."""
+    import tarfile
+
+    from torch.utils.cpp_extension import load
+    CONV_BUILD.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(src_tar) as t:
+            t.extractall(CONV_BUILD / "src")
+        csrc = next((CONV_BUILD / "src").glob("causal_conv1d-*")) / "csrc"
+        major, minor = torch.cuda.get_device_capability()
+        load("causal_conv1d_cuda", [str(csrc / f) for f in ("causal_conv1d.cpp", "causal_conv1d_fwd.cu",
+                                                             "causal_conv1d_bwd.cu", "causal_conv1d_update.cu")],
+             build_directory=str(CONV_BUILD), extra_cflags=["-O3"],
+             extra_cuda_cflags=["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+                                "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+                                "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+                                "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math",
+                                f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"])
+        (CONV_BUILD / "status").write_text("ok")
+    except Exception as e:
+        (CONV_BUILD / "status").write_text(f"build failed: {str(e).splitlines()[-1] if str(e) else type(e).__name__}")
+        raise
+
+
+def ds_bf16_step(workdir: Path):
+    from tests.train_helpers import GLA, make_shards, overrides
+    shards = make_shards(workdir / "data")
+    ov = overrides(GLA, shards, workdir / "run", steps=3, **{"model.dtype": "bf16", "data.valid": str(shards)})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                           "29517", "-m", "statex_dist.train", *ov], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+    done = [ln for ln in proc.stdout.splitlines() if "done:" in ln]
+    backend = "nccl" if CUDA else "gloo"
+    if proc.returncode or not done:
+        return False, f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1200:]}"
+    ckpt = list((workdir / "run" / "checkpoints").glob("step*"))
+    return bool(ckpt), f"{backend}: {done[-1].split('] ')[-1]}; checkpoint {ckpt[0].name if ckpt else 'missing'}"
+
+
+def _gla_config(size: str):
+    from statex_dist.config import GLAConfig
+    hidden, layers = {"340M": (1024, 24), "1.3B": (2048, 24)}[size]
+    return GLAConfig(vocab_size=32000, hidden_size=hidden, num_layers=layers, num_heads=4)
+
+
+def _train_steps(cfg, T: int, batch: int, steps: int, checkpointing: bool = False):
+    """Median seconds of a bf16 forward + backward + AdamW step, and the peak GPU memory in GiB."""
     from statex_dist.models import build_model
     model = build_model(cfg, dtype=torch.bfloat16).cuda().train()
+    model.activation_checkpointing = checkpointing
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, cfg.vocab_size, (batch, T), device="cuda")
-    n = sum(p.numel() for p in model.parameters())
+    torch.cuda.reset_peak_memory_stats()
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + 1):   # the first step compiles and autotunes: not timed
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        model(ids, labels=ids).backward()
+        loss = model(ids, labels=ids)
+        loss.backward()
         opt.step()
         torch.cuda.synchronize()
-        if i >= 2:
+        if i:
             times.append(time.perf_counter() - t0)
-    t = sorted(times)[len(times) // 2]
-    return n, batch * T / t, torch.cuda.max_memory_allocated() / 2 ** 30
+    assert torch.isfinite(loss), loss
+    del model, opt
+    return sorted(times)[len(times) // 2], torch.cuda.max_memory_allocated() / 2 ** 30
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seq-len", type=int, default=4096)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5)
-    args = ap.parse_args()
-    from statex_dist.config import GLAConfig, Mamba2Config
+def throughput(label: str, T: int = 4096, batch: int = 4, steps: int = 3):
+    from statex_dist.config import Mamba2Config
+    from statex_dist.training.flops import train_flops_per_token
+    cfg = _gla_config("340M") if label == "GLA-340M" else Mamba2Config(
+        vocab_size=50288, hidden_size=1024, num_layers=48, d_state=128, headdim=64, tie_word_embeddings=True)
+    t, mem = _train_steps(cfg, T, batch, steps)
+    tps = batch * T / t
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    res = {"device": name, "checks_fp32": check_kernels(torch.float32), "checks_bf16": check_kernels(torch.bfloat16)}
-    for label, cfg in (
-        ("GLA-340M", GLAConfig(vocab_size=32000, hidden_size=1024, num_layers=24, num_heads=4)),
-        ("Mamba2-370m", Mamba2Config(vocab_size=50288, hidden_size=1024, num_layers=48, d_state=128, headdim=64,
-                                     tie_word_embeddings=True)),
-    ):
-        n, tps, mem = step_throughput(cfg, args.seq_len, args.batch, args.steps)
-        mfu = 6 * n * tps / peak if peak else None
-        res[label] = {"params": n, "tokens_per_s": round(tps), "mfu": mfu and round(mfu, 3), "max_mem_gib": round(mem, 1)}
-        print(f"{label}: {n:,} params, {tps:,.0f} tok/s, MFU {mfu if mfu is None else f'{mfu:.1%}'}, {mem:.1f} GiB")
-    print(json.dumps(res))
+    flops = train_flops_per_token(cfg) * tps
+    mfu = f"MFU {flops / peak:.1%}" if peak else "MFU n/a (unknown card)"
+    torch.cuda.empty_cache()
+    return True, f"{tps:,.0f} tok/s, {flops / 1e12:.0f} TFLOP/s, {mfu}, peak {mem:.1f} GiB ({name}, B={batch} T={T})"
+
+
+def memory_gla_64k():
+    t, mem = _train_steps(_gla_config("1.3B"), 65536, 1, 1, checkpointing=True)
+    torch.cuda.empty_cache()
+    return True, f"peak {mem:.1f} GiB, step {t:.1f} s (B=1, T=65536, activation checkpointing)"
+
+
+def generate_export(workdir: Path):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModelForCausalLM
+
+    from statex_dist import load_model
+    from statex_dist.reshard import run
+    from tests.fla_reference import make_fla_gla
+    make_fla_gla(workdir / "fla", use_short_conv=True)
+    dst = workdir / "export"   # layer 0 merged to 1 head, layer 1 keeps 4: the StateX remote code
+    run(["--src", str(workdir / "fla"), "--dst", str(dst), "--format", "hf", "--expand-layers", "0", "--init", "merge"])
+    dev = "cuda" if CUDA else "cpu"
+    remote = AutoModelForCausalLM.from_pretrained(dst, trust_remote_code=True).to(dev).eval()
+    remote.generation_config.eos_token_id = None   # random weights: always run to max_new_tokens
+    prompt = torch.randint(0, 101, (2, 16), generator=torch.Generator().manual_seed(0)).to(dev)
+    with torch.no_grad():
+        err = rel(remote(prompt).logits, load_model(dst).to(dev)(prompt))
+    cached = remote.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=True)
+    whole = remote.generate(prompt, max_new_tokens=16, do_sample=False, use_cache=False)
+    same = torch.equal(cached, whole)
+    return same and err <= TOL[torch.float32], (
+        f"{dev}: {type(remote).__name__}, 2 x 16 tokens, recurrent cache {'equals' if same else 'DIFFERS from'} "
+        f"the whole prefix; logits vs load_model {err:.1e} (bound {TOL[torch.float32]:.0e})")
+
+
+def items(workdir: Path):
+    """(name, needs CUDA, thunk) in running order; the conv build runs meanwhile, so conv comes late."""
+    out = []
+    for dt in (torch.float32, torch.bfloat16):
+        tag = str(dt).split(".")[-1]
+        out += [(f"kernels-gla-{tag}", True, lambda dt=dt: kernels_gla(dt)),
+                (f"kernels-ssd-{tag}", True, lambda dt=dt: kernels_ssd(dt))]
+    out += [("ds-bf16-step", False, lambda: ds_bf16_step(workdir / "ds")),
+            ("throughput-GLA-340M", True, lambda: throughput("GLA-340M")),
+            ("throughput-Mamba2-370m", True, lambda: throughput("Mamba2-370m")),
+            ("memory-GLA-1.3B-64K", True, memory_gla_64k),
+            ("generate-export", False, lambda: generate_export(workdir))]
+    out += [(f"kernels-conv-{str(dt).split('.')[-1]}", True, lambda dt=dt: kernels_conv(dt))
+            for dt in (torch.float32, torch.bfloat16)]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="item names to run (default: all)")
+    ap.add_argument("--conv-check", help=argparse.SUPPRESS)
+    ap.add_argument("--build-conv", metavar="SDIST", help="build causal_conv1d_cuda from its source and exit")
+    args = ap.parse_args()
+    if args.conv_check:
+        _conv_check(args.conv_check)
+        return 0
+    if args.build_conv:
+        build_conv(args.build_conv)
+        return 0
+    if CUDA:   # mamba_ssm's __init__ imports its selective-scan extension, absent from the carried wheel
+        from tests.mamba_cpu import stub_extensions
+        stub_extensions("selective_scan_cuda")
+    t_start = time.time()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, needs_cuda, thunk in items(Path(tmp)):
+            if args.only and name not in args.only:
+                continue
+            t0 = time.time()
+            if needs_cuda and not CUDA:
+                ok, detail = None, "skipped: no GPU"
+            else:
+                try:
+                    ok, detail = thunk()
+                except Exception as e:   # one item's failure is its line, not the end of the check
+                    ok, detail = False, f"{type(e).__name__}: {e}"[:600]
+                    traceback.print_exc(file=sys.stderr)
+            verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
+            results[name] = {"verdict": verdict, "detail": detail, "seconds": round(time.time() - t0, 1)}
+            print(f"{verdict} {name}: {detail} [{time.time() - t0:.0f} s]", flush=True)
+    counts = {v: sum(r["verdict"] == v for r in results.values()) for v in ("PASS", "FAIL", "SKIP")}
+    device = torch.cuda.get_device_name() if CUDA else "no GPU (CPU rehearsal)"
+    print(f"SUMMARY: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped on {device} "
+          f"in {time.time() - t_start:.0f} s", flush=True)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_bench.json").write_text(json.dumps({"device": device, **results}, indent=1))
+    return 1 if counts["FAIL"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

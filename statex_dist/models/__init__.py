@@ -5,8 +5,11 @@ move tensors start without it.
 """
 
 
-def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool = False):
+def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool = False, seed: int = 0):
     """The model class for ``config.arch`` on this process's TP rank (debug mode: a world of one).
+
+    ``init``: this rank's shards of the weights statex_dist.models.init draws for ``seed`` (the same full model
+    at every TP layout); else uninitialised, to be loaded.
 
     ``sequence_parallel``: Megatron-style sequence parallelism along T over the TP group (no-op at TP = 1).
     """
@@ -20,7 +23,7 @@ def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool =
         from statex_dist.models.gla import GLAForCausalLM as cls
     else:
         from statex_dist.models.mamba2 import Mamba2ForCausalLM as cls
-    return cls(config, dtype=dtype or torch.float32, init=init, sequence_parallel=sequence_parallel)
+    return cls(config, dtype=dtype or torch.float32, init=init, sequence_parallel=sequence_parallel, seed=seed)
 
 
 def specs_for(config, tp: int = 1):

@@ -16,6 +16,8 @@ from statex_dist.parallel.sharding import ShardSpec
 
 
 def normal_init(std: float = 0.02):
+    # megatron-core's layers require an init_method; the models build them with perform_initialization=False
+    # (statex_dist.models.init draws every weight), so it never runs
     return lambda w: nn.init.normal_(w, mean=0.0, std=std)
 
 
@@ -157,8 +159,6 @@ class LMHead(nn.Module):
             local = padded_vocab // state.tp_size()
             self.weight = mark(nn.Parameter(torch.empty(local, hidden, dtype=cfg.params_dtype)),
                                ShardSpec((padded_vocab, hidden), dim=0))
-            if cfg.perform_initialization:
-                normal_init()(self.weight)
 
     def forward(self, h: torch.Tensor, embedding_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         w = embedding_weight if self.tied else self.weight

@@ -14,8 +14,9 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from statex_dist.config import GLAConfig
+from statex_dist.models.init import initialize
 from statex_dist.models.gla_layout import attn_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
-from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embedding, normal_init, rms_norm, row,
+from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embedding, rms_norm, row,
                                        to_column_input)
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
@@ -45,8 +46,7 @@ class ShortConvolution(nn.Module):
 
     def __init__(self, spec: ShardSpec, tp: int, dtype):
         super().__init__()
-        # nn.Conv1d's default init, which fla's module inherits
-        self.weight = _local_param(spec, tp, dtype, lambda w: nn.init.kaiming_uniform_(w, a=5 ** 0.5))
+        self.weight = _local_param(spec, tp, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
@@ -93,10 +93,6 @@ class GatedLinearAttention(nn.Module):
                 self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype, shared_input=True)
             gk_up = ReplicatedLinear(r, K, bias=True, layer=layer, dtype=dtype)
             self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
-            if mcfg.perform_initialization:
-                for m in (self.q_proj, self.k_proj, self.v_proj, getattr(self, "g_proj", None), gk_up, self.o_proj):
-                    if m is not None:
-                        normal_init()(m.weight)
         if cfg.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
@@ -104,12 +100,9 @@ class GatedLinearAttention(nn.Module):
         # TP, so with SP the gather after gk_proj.0 only slices it back to this rank's tokens, and gk_proj.0's
         # weight gradient (from this rank's tokens) is summed over TP
         low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype, partial_grads=False, sequence_parallel=sp)
-        normal_init()(low_rank.weight)
         self.gk_proj = nn.ModuleList([low_rank, gk_up])
-        with torch.no_grad():
-            self.gk_proj[1].bias.zero_()
         self.g_norm = nn.Module()
-        self.g_norm.weight = _local_param(specs["g_norm.weight"], tp, dtype, nn.init.ones_)
+        self.g_norm.weight = _local_param(specs["g_norm.weight"], tp, dtype)
 
     @staticmethod
     def _out(y):
@@ -182,12 +175,14 @@ class GLAForCausalLM(nn.Module):
     """
 
     def __init__(self, config: GLAConfig, dtype: torch.dtype = torch.float32, init: bool = True,
-                 sequence_parallel: bool = False):
+                 sequence_parallel: bool = False, seed: int = 0):
         super().__init__()
         state.ensure_initialized()
         self.config = config
         self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        mcfg = state.megatron_config(dtype, init)
+        # no layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme,
+        # the same full model at every layout); without it the weights are uninitialised, to be loaded
+        mcfg = state.megatron_config(dtype, init=False)
         padded = config.padded_vocab_size(state.tp_size())
         self.embeddings = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
         self.layers = nn.ModuleList([GLABlock(config, i, mcfg, sequence_parallel=sp)
@@ -196,6 +191,8 @@ class GLAForCausalLM(nn.Module):
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
                               sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
+        if init:
+            initialize(self, config, seed)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.embeddings(input_ids)

@@ -1,61 +1,103 @@
-"""Fresh weights for a model trained from scratch, one tensor at a time and keyed by name.
+"""Fresh weights for a model trained from scratch, one full tensor at a time and keyed by name.
 
-Each tensor comes from a generator seeded by (seed, name), so every TP x PP layout draws the same model
-and a rank draws only the tensors it holds. The schemes follow the libraries: fla's GLA (Xavier-uniform
-with gain 2^-2.5 on the attention projections, normal(0.02) elsewhere, ones for norms, optional gate
-bias U(lo, hi) for a long initial memory) and mamba_ssm's Mamba2 (nn.Linear / nn.Conv1d defaults,
-dt log-uniform in [1e-3, 1e-1] stored as its inverse softplus, A = 1..H).
+Each tensor comes from its own generator, seeded by (seed, name) (statex_dist.statex.tensors.generator), and
+is drawn at its full checkpoint shape; a rank keeps its shard. So every TP x PP layout holds the same model,
+bit for bit, and no rank draws what it does not hold. One scheme per architecture, the source library's:
+
+GLA, as fla 0.6's ``FLAPreTrainedModel._init_weights`` for ``GLAForCausalLM``:
+  every Linear and Conv1d weight (q/k/v/g/o, the low-rank gate gk_proj.0/1, the MLP, the short convs, an
+  untied LM head) and the embedding ~ N(0, 0.02); biases (gk_proj.1.bias) 0; norm weights 1.
+  ``gate_bias=(lo, hi)`` instead draws gk_proj.1.bias ~ U(lo, hi) (a long initial memory).
+Mamba2, as mamba_ssm 2.3's ``Mamba2`` inside ``MambaLMHeadModel`` (no MLP):
+  in_proj W ~ U(-1/sqrt(D), 1/sqrt(D)) (nn.Linear's default); conv1d weight and bias ~ U(-1/sqrt(W), 1/sqrt(W))
+  (nn.Conv1d's default, fan-in = kernel width W); out_proj W ~ U(-1/sqrt(E), 1/sqrt(E)) / sqrt(num_layers)
+  (mamba_ssm's rescale_prenorm_residual, one residual per layer); dt ~ exp(U(log dt_min, log dt_max)),
+  floored at 1e-4, stored as dt_bias = dt + log(-expm1(-dt)) (the inverse of softplus); A_log = log(A),
+  A ~ U(1, 16) (``A_init_range``); D 1; norm weights 1; embedding ~ N(0, 0.02); an untied LM head
+  ~ U(-1/sqrt(D), 1/sqrt(D)).
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 
+from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.config import ModelConfig
-from statex_dist.statex.tensors import default_bound, generator, uniform, xavier_bound
+from statex_dist.parallel.sharding import ShardSpec
+from statex_dist.statex.tensors import default_bound, generator, uniform
 
-_GLA_ATTN = re.compile(r"layers\.\d+\.attn\.(q_proj|k_proj|v_proj|g_proj|o_proj|gk_proj\.[01])\.weight")
+A_INIT_RANGE = (1.0, 16.0)   # mamba_ssm's Mamba2 default
+DT_RANGE = (1e-3, 0.1)       # mamba_ssm's (dt_min, dt_max)
+
+_MAMBA_UNIFORM = re.compile(r"layers\.\d+\.mixer\.(in_proj\.weight|out_proj\.weight|conv1d\.weight|conv1d\.bias)")
 
 
 def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: int = 0,
-                gate_bias: Optional[tuple[float, float]] = None, dt_range: tuple[float, float] = (1e-3, 0.1),
-                a_range: Optional[tuple[float, float]] = None) -> torch.Tensor:
-    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape``.
+                gate_bias: Optional[tuple[float, float]] = None, dt_range: tuple[float, float] = DT_RANGE,
+                a_range: Optional[tuple[float, float]] = A_INIT_RANGE) -> torch.Tensor:
+    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape`` (module docstring).
 
-    Mamba2 only: ``dt_range`` is mamba_ssm's (dt_min, dt_max); ``a_range`` its ``A_init_range`` (-A drawn from
-    U(lo, hi)), default transformers' A = 1..H.
+    Mamba2 only: ``dt_range`` is mamba_ssm's (dt_min, dt_max); ``a_range`` its ``A_init_range`` (A drawn from
+    U(lo, hi)); ``a_range=None`` gives transformers' Mamba2 init instead, A = 1..H.
     """
     gen = generator(seed, name)
     like = torch.empty(0)
-    if name.endswith(("norm.weight", "norm_f.weight")) or name.endswith((".D",)):
+    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
         return torch.ones(shape)
-    if config.arch == "gla":
-        if _GLA_ATTN.fullmatch(name):
-            b = xavier_bound(shape, 2 ** -2.5)
-            return uniform(shape, -b, b, gen, like)
-        if name.endswith("gk_proj.1.bias"):
-            return uniform(shape, *gate_bias, gen, like) if gate_bias else torch.zeros(shape)
-        if name.endswith("conv1d.weight"):
-            b = default_bound(shape[1] * shape[2])
-            return uniform(shape, -b, b, gen, like)
+    if name.endswith(".bias") and config.arch == "gla":
+        return uniform(shape, *gate_bias, gen, like) if gate_bias and name.endswith("gk_proj.1.bias") \
+            else torch.zeros(shape)
+    if config.arch == "gla" or name in ("embeddings.weight", "embedding.weight"):
         return torch.randn(shape, generator=gen) * 0.02
-    # Mamba2
     if name.endswith("mixer.A_log"):
-        if a_range:
-            return torch.log(uniform(shape, *a_range, gen, like))
-        return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
+        if a_range is None:
+            return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
+        return torch.log(uniform(shape, *a_range, gen, like))
     if name.endswith("mixer.dt_bias"):
         lo, hi = (math.log(x) for x in dt_range)
-        dt = torch.exp(torch.rand(shape, generator=gen) * (hi - lo) + lo)
-        dt = dt.clamp(min=1e-4)
+        dt = torch.exp(torch.rand(shape, generator=gen) * (hi - lo) + lo).clamp(min=1e-4)
         return dt + torch.log(-torch.expm1(-dt))
-    if name.endswith("conv1d.weight") or name.endswith("conv1d.bias"):
-        b = default_bound(config.d_conv)
+    if _MAMBA_UNIFORM.fullmatch(name) or name == "lm_head.weight":
+        fan_in = config.d_conv if ".conv1d." in name else shape[1]
+        b = default_bound(fan_in)
+        if name.endswith("out_proj.weight"):
+            b /= math.sqrt(config.num_layers)
         return uniform(shape, -b, b, gen, like)
-    if name.endswith(("in_proj.weight", "out_proj.weight")):
-        b = default_bound(shape[1])
-        return uniform(shape, -b, b, gen, like)
-    return torch.randn(shape, generator=gen) * 0.02
+    raise KeyError(f"{name}: no initialisation for this Mamba2 parameter")
+
+
+def fresh_weights(config: ModelConfig, seed: int = 0, gate_bias: Optional[tuple[float, float]] = None,
+                  **ranges) -> Callable[[str], torch.Tensor]:
+    """name -> its initial full tensor at checkpoint shape (vocab tensors: ``checkpoint_vocab_size`` rows)."""
+    from statex_dist.models import specs_for
+    specs = specs_for(config, 1)
+
+    def get(name: str) -> torch.Tensor:
+        shape = tuple(specs[name].shape)
+        if name in VOCAB_TENSORS:
+            shape = (config.checkpoint_vocab_size(),) + shape[1:]
+        return init_tensor(name, shape, config, seed, gate_bias, **ranges)
+    return get
+
+
+@torch.no_grad()
+def copy_shards(named: Iterable[tuple[str, torch.nn.Parameter]], get: Callable[[str], torch.Tensor],
+                specs: Mapping[str, ShardSpec], tp_rank: int, tp: int) -> None:
+    """Copy this rank's slice of ``get(name)`` (a full tensor) into each parameter; vocab rows beyond the
+    checkpoint's (TP padding) are zeros."""
+    for name, p in named:
+        full, spec = get(name), specs[name]
+        if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
+            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+        p.copy_(spec.shard(full.to(p.dtype), tp_rank, tp, name))
+
+
+def initialize(model: torch.nn.Module, config: ModelConfig, seed: int = 0) -> None:
+    """Draw a one-module model's weights (this process's TP shard) from the scheme above."""
+    from statex_dist.models import specs_for
+    from statex_dist.parallel import state
+    tp = state.tp_size()
+    copy_shards(model.named_parameters(), fresh_weights(config, seed), specs_for(config, tp), state.tp_rank(), tp)

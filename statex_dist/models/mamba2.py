@@ -6,7 +6,6 @@ G ngroups, N d_state of the layer.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from statex_dist.config import Mamba2Config
+from statex_dist.models.init import initialize
 from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F401  (re-exported)
 from statex_dist.models.common import LMHead, RMSNorm, embedding, row
 from statex_dist.ops import causal_conv1d, ssd_scan
@@ -66,22 +66,6 @@ class Mamba2Mixer(nn.Module):
         self.norm = nn.Module()
         self.norm.weight = mark(nn.Parameter(torch.ones(self.E_l, dtype=dtype)), specs["norm.weight"])
         self.out_proj = row(E, cfg.hidden_size, mcfg, layer, sequence_parallel=sequence_parallel)
-        if mcfg.perform_initialization:
-            self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """mamba_ssm's init: dt in [1e-3, 1e-1] log-uniform (dt_bias its inverse softplus), A = 1..Hh."""
-        nn.init.kaiming_uniform_(self.in_proj.weight, a=5 ** 0.5)
-        nn.init.kaiming_uniform_(self.conv1d.weight, a=5 ** 0.5)
-        bound = 1 / math.sqrt(self.cfg.d_conv)
-        nn.init.uniform_(self.conv1d.bias, -bound, bound)
-        h0 = state.tp_rank() * self.local_heads
-        dt = torch.exp(torch.rand(self.local_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.A_log.copy_(torch.log(torch.arange(h0 + 1, h0 + self.local_heads + 1, dtype=torch.float32)))
-        self.D.fill_(1.0)
-        self.norm.weight.fill_(1.0)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
@@ -153,12 +137,14 @@ class Mamba2ForCausalLM(nn.Module):
     """
 
     def __init__(self, config: Mamba2Config, dtype: torch.dtype = torch.float32, init: bool = True,
-                 sequence_parallel: bool = False):
+                 sequence_parallel: bool = False, seed: int = 0):
         super().__init__()
         state.ensure_initialized()
         self.config = config
         self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        mcfg = state.megatron_config(dtype, init)
+        # no layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme,
+        # the same full model at every layout); without it the weights are uninitialised, to be loaded
+        mcfg = state.megatron_config(dtype, init=False)
         padded = config.padded_vocab_size(state.tp_size())
         self.embedding = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
         self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg, sequence_parallel=sp)
@@ -167,6 +153,8 @@ class Mamba2ForCausalLM(nn.Module):
         self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
                               sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
+        if init:
+            initialize(self, config, seed)
 
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.embedding(input_ids)

@@ -2,6 +2,10 @@
 
 The ``causal_conv1d`` package is CUDA-only (its import fails without the compiled extension), so the
 fallback is ``F.conv1d`` with left padding, or with the carried state prepended.
+
+Precision with bf16 activations: as causal_conv1d's CUDA kernel, which loads bf16 inputs and weights and
+sums the W taps, the bias and the SiLU in fp32, the fallback convolves in fp32 and rounds once, to x's
+dtype, at the end (its reference ``causal_conv1d_ref`` convolves in the weight's dtype instead).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def causal_conv1d_torch(
         xx = F.pad(xt, (W - 1, 0))
     else:
         xx = torch.cat([initial_state.to(xt.dtype), xt], dim=-1)
-    out = F.conv1d(xx.to(weight.dtype), weight[:, None, :], bias, groups=D)
+    out = F.conv1d(xx.float(), weight.float()[:, None, :], None if bias is None else bias.float(), groups=D)
     if activation is not None:
         out = F.silu(out)
     out = out.transpose(1, 2).to(x.dtype)

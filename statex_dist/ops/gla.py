@@ -7,6 +7,13 @@ Recurrence (per batch b, head h; state S_t is [K, V]):
 fla's kernels (``chunk_gla``, ``fused_recurrent_gla``) are Triton and only run on CUDA, and fla's own
 CPU fallback (``naive_recurrent_gla``) loops over tokens. ``chunk_gla_torch`` is the chunked form in
 plain torch ops, so it runs anywhere and autograd gives its backward.
+
+Precision with bf16 activations: ``chunk_gla_torch`` upcasts q, k, v, g to fp32 and does every product
+and sum in fp32; the output returns in q's dtype, the state stays fp32. fla's ``chunk_gla`` keeps in fp32
+the in-chunk cumsum of g, the intra-chunk score matrix A, every ``tl.dot`` accumulator and the final
+state (it asserts an fp32 initial state); it feeds bf16 q, k, v to the dots and stores the per-chunk
+states in the input dtype. So every accumulation fla keeps fp32 is fp32 here too, and the operands are
+no coarser than the kernel's.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ mamba_ssm's ``mamba_chunk_scan_combined`` is Triton and needs CUDA (and ``import
 needs its compiled extension); transformers' torch fallback repeats B and C over heads and builds
 [b, c, l, s, h] tensors. ``ssd_scan_torch`` keeps B/C per group (C B^T is computed once per group
 and shared by its heads) and only materialises the per-head [L, L] decay inside a chunk.
+
+Precision with bf16 activations: ``ssd_scan_torch`` upcasts x, dt, B, C (and A, D, z, dt_bias) to fp32
+and does every product and sum in fp32; y returns in x's dtype, the final state fp32. mamba_ssm's
+``mamba_chunk_scan_combined`` keeps in fp32 dt after bias / softplus / clamp and its cumsum dA_cumsum, C B^T,
+the per-chunk states (``states_in_fp32=True``) and their chunk-to-chunk passing, every ``tl.dot``
+accumulator and the D-skip gradient; it feeds bf16 x, B, C to the dots. So every accumulation mamba_ssm
+keeps fp32 is fp32 here too.
 """
 
 from __future__ import annotations

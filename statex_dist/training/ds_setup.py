@@ -12,18 +12,29 @@ def dtype_of(run_cfg) -> torch.dtype:
 
 
 def deepspeed_config(run_cfg, dp: int, dtype: torch.dtype) -> dict:
+    """DeepSpeed's config block for this run.
+
+    bf16: parameters, activations and the gradients of one backward are bf16; the optimizer keeps fp32
+    master weights and fp32 moments, and ``grad_accum_dtype: fp32`` sums the micro-batches' gradients in
+    fp32 buffers: at ZeRO-1 (the default, and the only stage a pipeline allows) through DeepSpeed's
+    BF16_Optimizer, at ZeRO-2/3 in the ZeRO optimizer's separate accumulation buffers. ZeRO-0 (DeepSpeed's
+    DDP bf16 path) accumulates in bf16: DeepSpeed refuses fp32 accumulation without ZeRO.
+    """
     d, p = run_cfg.data, run_cfg.parallel
     per_step = d.micro_batch * dp
     if d.global_batch % per_step:
         raise ValueError(f"data.global_batch={d.global_batch} is not a multiple of micro_batch x DP = "
                          f"{d.micro_batch} x {dp}; use a multiple of {per_step}")
+    bf16 = dtype == torch.bfloat16
+    extra = {"data_types": {"grad_accum_dtype": "fp32"}} if bf16 and p.zero_stage >= 1 else {}
     return {
+        **extra,
         "train_batch_size": d.global_batch,
         "train_micro_batch_size_per_gpu": d.micro_batch,
         "gradient_accumulation_steps": d.global_batch // per_step,
         "gradient_clipping": run_cfg.optimizer.grad_clip,
         "zero_optimization": {"stage": p.zero_stage},
-        "bf16": {"enabled": dtype == torch.bfloat16},
+        "bf16": {"enabled": bf16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }

@@ -9,10 +9,9 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn as nn
 
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
-from statex_dist.models.init import init_tensor
+from statex_dist.models.init import copy_shards, fresh_weights
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor
 
 
@@ -44,15 +43,9 @@ def weight_source(run_cfg) -> WeightSource:
         if not m.config:
             raise ValueError("model.source=scratch needs model.config (arch, sizes)")
         config = config_from_dict(m.config)
-        specs = specs_for(config, 1)
         gate = tuple(m.gate_bias_init) if m.gate_bias_init else None
-
-        def get(name: str) -> torch.Tensor:
-            shape = specs[name].shape
-            if name in VOCAB_TENSORS:
-                shape = (config.checkpoint_vocab_size(),) + tuple(shape[1:])
-            return init_tensor(name, shape, config, run_cfg.seed, gate)
-        base, desc, fetch = config, f"fresh {config.arch} (seed {run_cfg.seed})", get
+        base, desc = config, f"fresh {config.arch} (seed {run_cfg.seed})"
+        fetch = fresh_weights(config, run_cfg.seed, gate)
     else:
         from statex_dist.checkpoint.sources import open_source
         src = open_source(m.source)
@@ -76,13 +69,6 @@ def named_internal_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parame
         yield from model.named_parameters()
 
 
-@torch.no_grad()
 def fill(model: nn.Module, source: WeightSource, tp_rank: int, tp: int) -> None:
     """Copy this rank's slice of every parameter it holds from the source, one full tensor at a time."""
-    specs = specs_for(source.config, tp)
-    for name, p in named_internal_parameters(model):
-        full = source.get(name)
-        spec = specs[name]
-        if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
-            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
-        p.copy_(spec.shard(full.to(p.dtype), tp_rank, tp, name))
+    copy_shards(named_internal_parameters(model), source.get, specs_for(source.config, tp), tp_rank, tp)
