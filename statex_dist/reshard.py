@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from statex_dist.checkpoint.atomic import atomic_dir
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_export import write_hf
 from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
+from statex_dist.checkpoint.side_files import SIDE_DIR, copy_side_files, side_files_of
 from statex_dist.checkpoint.sources import HFSource, hf_format_named, open_source
 from statex_dist.models import specs_for
 from statex_dist.parallel.validate import check_parallel_sizes
@@ -23,23 +23,6 @@ from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expa
 from statex_dist.statex import count_params
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# Files of a Hugging Face folder that are not weights but belong with them (lm-eval and generate need
-# the tokenizer); a sharded checkpoint keeps them under hf_files/ until the export back.
-HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                 "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json")
-SIDE_DIR = "hf_files"
-
-
-def copy_side_files(src: Path, dst: Path) -> list[str]:
-    dst.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in HF_SIDE_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
-
-
 EXAMPLE = """example:
   python tools/reshard_expand.py --src statex_dist/pretrained/tiny-gla --dst runs/tiny-gla-x --expand-every 2 \\
       --gla-heads 1 --init merge --tp 2
@@ -143,7 +126,7 @@ def run(argv=None) -> dict:
         stats["bytes"] += t.numel() * dtypes[name].itemsize
         bar.update(1)
 
-    side = Path(args.src) if isinstance(src, HFSource) else Path(args.src) / SIDE_DIR
+    side = side_files_of(Path(args.src))
     with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
         if args.format == "hf":
             write_hf(tmp, fmt, new, tensors(), dtypes, base_config=hf_cfg, progress=progress)

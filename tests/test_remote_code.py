@@ -149,3 +149,29 @@ def test_uniform_exports_stay_stock(tmp_path, arch):
     assert cfg["model_type"] == arch and "auto_map" not in cfg
     assert cfg["architectures"] == [{"gla": "GLAForCausalLM", "mamba2": "Mamba2ForCausalLM"}[arch]]
     assert not any((alike / f).exists() for f in MODELING)
+
+
+@pytest.mark.parametrize("arch", ["gla", "mamba2"])
+def test_layers_and_cache_are_the_libraries_with_each_layers_shape(tmp_path, arch):
+    """The remote code builds the libraries' modules (fla's GLA layer, transformers' Mamba2 mixer) from each
+    layer's config, and the generation cache keeps each layer's own state shape."""
+    src = tmp_path / "src"
+    if arch == "gla":
+        from fla.layers.gla import GatedLinearAttention as Mixer
+        make_fla_gla(src, vocab_size=VOCAB)
+        dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--init", "merge")
+    else:
+        from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as Mixer
+        make_hf_mamba2(src)
+        dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--d-state", "32")
+    model = load_remote(dst)
+    mixers = [layer.attn if arch == "gla" else layer.mixer for layer in model.get_decoder().layers]
+    assert all(isinstance(m, Mixer) for m in mixers)
+    with torch.no_grad():
+        cache = model(torch.zeros(2, 3, dtype=torch.long), use_cache=True).cache
+    if arch == "gla":  # fla's Cache: [B, H, dv, dk] per layer
+        assert [m.num_heads for m in mixers] == [1, 4]
+        assert [tuple(cache[i]["recurrent_state"].shape) for i in range(2)] == [(2, 1, 64, 32), (2, 4, 16, 8)]
+    else:  # transformers' DynamicCache: [B, heads, head_dim, d_state] per layer
+        assert [m.ssm_state_size for m in mixers] == [32, 16]
+        assert [layer.recurrent_states[0].shape[-1] for layer in cache.layers] == [32, 16]

@@ -4,7 +4,9 @@ The stock classes (fla's GLAForCausalLM, transformers' Mamba2ForCausalLM) build 
 export whose GLA heads or Mamba2 d_state differ per layer therefore gets model_type ``statex_gla`` /
 ``statex_mamba2``, an ``auto_map`` and the two template files of this folder copied beside its weights,
 so ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads it (lm-eval-harness's
-HF backend included). The templates import only torch and transformers; they are not imported here.
+HF backend included). The templates build each layer from the libraries' own modules with that layer's
+shape (fla's for GLA, transformers' Mamba2 for Mamba2), so the libraries' kernels run where they exist;
+they are not imported here.
 
 Such Mamba2 exports always use transformers' naming (``backbone.embeddings``, safetensors), also from
 mamba_ssm sources: one layout for the remote code to read. A mamba_ssm source's padded vocabulary is

@@ -1,18 +1,17 @@
 """Configurations of StateX models whose recurrent-state shapes differ per layer (``trust_remote_code``).
 
-Self-contained (torch and transformers only): this file is copied beside the weights of an export.
-The keys are those of the stock configs (fla's GLAConfig, transformers' Mamba2Config) plus the per-layer
-shapes: ``statex_num_heads`` (GLA heads of each layer) and ``statex_d_state`` (Mamba2 d_state of each
-layer). Defaults equal those of statex-dist's checkpoint readers, so both read a file the same way.
+Copied beside the weights of an export. The keys are those of the stock configs (fla's GLAConfig,
+transformers' Mamba2Config) plus the per-layer shapes: ``statex_num_heads`` (GLA heads of each layer) and
+``statex_d_state`` (Mamba2 d_state of each layer). :meth:`layer_config` gives the config of one layer,
+which the library's modules are built from. Defaults equal those of statex-dist's checkpoint readers, so
+both read a file the same way.
 """
 from __future__ import annotations
 
-import math
+import copy
 
-try:
-    from transformers import PreTrainedConfig
-except ImportError:  # transformers < 5
-    from transformers import PretrainedConfig as PreTrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import Mamba2Config, PreTrainedConfig
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -31,6 +30,13 @@ def _per_layer(name: str, values, default: int, layers: int) -> list[int]:
     if len(values) != layers:
         raise ValueError(f"{name} has {len(values)} entries but num_hidden_layers is {layers}")
     return values
+
+
+def _with(config, **overrides):
+    """A shallow copy of ``config`` with ``overrides`` set: one layer's view of the model config."""
+    layer = copy.copy(config)
+    layer.__dict__.update(overrides)
+    return layer
 
 
 # fla GLA options the model here does not implement, with the value they must have
@@ -94,8 +100,12 @@ class StateXGLAConfig(PreTrainedConfig):
     def value_dim(self) -> int:
         return round(self.hidden_size * self.expand_v)
 
+    def layer_config(self, layer_idx: int) -> "StateXGLAConfig":
+        return _with(self, num_heads=self.statex_num_heads[layer_idx])
 
-class StateXMamba2Config(PreTrainedConfig):
+
+@strict
+class StateXMamba2Config(Mamba2Config):
     """transformers' Mamba2Config with ``statex_d_state``: the d_state of each layer (``state_size`` is
     their max).
 
@@ -104,46 +114,20 @@ class StateXMamba2Config(PreTrainedConfig):
     """
 
     model_type = "statex_mamba2"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    statex_d_state: list | None = None
+    pad_vocab_size_multiple: int = 1
 
-    def __init__(self, vocab_size: int = 32768, hidden_size: int = 4096, num_hidden_layers: int = 64,
-                 state_size: int = 128, statex_d_state=None, expand: int = 2, head_dim: int = 64, num_heads=None,
-                 n_groups: int = 1, conv_kernel: int = 4, chunk_size: int = 256, use_conv_bias: bool = True,
-                 use_bias: bool = False, hidden_act: str = "silu", layer_norm_epsilon: float = 1e-5,
-                 residual_in_fp32: bool = True, time_step_limit=(0.0, math.inf), pad_vocab_size_multiple: int = 1,
-                 initializer_range: float = 0.1, use_cache: bool = True, tie_word_embeddings: bool = False,
-                 pad_token_id=1, bos_token_id=0, eos_token_id=2, **kwargs):
-        if hidden_act != "silu":
-            raise ValueError(f"hidden_act={hidden_act!r} is not supported (needs 'silu')")
-        if use_bias:
-            raise ValueError("use_bias=true (biased in_proj/out_proj) is not supported")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.statex_d_state = _per_layer("statex_d_state", statex_d_state, state_size, num_hidden_layers)
+    def __post_init__(self, **kwargs):
+        self.statex_d_state = _per_layer("statex_d_state", self.statex_d_state, self.state_size,
+                                         self.num_hidden_layers)
         self.state_size = max(self.statex_d_state)
-        self.expand, self.head_dim = expand, head_dim
-        self.num_heads = expand * hidden_size // head_dim
-        if num_heads is not None and num_heads != self.num_heads:
-            raise ValueError(f"num_heads {num_heads} x head_dim {head_dim} != expand {expand} x hidden_size "
-                             f"{hidden_size}")
-        if (expand * hidden_size) % head_dim or self.num_heads % n_groups:
-            raise ValueError(f"d_inner {expand * hidden_size} must split into heads of {head_dim} and the heads "
-                             f"into {n_groups} groups")
-        self.n_groups = n_groups
-        self.conv_kernel = conv_kernel
-        self.chunk_size = chunk_size
-        self.use_conv_bias, self.use_bias = use_conv_bias, use_bias
-        self.hidden_act = hidden_act
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.residual_in_fp32 = residual_in_fp32
-        self.time_step_limit = tuple(_float(x) for x in time_step_limit)
-        self.pad_vocab_size_multiple = pad_vocab_size_multiple
-        self.initializer_range = initializer_range
-        self.use_cache = use_cache
-        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.time_step_limit = tuple(_float(x) for x in self.time_step_limit)
+        super().__post_init__(**kwargs)
 
     @property
     def embedding_rows(self) -> int:
         return _round_up(self.vocab_size, self.pad_vocab_size_multiple or 1)
+
+    def layer_config(self, layer_idx: int) -> "StateXMamba2Config":
+        return _with(self, state_size=self.statex_d_state[layer_idx])
+
