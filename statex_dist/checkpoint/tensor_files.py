@@ -6,6 +6,7 @@ only through ``torch.load(weights_only=True)``, which refuses pickled code.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Iterator
@@ -25,11 +26,13 @@ _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16
 
 
 class SafetensorsFile:
-    """One safetensors file read with plain positioned reads.
+    """One safetensors file, each tensor mapped on its own.
 
     ``safe_open`` memory-maps the whole file, and every page a read touches stays in the process's RSS
-    until the handle closes: streaming a 3 GB checkpoint through it would cost 3 GB. Reading each tensor
-    into its own buffer keeps the peak at one tensor.
+    until the handle closes: streaming a 3 GB checkpoint through it would cost 3 GB. A mapping per tensor
+    goes when its last view does, so the peak stays at the tensors in use; and unlike reading into a new
+    buffer it neither copies the page cache nor zero-fills fresh memory (a fifth of a reshard's CPU).
+    The mapping is copy-on-write: writing into a returned tensor never touches the file.
     """
 
     def __init__(self, path: Path):
@@ -85,13 +88,16 @@ class SafetensorsFile:
         e = self.entries[key]
         lo, hi = e["data_offsets"]
         dtype = _ST_DTYPES[e["dtype"]]
-        raw = torch.empty(hi - lo, dtype=torch.uint8)  # not zero-filled, unlike bytearray
-        view, got = memoryview(raw.numpy()), 0
-        while got < len(view):
-            n = os.preadv(self._fd, [view[got:]], self.base + lo + got)
-            if n <= 0:
-                raise CheckpointError(f"{self.path}: tensor {key!r} ends early; the file is truncated")
-            got += n
+        if hi == lo:
+            return torch.empty(e["shape"], dtype=dtype)
+        start = self.base + lo
+        if os.fstat(self._fd).st_size < start + hi - lo:  # cut since opened: a mapping would crash on it
+            raise CheckpointError(f"{self.path}: tensor {key!r} ends early; the file is truncated")
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self._fd, start - aligned + hi - lo, access=mmap.ACCESS_COPY, offset=aligned)
+        # Starts reading the whole tensor from disk at once, instead of a page fault at a time.
+        mapped.madvise(mmap.MADV_WILLNEED)
+        raw = torch.frombuffer(mapped, dtype=torch.uint8, count=hi - lo, offset=start - aligned)
         return raw.view(dtype).reshape(e["shape"])
 
     def __del__(self):
