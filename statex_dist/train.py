@@ -323,7 +323,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = Run(cfg)
     except EXPECTED as e:  # only set-up: an error inside the steps is a bug and keeps its traceback
         return fail("statex_dist.train", e)
-    out = run.train()
+    from statex_dist.data.errors import ShardError
+    from statex_dist.training.checkpoints import CheckpointWriteError
+    try:
+        out = run.train()
+    except (ShardError, CheckpointWriteError) as e:  # met mid-run: a corrupt shard, a disk that filled up
+        return fail("statex_dist.train", e)
     run.log(f"done: {out['step']} steps, final loss {out['losses'][-1]:.4f}" if out["losses"] else "done: 0 steps")
     return 0
 

@@ -232,3 +232,43 @@ def test_corrupt_shard_named(shards, tmp_path, workers):
         assert shard.stat().st_size == len(data)
         with pytest.raises(ShardError, match=str(shard)):
             _drain(bad, workers)
+
+
+# --- two epochs at DP=2 with 2 workers each ------------------------------------------------------------------------
+def _by_reader(batches, workers: int) -> list[list[tuple[int, int]]]:
+    """(sample, epoch) in each reader's own order: a fresh loader hands out batch i from reader i % workers."""
+    out = [[] for _ in range(workers)]
+    for i, b in enumerate(batches):
+        out[i % workers] += list(zip(b["index"].tolist(), b["epoch"].tolist()))
+    return out
+
+
+def test_two_epochs_once_each_in_a_seeded_order_and_resumable(shards):
+    total = check_shards(shards).total_samples
+    n = 5 * (total // (2 * B) + 1)          # every reader of both ranks well into epoch 2
+    kw = dict(dp_size=2, micro_batch=B, seed=7, workers=2, shuffle_buffer=8, return_index=True)
+    streams = [_take(build_loader(shards, dp_rank=r, **kw), n) for r in range(2)]
+    for e in (0, 1):
+        seen = Counter(i for s in streams for i in _epoch_samples(s, e))
+        assert sorted(seen) == list(range(total)) and set(seen.values()) == {1}, e
+    assert max(e for s in streams for b in s for e in b["epoch"].tolist()) >= 2
+    for r in range(2):
+        # the same (seed, epoch): the same order, however the stream got there
+        again = _take(build_loader(shards, dp_rank=r, **kw), n)
+        assert _indices(again) == _indices(streams[r])
+        fresh = _by_reader(_take(build_loader(shards, dp_rank=r, epoch=1, **kw), n // 2), 2)
+        for w, seq in enumerate(_by_reader(streams[r], 2)):
+            ep1 = [i for i, e in seq if e == 1]
+            assert ep1 and ep1 == [i for i, e in fresh[w] if e == 1][:len(ep1)], (r, w)
+            assert [i for i, e in seq if e == 0] != ep1[:len([1 for _, e in seq if e == 0])]   # reshuffled
+        # another seed: another order
+        other = _take(build_loader(shards, dp_rank=r, **{**kw, "seed": 8}), 6)
+        assert _indices(other) != _indices(streams[r][:6])
+        # a resume in the middle of epoch 1 continues the stream exactly
+        k = next(i for i, b in enumerate(streams[r]) if min(b["epoch"].tolist()) == 1) + 3
+        first = build_loader(shards, dp_rank=r, **kw)
+        _take(first, k)
+        resumed = _take(build_loader(shards, dp_rank=r, position=json.loads(json.dumps(first.state_dict())), **kw),
+                        n - k)
+        assert _indices(resumed) == _indices(streams[r][k:]), r
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(resumed, streams[r][k:]))

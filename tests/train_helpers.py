@@ -48,3 +48,36 @@ def train_worker(rank, world, overrides_list):
     out = run.train()
     state.destroy()
     return out["losses"]
+
+
+def aligned_shards(folder: Path, per_shard: int = 4, seq_len: int = 32, shards: int = 24) -> Path:
+    """``shards`` full shards of ``per_shard`` samples (a short last shard is dropped from the manifest).
+
+    With no shuffle buffer and one reader per DP rank, a DP rank reading ``per_shard`` samples a step reads
+    exactly shard ``order[step * dp + dp_rank]``, so every layout with ``global_batch = dp x per_shard``
+    (any micro-batch split) sees the same samples in each step as one process reading ``global_batch``.
+    """
+    import json
+
+    from statex_dist.data.synthetic import write_corpus
+    from statex_dist.data.writer import ShardOptions, make_shards as write_shards
+    out = folder / "aligned"
+    if (out / "manifest.json").exists():
+        return out
+    corpus = write_corpus(folder / "aligned-corpus", n_files=2, docs_per_file=30, seed=5)
+    m = write_shards(corpus, out, ShardOptions(seq_len=seq_len, samples_per_shard=per_shard), progress=False)
+    full = [s for s in m["shards"] if s["samples"] == per_shard][:shards]
+    if len(full) < shards:
+        raise ValueError(f"the corpus gave {len(full)} full shards of {per_shard}, fewer than {shards}")
+    for s in m["shards"][len(full):]:
+        (out / s["file"]).unlink()
+    m["shards"], m["total_samples"] = full, per_shard * len(full)
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def checkpoint_weights(run_dir: Path, step: int) -> dict:
+    """Full-shape tensors of the sharded weights a run wrote at ``step`` (name -> tensor)."""
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    ck = ShardedCheckpoint(run_dir / "checkpoints" / f"step{step:08d}" / "model")
+    return {n: ck.get(n) for n in ck.names()}

@@ -290,7 +290,9 @@ def build_loader(shard_dir, dp_rank: int, dp_size: int, micro_batch: int, seed: 
     if micro_batch < 1 or workers < 0 or seed < 0 or epoch < 0:
         raise DataError(f"micro_batch ({micro_batch}) must be >= 1; workers ({workers}), seed ({seed}) and "
                         f"epoch ({epoch}) >= 0")
-    m = check_shards(shard_dir)
+    # the tars' layout is checked by the entry points before any process group exists (statex_dist.train,
+    # statex_dist.eval); each sample read here is checked as it is decoded
+    m = check_shards(shard_dir, layout=False)
     readers = _readers(m, dp_size, workers)
     plan = _Plan(m, dp_rank, dp_size, readers, seed)
     start_epoch, batches, cur = epoch, 0, epoch

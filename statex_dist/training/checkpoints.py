@@ -12,6 +12,7 @@ Resume picks the newest ``step*`` folder holding ``statex.json``; anything in ``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import torch.distributed as dist
 
 from statex_dist.checkpoint.atomic import write_manifest
 from statex_dist.checkpoint.sharded import FORMAT, shard_file
+from statex_dist.checkpoint.side_files import keep_side_files
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.models import specs_for
 from statex_dist.training.initial_weights import named_internal_parameters
@@ -93,15 +95,29 @@ class _Null:
         return False
 
 
-def _write_model_shard(folder: Path, module, config, tp_rank: int, tp: int, stage: int) -> dict:
-    """This rank's TP slice of its stage's parameters (one file); returns {name: stage} and the file entry."""
-    specs = specs_for(config, tp)
-    own = [(n, p) for n, p in named_internal_parameters(module)]
+def _own_parameters(module) -> list:
+    """(name, parameter) of this stage, each name once, in the order every DP rank walks them."""
     seen, entries = set(), []
-    for n, p in own:
+    for n, p in named_internal_parameters(module):
         if n not in seen:
             seen.add(n)
             entries.append((n, p))
+    return entries
+
+
+def _join_zero3_gathers(module) -> None:
+    """A DP rank that writes nothing still takes part in the writer's ZeRO-3 gathers: each one is a collective
+    over the DP group, and a writer gathering alone waits forever (or, with small persistent parameters,
+    leaves the ranks' partitions in different states for the next step)."""
+    for _, p in _own_parameters(module):
+        with _zero3_gathered(p):
+            pass
+
+
+def _write_model_shard(folder: Path, module, config, tp_rank: int, tp: int, stage: int) -> dict:
+    """This rank's TP slice of its stage's parameters (one file); returns {name: stage} and the file entry."""
+    specs = specs_for(config, tp)
+    entries = _own_parameters(module)
     path = folder / shard_file(tp_rank, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = []
@@ -119,6 +135,29 @@ def _write_model_shard(folder: Path, module, config, tp_rank: int, tp: int, stag
     return {"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "info": info}
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a quota, a lost mount); the message names it and
+    the last complete checkpoint, which is left as it was."""
+
+
+@contextlib.contextmanager
+def _writing(ckpt_dir: Path, name: str):
+    """Turn a failed write into one clear error and drop the half-written folder, so the space it took comes
+    back. torch.save reports a full disk as a RuntimeError ("enforce fail ... unexpected pos"), hence both
+    types."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, CheckpointWriteError):
+            raise
+        shutil.rmtree(ckpt_dir / ".staging" / name, ignore_errors=True)
+        done = complete_checkpoints(ckpt_dir)
+        last = (f"the last complete checkpoint is {done[-1].name} (checkpoint.resume=auto picks it)" if done
+                else "there is no complete checkpoint yet")
+        raise CheckpointWriteError(f"could not write checkpoint {name} in {ckpt_dir} ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())}); {last}; free space there and run again") from e
+
+
 def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckpt_dir: Path, keep: int,
          tp_rank: int, tp: int, pp: int, stage: int, dp_rank: int, hf: Optional[dict] = None) -> Path:
     """Write a checkpoint collectively; every rank calls it. Returns the final folder."""
@@ -127,12 +166,16 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(staging / name, ignore_errors=True)
-        (staging / name).mkdir(parents=True, exist_ok=True)
+        with _writing(ckpt_dir, name):
+            (staging / name).mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    engine.save_checkpoint(str(staging), tag=name, client_state={"step": step}, save_latest=False)
     part = None
-    if dp_rank == 0:  # one writer per (TP rank, stage)
-        part = _write_model_shard(staging / name / "model", module, model_config, tp_rank, tp, stage)
+    with _writing(ckpt_dir, name):
+        engine.save_checkpoint(str(staging), tag=name, client_state={"step": step}, save_latest=False)
+        if dp_rank == 0:  # one writer per (TP rank, stage)
+            part = _write_model_shard(staging / name / "model", module, model_config, tp_rank, tp, stage)
+        else:
+            _join_zero3_gathers(module)
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (part, (dp_rank, data_state), rng_state()))
     if rank == 0:
@@ -151,7 +194,9 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
                 stages[s].append(int(m.group(1)))
         body = {"format": FORMAT, "version": 1, "config": model_config.to_dict(), "tp": tp, "pp": pp,
                 "stages": [sorted(s) for s in stages], "weight_map": weight_map, "hf": hf or {}}
-        write_manifest(staging / name / "model", body, known)
+        with _writing(ckpt_dir, name):
+            keep_side_files(run_cfg.model.source, staging / name / "model")  # the tokenizer exports with it
+            write_manifest(staging / name / "model", body, known)
         meta = {"step": step, "run_config": run_cfg.to_dict(), "model_config": model_config.to_dict(),
                 # the data position is a DP rank's: a resume with another TP x PP keeps the same stream
                 "data": {str(d[0]): d[1] for _, d, _ in parts},
@@ -162,8 +207,9 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
             import signal
             os.kill(os.getpid(), signal.SIGKILL)
         tmp = staging / name / (META + ".tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, staging / name / META)
+        with _writing(ckpt_dir, name):
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, staging / name / META)
         final = ckpt_dir / name
         if final.exists():
             shutil.rmtree(final)

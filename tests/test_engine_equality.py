@@ -1,0 +1,191 @@
+"""Whole runs through statex_dist.train.Run and DeepSpeed's engine equal one process: 10 AdamW steps with
+clipping and the cosine schedule, fp32, at every layout and ZeRO stage. The test reduces nothing itself:
+losses and grad norms are the engine's, the weights are read back from the checkpoint each run writes, and
+every rank's live parameters are returned and checked, replicas included.
+
+Why the data agree: ``aligned_shards`` gives shards of 4 samples, read without a shuffle buffer by one
+reader per DP rank, so each step every layout trains on the same 8 samples (see its docstring). Every
+sample has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the mean
+over the 8.
+
+Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses, grad norms and weights. fp32 sums the same
+terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat buffers):
+~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so the
+rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
+lr 5e-4 that is at most a few 1e-6 of the largest weight after 10 steps (measured: up to ~4e-6; at 3e-3
+it reaches ~2e-5, which is why the rate is not larger). A wrong reduction (a missing DP average, a replica
+that drifts, a clip on the wrong norm) is of order 1e-3 or more; replicas are compared bit for bit.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import rel_err
+from tests.dist_utils import run_workers
+from tests.train_helpers import aligned_shards
+
+STEPS, GLOBAL, TOL = 10, 8, 1e-5
+ARCHS = {
+    # a 4-head layer and a merged 1-head layer (StateX merge of layer 0)
+    "gla": ({"arch": "gla", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+             "use_short_conv": True, "tie_word_embeddings": False},
+            {"expansion.enabled": True, "expansion.layers": "[0]", "expansion.init": "merge"}),
+    # ngroups 1, d_state 16 in layer 0 and 8 in layer 1; tied embeddings (on both pipeline ends at PP=2)
+    "mamba2": ({"arch": "mamba2", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "d_state": 8,
+                "headdim": 16, "ngroups": 1, "chunk_size": 16, "tie_word_embeddings": True},
+               {"expansion.enabled": True, "expansion.layers": "[0]", "expansion.d_state": 16}),
+}
+
+
+def run_overrides(arch: str, shards, run_dir, **extra) -> list[str]:
+    model, expansion = ARCHS[arch]
+    base = {
+        "model.source": "scratch", "model.config": json.dumps(model), "model.dtype": "fp32", **expansion,
+        "data.train": str(shards), "data.seq_len": 32, "data.micro_batch": 2, "data.global_batch": GLOBAL,
+        "data.workers": 0, "data.shuffle_buffer": 0,
+        # clip 0.3: below the grad norm of most steps here, so clipping acts (checked on the reference)
+        "optimizer.lr": 5e-4, "optimizer.grad_clip": 0.3, "optimizer.weight_decay": 0.1,
+        "schedule.total_steps": STEPS, "schedule.warmup_steps": 2,
+        "logging.dir": str(run_dir), "logging.every": 100, "checkpoint.every": 0, "seed": 0,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def engine_worker(rank, world, overrides_list):
+    """One rank of a run: its losses, the engine's grad norm after each step, and its live parameters
+    (this rank's TP slice of its stage's parameters, under the model's own names; ZeRO-3 gathered)."""
+    from statex_dist.parallel import state
+    from statex_dist.run_config import load_run_config
+    from statex_dist.train import Run
+    from statex_dist.training.checkpoints import _zero3_gathered
+    from statex_dist.training.initial_weights import named_internal_parameters
+    run = Run(load_run_config(None, overrides_list))
+    norms, take_step = [], run.train_step
+
+    def step_and_norm():
+        loss = take_step()
+        norms.append(float(run.engine.get_global_grad_norm()))
+        return loss
+
+    run.train_step = step_and_norm
+    out = run.train()
+    params = {}
+    for name, p in named_internal_parameters(run.module):
+        with _zero3_gathered(p):
+            params[name] = p.detach().clone()
+    where = {"rank": rank, "tp_rank": run.tp_rank, "dp_rank": run.dp_rank, "stage": run.stage,
+             "tp": run.cfg.parallel.tp}
+    state.destroy()
+    return {**where, "losses": out["losses"], "norms": norms, "params": params}
+
+
+def final_weights(run_dir):
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    return ShardedCheckpoint(run_dir / "checkpoints" / f"step{STEPS:08d}" / "model")
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    return aligned_shards(tmp_path_factory.mktemp("engine-data"))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, shards):
+    """The one-process run of an arch (1 micro-batch of 8), made once per session on first use."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            root = tmp_path_factory.mktemp(f"ref-{arch}")
+            (res,) = run_workers(engine_worker, 1, run_overrides(arch, shards, root / "run", **{"data.micro_batch": 8}),
+                                 tmp_path=root / "w", timeout=300)
+            made[arch] = (res, final_weights(root / "run"))
+            assert max(res["norms"]) > 0.3, res["norms"]      # the clip acts in the reference
+        return made[arch]
+    return get
+
+
+def check_equal(label, results, run_dir, ref) -> dict:
+    """Every rank's losses, grad norms and live parameters, and the run's checkpoint, against ``ref``;
+    replicas (DP copies, TP-replicated tensors, both ends of a tied embedding) bitwise equal to each other.
+    Returns the largest relative errors measured (printed for the record)."""
+    from statex_dist.models import specs_for
+    ref_res, ref_ck = ref
+    ck = final_weights(run_dir)
+    errs = {"loss": 0.0, "norm": 0.0, "ckpt": 0.0, "live": 0.0}
+    for r in results:
+        assert len(r["losses"]) == len(r["norms"]) == STEPS
+        for a, b in zip(r["losses"], ref_res["losses"]):
+            errs["loss"] = max(errs["loss"], abs(a - b) / abs(b))
+        for a, b in zip(r["norms"], ref_res["norms"]):
+            errs["norm"] = max(errs["norm"], abs(a - b) / abs(b))
+    assert set(ck.names()) == set(ref_ck.names())
+    for name in ref_ck.names():
+        errs["ckpt"] = max(errs["ckpt"], rel_err(ck.get(name), ref_ck.get(name)))
+    tp = results[0]["tp"]
+    specs = specs_for(ck.config, tp)
+    copies: dict = {}
+    held = set()
+    for r in results:
+        for name, live in r["params"].items():
+            spec = specs[name]
+            full = ref_ck.get(name)
+            if full.shape[0] < spec.shape[0]:   # TP pads the vocab with zero rows
+                full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+            want = spec.shard(full, r["tp_rank"], tp, name)
+            assert live.shape == want.shape, (label, name, r["rank"])
+            errs["live"] = max(errs["live"], rel_err(live, want))
+            copies.setdefault((name, r["tp_rank"] if spec.dim is not None else None), []).append((r["rank"], live))
+            held.add(name)
+    assert held == set(specs), (label, set(specs) - held)
+    for (name, _), group in copies.items():
+        first_rank, first = group[0]
+        for rank, t in group[1:]:
+            assert torch.equal(t, first), f"{label}: {name} on rank {rank} differs from rank {first_rank}"
+    print(f"\n{label}: max relative error loss {errs['loss']:.1e} grad-norm {errs['norm']:.1e} "
+          f"checkpoint {errs['ckpt']:.1e} live {errs['live']:.1e}; copies checked "
+          f"{sum(len(g) for g in copies.values())} over {len(results)} ranks")
+    assert all(v <= TOL for v in errs.values()), (label, errs)
+    return errs
+
+
+LAYOUTS = {  # id: (processes, overrides)
+    "dp2": (2, {}),
+    "tp2": (2, {"parallel.tp": 2}),
+    "pp2": (2, {"parallel.pp": 2}),
+    "dp2-zero2": (2, {"parallel.zero_stage": 2}),
+    "dp2-zero3": (2, {"parallel.zero_stage": 3, "checkpoint.every": 5}),   # a save mid-run: gathers on every rank
+    "dp2tp2": (4, {"parallel.tp": 2}),
+    "dp2tp2-zero2": (4, {"parallel.tp": 2, "parallel.zero_stage": 2}),
+    "dp2tp2-zero3": (4, {"parallel.tp": 2, "parallel.zero_stage": 3, "checkpoint.every": 5}),
+    "tp2pp2": (4, {"parallel.tp": 2, "parallel.pp": 2}),
+    "pp2dp2": (4, {"parallel.pp": 2}),
+    "pp2-recomputed": (2, {"parallel.pp": 2, "parallel.activation_checkpointing": True}),   # the pipeline's own
+}
+CHEAP = {"dp2", "tp2", "pp2"}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("layout", [pytest.param(k, marks=() if k in CHEAP else pytest.mark.slow) for k in LAYOUTS])
+def test_layout_equals_one_process(tmp_path, shards, reference, arch, layout):
+    world, extra = LAYOUTS[layout]
+    ref = reference(arch)
+    results = run_workers(engine_worker, world, run_overrides(arch, shards, tmp_path / "run", **extra),
+                          tmp_path=tmp_path / "w", timeout=600)
+    check_equal(f"{arch} {layout}", results, tmp_path / "run", ref)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("case,extra", [
+    ("4x2-accumulated", {"data.micro_batch": 2}),             # 4 micro-batches of 2 vs the reference's 1 of 8
+    ("recomputed", {"data.micro_batch": 8, "parallel.activation_checkpointing": True}),
+])
+def test_one_process_variants(tmp_path, shards, reference, arch, case, extra):
+    ref = reference(arch)
+    results = run_workers(engine_worker, 1, run_overrides(arch, shards, tmp_path / "run", **extra),
+                          tmp_path=tmp_path / "w", timeout=300)
+    check_equal(f"{arch} {case}", results, tmp_path / "run", ref)
