@@ -239,14 +239,17 @@ def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()
     return cfg
 
 
-def _from(origins: dict[str, str], key: str) -> str:
+def _from(origins: Optional[dict[str, str]], key: str) -> str:
+    """Where a value came from, for the message; nothing when the caller does not know (a built config)."""
+    if origins is None:
+        return ""
     return f" (from {origins[key]})" if key in origins else " (the default)"
 
 
 def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Optional[int] = None) -> None:
     """Impossible combinations, before any process group exists; each error names the key, its value, the
     range that would work and where the value came from."""
-    o = origins or {}
+    o = origins
     p, d = cfg.parallel, cfg.data
     if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(f"parallel.zero_stage={p.zero_stage}{_from(o, 'parallel.zero_stage')} with "

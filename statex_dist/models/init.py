@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Optional
 
 import torch
 
 from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.config import ModelConfig
-from statex_dist.parallel.sharding import ShardSpec
+from statex_dist.parallel.weights import copy_shards
 from statex_dist.statex.tensors import default_bound, generator, uniform
 
 A_INIT_RANGE = (1.0, 16.0)   # mamba_ssm's Mamba2 default
@@ -81,18 +81,6 @@ def fresh_weights(config: ModelConfig, seed: int = 0, gate_bias: Optional[tuple[
             shape = (config.checkpoint_vocab_size(),) + shape[1:]
         return init_tensor(name, shape, config, seed, gate_bias, **ranges)
     return get
-
-
-@torch.no_grad()
-def copy_shards(named: Iterable[tuple[str, torch.nn.Parameter]], get: Callable[[str], torch.Tensor],
-                specs: Mapping[str, ShardSpec], tp_rank: int, tp: int) -> None:
-    """Copy this rank's slice of ``get(name)`` (a full tensor) into each parameter; vocab rows beyond the
-    checkpoint's (TP padding) are zeros."""
-    for name, p in named:
-        full, spec = get(name), specs[name]
-        if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
-            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
-        p.copy_(spec.shard(full.to(p.dtype), tp_rank, tp, name))
 
 
 def initialize(model: torch.nn.Module, config: ModelConfig, seed: int = 0) -> None:

@@ -1,7 +1,7 @@
 """Moving full tensors in and out of a TP-sharded model through its ShardSpecs."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -12,15 +12,20 @@ from statex_dist.parallel.sharding import ShardSpec
 
 
 @torch.no_grad()
+def copy_shards(named: Iterable[tuple[str, nn.Parameter]], get: Callable[[str], torch.Tensor],
+                specs: Mapping[str, ShardSpec], tp_rank: int, tp: int) -> None:
+    """Copy this rank's slice of ``get(name)`` (a full tensor) into each parameter; vocab rows beyond the
+    full tensor's (TP padding) are zeros."""
+    for name, p in named:
+        full, spec = get(name), specs[name]
+        if full.shape[0] < spec.shape[0]:  # vocab padding for TP
+            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+        p.copy_(spec.shard(full.to(p.dtype), tp_rank, tp, name))
+
+
 def load_full(model: nn.Module, full: Mapping[str, torch.Tensor], specs: Mapping[str, ShardSpec]) -> None:
     """Copy this rank's slice of each full tensor into the model (names are the model's own)."""
-    rank, tp = state.tp_rank(), state.tp_size()
-    for name, p in model.named_parameters():
-        t = full[name]
-        spec = specs[name]
-        if t.shape[0] < spec.shape[0]:  # vocab padding for TP
-            t = torch.cat([t, t.new_zeros((spec.shape[0] - t.shape[0],) + tuple(t.shape[1:]))])
-        p.copy_(spec.shard(t, rank, tp, name))
+    copy_shards(model.named_parameters(), full.__getitem__, specs, state.tp_rank(), state.tp_size())
 
 
 def gather_full(model: nn.Module, specs: Mapping[str, ShardSpec],
