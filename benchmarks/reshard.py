@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,10 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from statex_dist.checkpoint.fla_gla import FlaGLA  # noqa: E402
 from statex_dist.checkpoint.hf_export import write_hf  # noqa: E402
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS  # noqa: E402
 from statex_dist.checkpoint.stream_writer import BLOCK_BYTES, file_bytes  # noqa: E402
 from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2  # noqa: E402
-from statex_dist.checkpoint.sources import checkpoint_shape  # noqa: E402
+from statex_dist.checkpoint.hf_load import checkpoint_shape  # noqa: E402
 from statex_dist.config import GLAConfig, Mamba2Config  # noqa: E402
 from statex_dist.models import specs_for  # noqa: E402
 
@@ -102,9 +100,7 @@ def breakdown(src_folder: Path, out: Path, tp: int = 2) -> dict:
     digest, block = hashlib.sha256(), torch.empty(BLOCK_BYTES, dtype=torch.uint8)
     with open(out, "wb") as fh:
         for name, spec in specs.items():
-            full = clock("read", src.get, name)
-            if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
-                full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+            full = spec.pad_rows(clock("read", src.get, name))
             for r in range(tp):
                 for piece in spec.shard_pieces(full, r, tp, name):
                     chunks = file_bytes(piece, block)

@@ -23,7 +23,7 @@ import torch
 from statex_dist.tiny import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
-# post-training leans on the pair counts where the small state runs out (shared/MINIATURE.md), and keeps
+# post-training leans on the pair counts where the small state runs out (N >= 32 on the tiny models), and keeps
 # small ones, whose answers teach a re-initialised or merged layer to bind keys again quickly
 TRAIN_PAIRS = (2, 4, 8, 16, 32, 64)
 TRAIN_WEIGHTS = (1, 1, 1, 1, 2, 3)

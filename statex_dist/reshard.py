@@ -21,6 +21,7 @@ from statex_dist.models import specs_for
 from statex_dist.parallel.validate import check_parallel_sizes
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor, state_floats
 from statex_dist.statex import count_params
+from statex_dist.training import optimizer_state
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EXAMPLE = """example:
@@ -31,14 +32,15 @@ EXAMPLE = """example:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from statex_dist.cli_errors import Parser, count, positive_int
+    from statex_dist.cli_errors import Parser, positive_int
     ap = Parser(
         prog="reshard_expand.py", epilog=EXAMPLE,
         description="Expand the recurrent state of chosen layers (StateX), shard for any TP x PP layout, or "
                     "export back to the source's Hugging Face format, in one streaming pass.")
     ap.add_argument("--src", required=True, metavar="PATH",
-                    help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2) or a statex-dist "
-                         "sharded checkpoint")
+                    help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2), a statex-dist sharded "
+                         "checkpoint, or a training checkpoint's step folder (its optimizer state is resharded "
+                         "too; checkpoint.resume=DST continues the run at the new layout)")
     ap.add_argument("--dst", required=True, metavar="PATH", help="output folder (written atomically; not inside --src)")
     ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size of the sharded output")
     ap.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel size of the sharded output")
@@ -92,6 +94,23 @@ def make_plan(args, config) -> Optional[ExpansionPlan]:
     return ExpansionPlan(layers=chosen, d_state=d_state, init=args.init or "reinit", seed=args.seed)
 
 
+def training_checkpoint(folder: Path) -> bool:
+    """A training checkpoint's step folder (``checkpoints/stepNNNNNNNN``) holding the layout-free
+    optimizer state beside its weights."""
+    from statex_dist.training.checkpoints import META
+    return (folder / META).exists() and (folder / "model").is_dir() and optimizer_state.saved(folder)
+
+
+def write_training_meta(src: Path, dst: Path, tp: int, pp: int) -> None:
+    """The step folder's statex.json for the new layout: DeepSpeed's own files are not carried, so a resume
+    always converts from the layout-free state."""
+    from statex_dist.training.checkpoints import META
+    meta = json.loads((src / META).read_text())
+    layout = dict(meta.get("layout") or {}, tp=tp, pp=pp, dp=None)
+    meta.update(tp=tp, pp=pp, layout=layout, deepspeed=False, resharded_from=str(src))
+    (dst / META).write_text(json.dumps(meta))
+
+
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     t0 = time.time()
@@ -100,9 +119,15 @@ def run(argv=None) -> dict:
     check_paths(args.src, args.dst)
     if Path(args.dst).exists() and not args.overwrite:
         raise CheckpointError(f"{Path(args.dst).absolute()}: already exists; pass --overwrite to replace it")
-    src = open_source(args.src)
+    training = training_checkpoint(Path(args.src))
+    model_dir = Path(args.src) / "model" if training else Path(args.src)
+    src = open_source(model_dir)
     old = src.config
     plan = make_plan(args, old)
+    if training and plan and args.format == "sharded":
+        raise ValueError(f"--src {args.src} is a training checkpoint: its optimizer state belongs to the model as "
+                         f"trained; expand its weights with --src {model_dir}")
+    training = training and args.format == "sharded"   # an export takes the weights only
     new = expand_config(old, plan) if plan else old
     check_parallel_sizes(new, args.tp, args.pp)  # before anything is written
     names = list(specs_for(new, args.tp))
@@ -112,7 +137,8 @@ def run(argv=None) -> dict:
     else:
         fmt, hf_cfg = hf_format_named(src.hf_format_name or {"gla": "fla-gla", "mamba2": "transformers-mamba2"}[new.arch]), src.hf_config
     stats = {"tensors": 0, "bytes": 0}
-    bar = tqdm(total=len(names), unit="tensor", desc="reshard_expand", disable=None)
+    states = optimizer_state.KEYS if training else ()
+    bar = tqdm(total=len(names) * (1 + len(states)), unit="tensor", desc="reshard_expand", disable=None)
 
     def tensors():
         for name in names:
@@ -126,15 +152,22 @@ def run(argv=None) -> dict:
         stats["bytes"] += t.numel() * dtypes[name].itemsize
         bar.update(1)
 
-    side = side_files_of(Path(args.src))
+    side = side_files_of(model_dir)
     with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
+        out = tmp / "model" if training else tmp
         if args.format == "hf":
-            write_hf(tmp, fmt, new, tensors(), dtypes, base_config=hf_cfg, progress=progress)
-            copy_side_files(side, tmp)
+            write_hf(out, fmt, new, tensors(), dtypes, base_config=hf_cfg, progress=progress)
+            copy_side_files(side, out)
         else:
-            copy_side_files(side, tmp / SIDE_DIR)  # before the manifest, which lists it
-            write_sharded(tmp, new, tensors(), dtypes, args.tp, args.pp,
+            copy_side_files(side, out / SIDE_DIR)  # before the manifest, which lists it
+            write_sharded(out, new, tensors(), dtypes, args.tp, args.pp,
                           hf={"format": fmt.name, "config": hf_cfg}, progress=progress)
+        for key in states:
+            state = ShardedCheckpoint(Path(args.src) / optimizer_state.FOLDER / key)
+            write_sharded(tmp / optimizer_state.FOLDER / key, new, ((n, state.get(n)) for n in names),
+                          {n: torch.float32 for n in names}, args.tp, args.pp, progress=progress)
+        if training:
+            write_training_meta(Path(args.src), tmp, args.tp, args.pp)
     bar.close()
     secs = time.time() - t0
     result = dict(stats, seconds=secs, state_before=state_floats(old), state_after=state_floats(new),
@@ -146,7 +179,7 @@ def run(argv=None) -> dict:
         written = json.loads((Path(args.dst) / "config.json").read_text())
         layout = f"HF model_type={written.get('model_type', fmt.name)}"
     else:
-        layout = f"sharded TP={args.tp} x PP={args.pp}"
+        layout = f"sharded TP={args.tp} x PP={args.pp}" + (", with the optimizer state" if training else "")
     print(f"reshard_expand: {what}{stats['tensors']} tensors, {stats['bytes'] / 1e9:.3f} GB -> {args.dst} "
           f"({layout}) in {secs:.1f}s ({gbs:.2f} GB/s); params {result['params_before']:,} -> "
           f"{result['params_after']:,}; recurrent state {result['state_before']:,} -> {result['state_after']:,} floats")

@@ -78,8 +78,9 @@ class DataSection:
     seq_len: Positive = 65536
     micro_batch: Positive = 1
     global_batch: Positive = 8   # sequences per optimizer step, over all DP ranks and accumulation
-    workers: Count = 2
-    shuffle_buffer: Count = 1000
+    workers: Count = 2           # loader processes per rank; the sample order does not depend on them
+    shuffle_buffer: Count = 1000  # samples in the shuffle buffers of all virtual readers together
+    virtual_readers: Optional[Positive] = None  # the data order's readers (default: from the shard count); see data/pipeline.py
     seed: int = 1234
 
 

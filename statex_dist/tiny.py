@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
@@ -38,7 +37,7 @@ CONFIGS = {
     "mamba2": {"arch": "mamba2", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "d_state": 16,
                "headdim": 16, "expand": 2, "chunk_size": 64, "tie_word_embeddings": True},
 }
-GATE_BIAS = (1.0, 4.0)  # GLA gate bias U(1, 4): a long initial memory (MINIATURE.md)
+GATE_BIAS = (1.0, 4.0)  # GLA gate bias U(1, 4): forget gates near 1 at the start, a long initial memory
 PAIRS = (8, 16, 32, 64)
 
 

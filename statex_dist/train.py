@@ -1,5 +1,5 @@
 """The training job: config -> process groups -> weights (optionally StateX-expanded) -> model -> DeepSpeed
-engine -> webdataset shards split by DP rank -> steps -> tensorboard / eval / checkpoints.
+engine -> webdataset shards in a layout-free order -> steps -> tensorboard / eval / checkpoints.
 
     deepspeed --num_gpus N -m statex_dist.train CONFIG.yaml [key.sub=value ...]   (or launch/train.sh)
     python -m statex_dist.train CONFIG.yaml ...                                     (one process, debug mode)
@@ -86,14 +86,16 @@ class Run:
         meta, same_layout = None, False
         if resume is not None:
             meta = checkpoints.read_meta(resume)
-            same_layout = (meta["tp"], meta["pp"], meta["world_size"]) == (tp, pp, dist.get_world_size())
+            saved_layout = meta.get("layout")
+            here = checkpoints.layout(cfg, dist.get_world_size())
+            same_layout = meta.get("deepspeed", True) and (saved_layout == here if saved_layout else (
+                (meta["tp"], meta["pp"], meta["world_size"]) == (tp, pp, dist.get_world_size())))
         if resume is not None and not same_layout:
-            # another layout: DeepSpeed's files are per TP x PP rank, the sharded weights are not. Loaded
-            # before the engine exists, so ZeRO's fp32 partitions start from these weights.
+            # another layout: DeepSpeed's files are per rank of the old one, the sharded weights are not.
+            # Loaded before the engine exists, so ZeRO's partitions start from these weights.
             from statex_dist.checkpoint.sharded import ShardedCheckpoint
-            from statex_dist.training.initial_weights import named_internal_parameters
-            ckpt = ShardedCheckpoint(resume / "model")
-            ckpt.load_into(_Named(named_internal_parameters(model)), self.tp_rank, tp)
+            from statex_dist.models.names import by_internal_name
+            ShardedCheckpoint(resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
         else:
             fill(model, self.source, self.tp_rank, tp)
         if torch.cuda.is_available():
@@ -113,28 +115,47 @@ class Run:
         self.step = 0
         self.data_position = None
         if resume is not None:
-            if same_layout:
-                checkpoints.load(self.engine, resume)
-                how = "model, optimizer and schedule"
-            else:
-                for _ in range(meta["step"]):
-                    self.engine.lr_scheduler.step()  # the schedule continues; optimizer moments start afresh
-                how = (f"weights only (saved with TP={meta['tp']} PP={meta['pp']}; optimizer state is not "
-                       f"carried across layouts)")
             self.step = meta["step"]
-            self.data_position = meta["data"].get(str(self.dp_rank))
-            self.log(f"resumed from {resume} at step {self.step}: {how}")
+            self._restore(resume, meta, same_layout)
         from statex_dist.data import build_loader
         d = cfg.data
         self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
                                    seed=d.seed, workers=d.workers, shuffle_buffer=d.shuffle_buffer,
-                                   position=self.data_position)
+                                   position=self.data_position, global_batch=d.global_batch,
+                                   virtual_readers=d.virtual_readers)
         self.batches = iter(self.loader)
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
             Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(cfg.logging.dir)
+
+    def _restore(self, resume: Path, meta: dict, same_layout: bool) -> None:
+        """DeepSpeed's own state from a checkpoint of this layout; from another, the layout-free optimizer
+        state (training/optimizer_state.py), the schedule advanced to the step, and the data position."""
+        from statex_dist.training import checkpoints, optimizer_state
+        # the position is layout-free (statex_dist.data.pipeline): every DP rank of any layout takes it
+        self.data_position = meta["data"]["0"]
+        if same_layout:
+            checkpoints.load(self.engine, resume)
+            self.log(f"resumed from {resume} at step {self.step}: model, optimizer and schedule, and the data "
+                     f"position")
+            return
+        for _ in range(meta["step"]):
+            self.engine.lr_scheduler.step()
+        here = checkpoints.describe(checkpoints.layout(self.cfg, dist.get_world_size()))
+        was = (checkpoints.describe(meta["layout"]) if "layout" in meta else
+               f"TP={meta['tp']} PP={meta['pp']} on {meta['world_size']} ranks")
+        if optimizer_state.saved(resume):
+            from statex_dist.models.names import named_internal_parameters
+            optimizer_state.restore(self.engine, list(named_internal_parameters(self.module)), resume,
+                                    self.tp_rank, self.cfg.parallel.tp, meta["optimizer"]["adam_step"])
+            what = (f"weights, fp32 master weights and AdamW moments (step {meta['optimizer']['adam_step']}), "
+                    f"schedule and data position")
+        else:
+            what = "weights, schedule and data position; this checkpoint holds no layout-free optimizer state, " \
+                   "so AdamW's moments start afresh"
+        self.log(f"resumed from {resume} at step {self.step}: converted from {was} to {here}: {what}")
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -262,16 +283,6 @@ _PEAKS = {"H100": {torch.bfloat16: 989e12, torch.float32: 67e12}, "H200": {torch
 def _peak_flops(dtype) -> Optional[float]:
     name = torch.cuda.get_device_name()
     return next((p.get(dtype) for k, p in _PEAKS.items() if k in name), None)
-
-
-class _Named:
-    """Parameters under the model's own names (what ShardedCheckpoint.load_into iterates)."""
-
-    def __init__(self, pairs):
-        self.pairs = list(pairs)
-
-    def named_parameters(self):
-        return iter(self.pairs)
 
 
 class _PipeIter:

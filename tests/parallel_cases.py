@@ -13,7 +13,7 @@ CASES = {
                            use_short_conv=True, tie_word_embeddings=False),
     "gla-tied": GLAConfig(vocab_size=96, hidden_size=64, num_layers=2, num_heads=[2, 1], expand_k=1.0,
                           tie_word_embeddings=True),
-    # ngroups 1: B/C whole on every rank, gated norm spanning ranks; mixed d_state per layer
+    # ngroups 1 < TP: B/C channels split and all-gathered, gated norm spanning ranks; mixed d_state per layer
     "mamba2-g1": Mamba2Config(vocab_size=101, hidden_size=64, num_layers=2, d_state=[16, 32], headdim=16,
                               ngroups=1, chunk_size=8, tie_word_embeddings=True, pad_vocab_multiple=16),
     "mamba2-g2": Mamba2Config(vocab_size=100, hidden_size=64, num_layers=2, d_state=[8, 24], headdim=16,

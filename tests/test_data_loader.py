@@ -1,4 +1,5 @@
-"""The shard loader: DP split (2 DP x 2 TP real processes), exact resume, and its errors."""
+"""The shard loader: DP split (2 DP x 2 TP real processes), an order that does not depend on the layout,
+exact resume (at another layout too), and its errors."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ B = 4
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """About 150 samples of 32 tokens in 10 shards of 16 (the last one shorter)."""
+    """About 640 samples of 32 tokens in about 40 shards of 16 (the last one shorter)."""
     root = tmp_path_factory.mktemp("data")
     corpus = write_corpus(root / "in", n_files=3, docs_per_file=12, seed=11, words=(40, 120))
     m = make_shards(corpus, root / "shards", ShardOptions(seq_len=32, samples_per_shard=16), progress=False)
@@ -126,9 +127,13 @@ def test_loader_defaults_and_order(shards):
     assert set(b) == {"input_ids", "labels"} and b["input_ids"].shape == b["labels"].shape == (B, 32)
     assert b["input_ids"].dtype == b["labels"].dtype == torch.int64
     assert torch.equal(b["labels"][:, :-1], b["input_ids"][:, 1:])
-    # no shuffle buffer: a reader's samples come in shard order
-    b = next(iter(build_loader(shards, 0, 1, micro_batch=B, workers=0, shuffle_buffer=0, return_index=True)))
+    # no shuffle buffer, one virtual reader: shard order
+    b = next(iter(build_loader(shards, 0, 1, micro_batch=B, workers=0, shuffle_buffer=0, return_index=True,
+                               virtual_readers=1)))
     assert np.all(np.diff(b["index"].numpy()) == 1)
+    n = len(check_shards(shards).shards)
+    auto = build_loader(shards, 0, 1, micro_batch=B).state_dict()["virtual_readers"]
+    assert auto <= n < 2 * auto and auto & (auto - 1) == 0       # the largest power of two <= the shards
     # other seeds or epochs: other orders
     one = _indices(_take(build_loader(shards, 0, 1, B, seed=1, workers=0, return_index=True), 4))
     two = _indices(_take(build_loader(shards, 0, 1, B, seed=2, workers=0, return_index=True), 4))
@@ -146,15 +151,59 @@ def test_finite_epochs_pass(shards):
 
 
 def test_position_mismatch_refused(shards):
-    loader = build_loader(shards, 0, 2, micro_batch=B, seed=5, workers=2)
-    _take(loader, 2)
+    loader = build_loader(shards, 0, 2, micro_batch=B, seed=5, workers=2, global_batch=16)
+    _take(loader, 4)                     # 2 steps of 2 micro-batches
     state = loader.state_dict()
-    with pytest.raises(DataError, match="saved with micro_batch=4, this loader has micro_batch=2"):
-        build_loader(shards, 0, 2, micro_batch=2, seed=5, workers=2, position=state)
-    with pytest.raises(DataError, match="saved with seed=5, this loader has seed=6"):
-        build_loader(shards, 0, 2, micro_batch=B, seed=6, workers=2, position=state)
-    with pytest.raises(DataError, match="saved with workers=2, this loader has workers=1"):
-        build_loader(shards, 0, 2, micro_batch=B, seed=5, workers=1, position=state)
+    assert (state["steps"], state["partial"]) == (2, 0)
+    for change, msg in (({"global_batch": 8}, "saved with global_batch=16, this loader has global_batch=8"),
+                        ({"seed": 6}, "saved with seed=5, this loader has seed=6"),
+                        ({"virtual_readers": 4}, f"saved with virtual_readers={state['virtual_readers']}, this loader has "
+                                                 "virtual_readers=4"),
+                        ({"shuffle_buffer": 7}, "saved with shuffle_buffer=1000, this loader has shuffle_buffer=7")):
+        with pytest.raises(DataError, match=msg):
+            build_loader(shards, 0, 2, **{"micro_batch": B, "seed": 5, "workers": 2, "global_batch": 16,
+                                          "position": state, **change})
+    # between steps, DP size, micro-batch and workers may change; inside a step they may not
+    build_loader(shards, 0, 4, micro_batch=2, seed=5, workers=1, global_batch=16, position=state)
+    _take(loader, 1)
+    with pytest.raises(DataError, match="1 micro-batches into step 2, saved with dp_size=2; this loader has "
+                                        "dp_size=4: resume inside a step at the same layout"):
+        build_loader(shards, 0, 4, micro_batch=B, seed=5, workers=2, global_batch=16, position=loader.state_dict())
+
+
+# --- the order does not depend on the layout ------------------------------------------------------------------
+def _steps(shards, dp: int, workers: int, steps: int, position=None, **kw) -> dict[int, list[tuple[int, int]]]:
+    """{step: sorted (sample id, epoch) over every DP rank} for ``steps`` steps of global batch 8, micro-batch 2."""
+    out: dict[int, list[int]] = {}
+    for r in range(dp):
+        loader = build_loader(shards, r, dp, micro_batch=2, seed=3, workers=workers, shuffle_buffer=16,
+                              global_batch=8, return_index=True, position=position, **kw)
+        it, first = iter(loader), 0 if position is None else position["steps"]
+        for k in range(first, first + steps):
+            for _ in range(8 // dp // 2):
+                b = next(it)
+                out.setdefault(k, []).extend(zip(b["index"].tolist(), b["epoch"].tolist()))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_order_is_layout_free(shards):
+    """The sample ids of every step are the same at DP 1, 2 and 4 with 0, 1 or 2 workers, across epochs, and a
+    DP=2 run resumed at DP=4 (or DP=1) reads exactly what the DP=2 run would have read next."""
+    total = check_shards(shards).total_samples
+    n = 2 * total // 8 + 4                                   # into the third epoch
+    ref = _steps(shards, 1, 0, n)
+    seen = Counter(i for k in range(n) for i, e in ref[k] if e == 0)
+    assert sorted(seen) == list(range(total)) and set(seen.values()) == {1}     # epoch 0: every sample once
+    for dp in (1, 2, 4):
+        for workers in (1, 2):
+            assert _steps(shards, dp, workers, n) == ref, (dp, workers)
+    loader = build_loader(shards, 1, 2, micro_batch=2, seed=3, workers=2, shuffle_buffer=16, global_batch=8)
+    _take(loader, 2 * (total // 8 + 3))                      # DP=2: 2 micro-batches a step, into epoch 1
+    position = json.loads(json.dumps(loader.state_dict()))
+    k = position["steps"]
+    for dp, workers in ((4, 1), (1, 2)):
+        assert _steps(shards, dp, workers, 6, position=position) == {s: ref[s] for s in range(k, k + 6)}
+    assert _steps(shards, 2, 2, 3, virtual_readers=4) != {s: ref[s] for s in range(3)}   # V is part of the order
 
 
 # --- too few shards, bad folders, corrupt shards -------------------------------------------------------------
@@ -171,15 +220,17 @@ def _small_copy(shards: Path, dst: Path, keep: int) -> Path:
 
 
 def test_fewer_shards_than_readers(shards, tmp_path):
-    three = _small_copy(shards, tmp_path / "three", 3)
-    with pytest.raises(DataError, match=r"has 3 shards for 4 data-parallel ranks: every DP rank needs at least one "
-                                        r"shard .*--samples-per-shard <= 6"):
+    three = _small_copy(shards, tmp_path / "three", 3)          # 3 shards: 2 virtual readers by default
+    with pytest.raises(DataError, match=r"has 2 virtual readers, set when the run started: 2 \(from its 3 shards; "
+                                        r"data.virtual_readers sets it\); 4 data-parallel ranks cannot split them"):
         build_loader(three, 0, 4, micro_batch=B, workers=2)
-    # enough for the DP ranks but not for every worker: fewer workers, said aloud, and still exact
-    with pytest.warns(UserWarning, match=r"has 3 shards for 2 data-parallel ranks x 2 workers = 4 readers; "
-                                         r"using 1 worker\(s\) per rank"):
-        loaders = [build_loader(three, r, 2, micro_batch=B, workers=2, epochs=1, return_index=True) for r in range(2)]
-    assert loaders[0].state_dict()["workers"] == 1
+    with pytest.raises(DataError, match=r"2 data-parallel ranks x 2 workers cannot split them evenly; use "
+                                        r"data.workers=1 \(the order does not depend on it\)"):
+        build_loader(three, 0, 2, micro_batch=B, workers=2)
+    with pytest.raises(DataError, match=r"has 3 shards for data.virtual_readers=4: every virtual reader needs a "
+                                        r"shard; use data.virtual_readers <= 3, .*--samples-per-shard <= 12"):
+        build_loader(three, 0, 2, micro_batch=B, workers=1, virtual_readers=4)
+    loaders = [build_loader(three, r, 2, micro_batch=B, workers=1, epochs=1, return_index=True) for r in range(2)]
     seen = [i for ld in loaders for b in ld for i in b["index"].tolist()]
     assert sorted(seen) == list(range(48))
 
@@ -235,14 +286,6 @@ def test_corrupt_shard_named(shards, tmp_path, workers):
 
 
 # --- two epochs at DP=2 with 2 workers each ------------------------------------------------------------------------
-def _by_reader(batches, workers: int) -> list[list[tuple[int, int]]]:
-    """(sample, epoch) in each reader's own order: a fresh loader hands out batch i from reader i % workers."""
-    out = [[] for _ in range(workers)]
-    for i, b in enumerate(batches):
-        out[i % workers] += list(zip(b["index"].tolist(), b["epoch"].tolist()))
-    return out
-
-
 def test_two_epochs_once_each_in_a_seeded_order_and_resumable(shards):
     total = check_shards(shards).total_samples
     n = 5 * (total // (2 * B) + 1)          # every reader of both ranks well into epoch 2
@@ -252,15 +295,15 @@ def test_two_epochs_once_each_in_a_seeded_order_and_resumable(shards):
         seen = Counter(i for s in streams for i in _epoch_samples(s, e))
         assert sorted(seen) == list(range(total)) and set(seen.values()) == {1}, e
     assert max(e for s in streams for b in s for e in b["epoch"].tolist()) >= 2
+    # a fresh stream from epoch 1: that epoch's samples, each once, in the same order per virtual reader
+    fresh = [_take(build_loader(shards, dp_rank=r, epoch=1, **kw), n // 2) for r in range(2)]
+    seen = Counter(i for s in fresh for i in _epoch_samples(s, 1))
+    assert sorted(seen) == list(range(total)) and set(seen.values()) == {1}
     for r in range(2):
         # the same (seed, epoch): the same order, however the stream got there
         again = _take(build_loader(shards, dp_rank=r, **kw), n)
         assert _indices(again) == _indices(streams[r])
-        fresh = _by_reader(_take(build_loader(shards, dp_rank=r, epoch=1, **kw), n // 2), 2)
-        for w, seq in enumerate(_by_reader(streams[r], 2)):
-            ep1 = [i for i, e in seq if e == 1]
-            assert ep1 and ep1 == [i for i, e in fresh[w] if e == 1][:len(ep1)], (r, w)
-            assert [i for i, e in seq if e == 0] != ep1[:len([1 for _, e in seq if e == 0])]   # reshuffled
+        assert _epoch_samples(streams[r], 0) != _epoch_samples(streams[r], 1)[:len(_epoch_samples(streams[r], 0))]
         # another seed: another order
         other = _take(build_loader(shards, dp_rank=r, **{**kw, "seed": 8}), 6)
         assert _indices(other) != _indices(streams[r][:6])

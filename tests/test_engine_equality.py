@@ -3,18 +3,19 @@ clipping and the cosine schedule, fp32, at every layout and ZeRO stage. The test
 losses and grad norms are the engine's, the weights are read back from the checkpoint each run writes, and
 every rank's live parameters are returned and checked, replicas included.
 
-Why the data agree: ``aligned_shards`` gives shards of 4 samples, read without a shuffle buffer by one
-reader per DP rank, so each step every layout trains on the same 8 samples (see its docstring). Every
-sample has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the mean
+Why the data agree: the sample order does not depend on the layout (statex_dist/data/pipeline.py), so each
+step every layout trains on the same 8 samples. ``aligned_shards`` holds only full samples: every sample
+has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the mean
 over the 8.
 
-Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses, grad norms and weights. fp32 sums the same
-terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat buffers):
-~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so the
-rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
-lr 5e-4 that is at most a few 1e-6 of the largest weight after 10 steps (measured: up to ~4e-6; at 3e-3
-it reaches ~2e-5, which is why the rate is not larger). A wrong reduction (a missing DP average, a replica
-that drifts, a clip on the wrong norm) is of order 1e-3 or more; replicas are compared bit for bit.
+Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses and grad norms, 2e-5 for weights. fp32 sums
+the same terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat
+buffers): ~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so
+the rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
+lr 5e-4 that is about 1e-5 of the largest weight after 10 steps (measured: up to 1.5e-5, Mamba2's tied
+embedding at TP=2, where |a - b| is 1e-6 = 0.2% of one step's lr; every other tensor <= 1.5e-6); it grows
+in proportion to the rate, which is why the rate is not larger. A wrong reduction (a missing DP average, a
+replica that drifts, a clip on the wrong norm) is of order 1e-3 or more; replicas are compared bit for bit.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tests.conftest import rel_err
 from tests.dist_utils import run_workers
 from tests.train_helpers import aligned_shards
 
-STEPS, GLOBAL, TOL = 10, 8, 1e-5
+STEPS, GLOBAL, TOL, WEIGHT_TOL = 10, 8, 1e-5, 2e-5
 ARCHS = {
     # a 4-head layer and a merged 1-head layer (StateX merge of layer 0)
     "gla": ({"arch": "gla", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
@@ -133,10 +134,7 @@ def check_equal(label, results, run_dir, ref) -> dict:
     for r in results:
         for name, live in r["params"].items():
             spec = specs[name]
-            full = ref_ck.get(name)
-            if full.shape[0] < spec.shape[0]:   # TP pads the vocab with zero rows
-                full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
-            want = spec.shard(full, r["tp_rank"], tp, name)
+            want = spec.shard(spec.pad_rows(ref_ck.get(name)), r["tp_rank"], tp, name)
             assert live.shape == want.shape, (label, name, r["rank"])
             errs["live"] = max(errs["live"], rel_err(live, want))
             copies.setdefault((name, r["tp_rank"] if spec.dim is not None else None), []).append((r["rank"], live))
@@ -149,7 +147,8 @@ def check_equal(label, results, run_dir, ref) -> dict:
     print(f"\n{label}: max relative error loss {errs['loss']:.1e} grad-norm {errs['norm']:.1e} "
           f"checkpoint {errs['ckpt']:.1e} live {errs['live']:.1e}; copies checked "
           f"{sum(len(g) for g in copies.values())} over {len(results)} ranks")
-    assert all(v <= TOL for v in errs.values()), (label, errs)
+    assert errs["loss"] <= TOL and errs["norm"] <= TOL, (label, errs)
+    assert errs["ckpt"] <= WEIGHT_TOL and errs["live"] <= WEIGHT_TOL, (label, errs)
     return errs
 
 

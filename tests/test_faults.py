@@ -136,13 +136,14 @@ def corrupt_member(path: Path, member: int) -> None:
 def test_corrupt_shard_mid_epoch_named(tmp_path, shards, arch):
     import shutil
     bad = shutil.copytree(shards, tmp_path / "shards")
-    # epoch 0's second shard of the one reader (seed 0, no shuffle buffer), broken at its 6th sample: steps 1-4
+    # epoch 0's second shard of one virtual reader (seed 0, no shuffle buffer), broken at its 6th sample: steps 1-4
     # read the first shard, step 5 the second's first 4 samples, step 6 meets the broken one
     order = np.random.default_rng([0, 0]).permutation(len(json.loads((bad / "manifest.json").read_text())["shards"]))
     victim = bad / f"shard-{order[1]:06d}.tar"
     corrupt_member(victim, 5)
     log = tmp_path / "log"
-    proc = start(arch, overrides(bad, tmp_path / "run", 40, 0, **{"data.seed": 0, "data.shuffle_buffer": 0}), log)
+    proc = start(arch, overrides(bad, tmp_path / "run", 40, 0, **{"data.seed": 0, "data.shuffle_buffer": 0,
+                                                                      "data.virtual_readers": 1}), log)
     proc.wait(300)
     text = log.read_text()
     assert proc.returncode != 0, text[-3000:]

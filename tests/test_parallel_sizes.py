@@ -20,8 +20,23 @@ def test_mamba2_groups_and_tp():
 def test_gla_value_width_not_divisible():
     from statex_dist.config import GLAConfig
     cfg = GLAConfig(vocab_size=10, hidden_size=48, num_layers=1, num_heads=[1], expand_k=1.0)
-    with pytest.raises(ValueError, match=r"TP=5: the GLA key dim 48 does not split"):
+    with pytest.raises(ValueError, match=r"TP=5: layers.0.attn.v_proj.weight has a block of width 48 along dim 0 "
+                                         r"that TP splits and does not divide; TP sizes that work for this model: "
+                                         r"\[1, 2, 4, 8, 16\]"):
         check_parallel_sizes(cfg, tp=5)
+
+
+def test_rules_are_the_layouts():
+    """The check reads the ShardSpecs: a value-sharded 1-head GLA layer replicates q and k, so a key dim
+    that TP does not divide is fine there; Mamba2's B/C channels (ngroups x d_state) split over TP, so a
+    d_state that TP does not divide is refused, naming the tensor."""
+    from statex_dist.config import GLAConfig, Mamba2Config
+    check_parallel_sizes(GLAConfig(vocab_size=10, hidden_size=32, num_layers=1, num_heads=[1], expand_k=0.375,
+                                   intermediate_size=64), tp=4)        # key dim 12: replicated
+    cfg = Mamba2Config(vocab_size=10, hidden_size=64, num_layers=2, d_state=[8, 12], headdim=16, ngroups=1)
+    with pytest.raises(ValueError, match=r"TP=8: layers.1.mixer.in_proj.weight has a block of width 12 .* "
+                                         r"\[1, 2, 4\]"):
+        check_parallel_sizes(cfg, tp=8)
 
 
 def test_pp_larger_than_layers():

@@ -51,11 +51,9 @@ def train_worker(rank, world, overrides_list):
 
 
 def aligned_shards(folder: Path, per_shard: int = 4, seq_len: int = 32, shards: int = 24) -> Path:
-    """``shards`` full shards of ``per_shard`` samples (a short last shard is dropped from the manifest).
-
-    With no shuffle buffer and one reader per DP rank, a DP rank reading ``per_shard`` samples a step reads
-    exactly shard ``order[step * dp + dp_rank]``, so every layout with ``global_batch = dp x per_shard``
-    (any micro-batch split) sees the same samples in each step as one process reading ``global_batch``.
+    """``shards`` full shards of ``per_shard`` samples (a short last shard is dropped from the manifest), every
+    sample ``seq_len`` labelled tokens: the loss of a step is then the mean over its samples however the
+    layout splits them into micro-batches (which samples a step reads never depends on the layout).
     """
     import json
 

@@ -13,6 +13,7 @@ UNSUPPORTED = {  # fla options the models here do not implement, with the value 
 
 class FlaGLA(HFFormat):
     name, arch, prefix = "fla-gla", "gla", "model."
+    per_layer_key = "statex_num_heads"
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:
@@ -26,13 +27,13 @@ class FlaGLA(HFFormat):
         layers = cfg["num_hidden_layers"]
         return GLAConfig(
             vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=layers,
-            num_heads=cfg.get("statex_num_heads") or [cfg.get("num_heads", 4)] * layers,
+            num_heads=cls.read_per_layer(cfg, cfg.get("num_heads", 4), layers),
             expand_k=cfg.get("expand_k", 0.5), expand_v=cfg.get("expand_v", 1.0),
             hidden_ratio=cfg.get("hidden_ratio") or 4, intermediate_size=cfg.get("intermediate_size"),
             use_short_conv=cfg.get("use_short_conv", False), conv_size=cfg.get("conv_size", 4),
             use_output_gate=cfg.get("use_output_gate", True), clamp_min=cfg.get("clamp_min"),
             norm_eps=cfg.get("norm_eps", 1e-6), tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            fuse_norm=cfg.get("fuse_norm", True), expanded_layers=cfg.get("statex_expanded_layers", []),
+            fuse_norm=cfg.get("fuse_norm", True), expanded_layers=cls.read_expanded(cfg),
         )
 
     @classmethod
@@ -46,12 +47,7 @@ class FlaGLA(HFFormat):
             use_short_conv=config.use_short_conv, conv_size=config.conv_size,
             use_output_gate=config.use_output_gate, clamp_min=config.clamp_min, norm_eps=config.norm_eps,
             tie_word_embeddings=config.tie_word_embeddings, fuse_norm=config.fuse_norm)
-        for k in ("statex_num_heads", "statex_expanded_layers"):
-            cfg.pop(k, None)
-        if not uniform:
-            cfg["statex_num_heads"] = list(config.num_heads)
-        if config.expanded_layers:
-            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        cls.write_statex_keys(cfg, config.num_heads, config.expanded_layers)
         return cfg
 
     @classmethod

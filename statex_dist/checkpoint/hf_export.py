@@ -25,7 +25,7 @@ from statex_dist.models import specs_for
 def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
              dtypes: dict[str, torch.dtype], base_config: Optional[dict] = None, progress=None) -> None:
     """Stream full tensors (internal names, checkpoint shapes, ``specs_for`` order) into ``folder``."""
-    from statex_dist.checkpoint.sources import checkpoint_shape
+    from statex_dist.checkpoint.hf_load import checkpoint_shape
     names = list(specs_for(config, 1))
     if fmt is MambaSSM and needs_remote_code(config):
         # the remote code reads one Mamba2 layout: transformers' (a mamba_ssm config.json shares no keys)

@@ -22,11 +22,37 @@ def json_safe_float(x: float) -> Any:
     return {"__float__": "Infinity"} if math.isinf(x) else x
 
 
+EXPANDED_KEY = "statex_expanded_layers"
+
+
 class HFFormat:
     """Base: subclasses set ``name``, ``arch``, ``prefix`` and implement the three methods."""
     name: str = ""
     arch: str = ""
     weights_file = "model.safetensors"
+    per_layer_key = ""  # the config.json key of the per-layer StateX shape (heads or d_state of each layer)
+
+    @classmethod
+    def read_per_layer(cls, cfg: dict, uniform: int, layers: int) -> list[int]:
+        """Each layer's value of the per-layer shape: its ``statex_*`` list, else the stock key's ``uniform``."""
+        return list(cfg.get(cls.per_layer_key) or [uniform] * layers)
+
+    @staticmethod
+    def read_expanded(cfg: dict) -> list[int]:
+        return list(cfg.get(EXPANDED_KEY, []))
+
+    @classmethod
+    def write_statex_keys(cls, cfg: dict, per_layer: list[int], expanded: list[int]) -> bool:
+        """Set the ``statex_*`` keys of ``cfg`` for this model (dropping a base config's stale ones); the
+        per-layer list only where layers differ. Returns whether they differ."""
+        for k in (cls.per_layer_key, EXPANDED_KEY):
+            cfg.pop(k, None)
+        differ = len(set(per_layer)) > 1
+        if differ:
+            cfg[cls.per_layer_key] = list(per_layer)
+        if expanded:
+            cfg[EXPANDED_KEY] = list(expanded)
+        return differ
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:

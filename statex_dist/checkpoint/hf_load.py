@@ -43,16 +43,16 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConf
     except KeyError as e:
         raise CheckpointError(f"{Path(folder) / 'config.json'}: missing key {e} for a {fmt.name} config") from e
     except ValueError as e:
-        if isinstance(e, CheckpointError):
-            raise CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from e
         raise CheckpointError(f"{Path(folder) / 'config.json'}: {e}") from e
 
 
-def checkpoint_shape(name: str, spec: ShardSpec, config: ModelConfig) -> tuple[int, ...]:
-    """The tensor's shape in the HF file: the in-memory vocab padding for TP is not stored."""
+def checkpoint_shape(config: ModelConfig, name: str) -> tuple[int, ...]:
+    """A tensor's shape in a checkpoint file: its full shape without the vocabulary's TP padding."""
+    from statex_dist.models import specs_for
+    shape = specs_for(config, 1)[name].shape
     if name in VOCAB_TENSORS:
-        return (config.checkpoint_vocab_size(),) + spec.shape[1:]
-    return spec.shape
+        return (config.checkpoint_vocab_size(),) + shape[1:]
+    return shape
 
 
 def find_tensor(reader: TensorReader, fmt: type[HFFormat], name: str, config: ModelConfig) -> str:
@@ -92,10 +92,9 @@ def load_hf_into(model: nn.Module, folder: str | os.PathLike, fmt: type[HFFormat
     for name, spec in specs.items():
         hf = find_tensor(reader, fmt, name, config)
         used.add(hf)
-        check_tensor(reader, hf, checkpoint_shape(name, spec, config), Path(folder))
+        check_tensor(reader, hf, checkpoint_shape(config, name), Path(folder))
         full = reader.get(hf)
-        if full.shape[0] < spec.shape[0]:  # vocab rows added for TP divisibility
-            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+        full = spec.pad_rows(full)
         with torch.no_grad():
             params[name].copy_(spec.shard(full, rank, tp, hf))
     unexpected = sorted(k for k in reader.keys() if k not in used and not fmt.optional(k, config))

@@ -12,6 +12,7 @@ MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, c
 
 class MambaSSM(HFFormat):
     name, arch, prefix = "mamba_ssm", "mamba2", "backbone."
+    per_layer_key = "statex_d_state"
     weights_file = "pytorch_model.bin"
 
     @classmethod
@@ -35,14 +36,14 @@ class MambaSSM(HFFormat):
         n = cfg["n_layer"]
         return Mamba2Config(
             vocab_size=cfg["vocab_size"], hidden_size=cfg["d_model"], num_layers=n,
-            d_state=cfg.get("statex_d_state") or [ssm.get("d_state", 128)] * n,
+            d_state=cls.read_per_layer(cfg, ssm.get("d_state", 128), n),
             expand=ssm.get("expand", 2), headdim=ssm.get("headdim", 64), ngroups=ssm.get("ngroups", 1),
             d_conv=ssm.get("d_conv", 4), chunk_size=ssm.get("chunk_size", 256), conv_bias=ssm.get("conv_bias", True),
             bias=ssm.get("bias", False), dt_limit=tuple(ssm.get("dt_limit", (0.0, float("inf")))),
             norm_eps=cfg.get("norm_epsilon", 1e-5), residual_in_fp32=cfg.get("residual_in_fp32", True),
             tie_word_embeddings=cfg.get("tie_embeddings", True),
             pad_vocab_multiple=cfg.get("pad_vocab_size_multiple", 8),
-            expanded_layers=cfg.get("statex_expanded_layers", []),
+            expanded_layers=cls.read_expanded(cfg),
         )
 
     @classmethod
@@ -57,12 +58,7 @@ class MambaSSM(HFFormat):
                    vocab_size=config.vocab_size, ssm_cfg=ssm, rms_norm=True,
                    residual_in_fp32=config.residual_in_fp32, fused_add_norm=cfg.get("fused_add_norm", True),
                    pad_vocab_size_multiple=config.pad_vocab_multiple, tie_embeddings=config.tie_word_embeddings)
-        for k in ("statex_d_state", "statex_expanded_layers"):
-            cfg.pop(k, None)
-        if len(set(config.d_state)) > 1:
-            cfg["statex_d_state"] = list(config.d_state)
-        if config.expanded_layers:
-            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        cls.write_statex_keys(cfg, config.d_state, config.expanded_layers)
         return cfg
 
     @classmethod

@@ -123,8 +123,7 @@ def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str
         for name, full in tensors:
             spec = specs[name]
             full = full.to(dtypes[name])
-            if full.shape[0] < spec.shape[0] and name in VOCAB_TENSORS:
-                full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
+            full = spec.pad_rows(full)
             for r in range(tp):
                 # split along dim 0: stream the pieces, the file bytes are their concatenation
                 piece = spec.shard_pieces(full, r, tp, name) if spec.dim in (0, None) else spec.shard(full, r, tp, name)
@@ -136,9 +135,15 @@ def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str
         for w in writers.values():
             w.abort()
         raise
-    body = {"format": FORMAT, "version": 1, "config": config.to_dict(), "tp": tp, "pp": pp, "stages": stages,
-            "weight_map": {n: where[n] for n in specs}, "hf": hf or {}, **(extra or {})}
+    body = manifest_body(config, tp, pp, stages, {n: where[n] for n in specs}, hf, extra)
     return write_manifest(folder, body, known)
+
+
+def manifest_body(config: ModelConfig, tp: int, pp: int, stages: list[list[int]], weight_map: dict[str, int],
+                  hf: Optional[dict] = None, extra: Optional[dict] = None) -> dict:
+    """The manifest of a sharded checkpoint, less its files (``atomic.write_manifest`` adds them)."""
+    return {"format": FORMAT, "version": 1, "config": config.to_dict(), "tp": tp, "pp": pp, "stages": stages,
+            "weight_map": weight_map, "hf": hf or {}, **(extra or {})}
 
 
 class ShardedCheckpoint:
@@ -202,8 +207,5 @@ class ShardedCheckpoint:
                 if tp == self.tp:
                     p.copy_(self.local(name, tp_rank))
                     continue
-                full = self.get(name)
                 spec = specs[name]
-                if name in VOCAB_TENSORS and full.shape[0] < spec.shape[0]:
-                    full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
-                p.copy_(spec.shard(full, tp_rank, tp, name))
+                p.copy_(spec.shard(spec.pad_rows(self.get(name)), tp_rank, tp, name))

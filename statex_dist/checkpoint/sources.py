@@ -10,12 +10,10 @@ from pathlib import Path
 
 import torch
 
-from statex_dist.checkpoint.atomic import MANIFEST
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS, FORMATS, check_tensor, find_tensor, read_hf_config
+from statex_dist.checkpoint.hf_load import FORMATS, check_tensor, checkpoint_shape, find_tensor, read_hf_config
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
-from statex_dist.config import ModelConfig
 from statex_dist.models import specs_for
 
 
@@ -46,13 +44,6 @@ class HFSource:
 
     def file_of(self, name: str) -> Path:
         return self.reader.file_of(self._names[name])
-
-
-def checkpoint_shape(config: ModelConfig, name: str) -> tuple[int, ...]:
-    shape = specs_for(config, 1)[name].shape
-    if name in VOCAB_TENSORS:
-        return (config.checkpoint_vocab_size(),) + shape[1:]
-    return shape
 
 
 def open_source(path: str | os.PathLike):

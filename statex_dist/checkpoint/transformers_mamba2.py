@@ -8,6 +8,7 @@ from statex_dist.config import Mamba2Config
 
 class TransformersMamba2(HFFormat):
     name, arch, prefix = "transformers-mamba2", "mamba2", "backbone."
+    per_layer_key = "statex_d_state"
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:
@@ -27,7 +28,7 @@ class TransformersMamba2(HFFormat):
         limit = cfg.get("time_step_limit", (0.0, float("inf")))
         return Mamba2Config(
             vocab_size=cfg["vocab_size"], hidden_size=hidden, num_layers=n,
-            d_state=cfg.get("statex_d_state") or [cfg.get("state_size", 128)] * n,
+            d_state=cls.read_per_layer(cfg, cfg.get("state_size", 128), n),
             expand=expand, headdim=headdim, ngroups=cfg.get("n_groups", 1), d_conv=cfg.get("conv_kernel", 4),
             chunk_size=cfg.get("chunk_size", 256), conv_bias=cfg.get("use_conv_bias", True),
             dt_limit=tuple(json_float(x) for x in limit), norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
@@ -35,7 +36,7 @@ class TransformersMamba2(HFFormat):
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
             # remote-code exports of mamba_ssm sources keep the real vocab and the embedding's padding
             pad_vocab_multiple=cfg.get("pad_vocab_size_multiple", 1) if cfg.get("model_type") == "statex_mamba2" else 1,
-            expanded_layers=cfg.get("statex_expanded_layers", []),
+            expanded_layers=cls.read_expanded(cfg),
         )
 
     @classmethod
@@ -50,14 +51,9 @@ class TransformersMamba2(HFFormat):
                    tie_word_embeddings=config.tie_word_embeddings)
         if cfg.get("model_type") == "statex_mamba2":
             cfg.pop("pad_vocab_size_multiple", None)  # ours; rewritten below when it still applies
-        for k in ("statex_d_state", "statex_expanded_layers"):
-            cfg.pop(k, None)
-        if len(set(config.d_state)) > 1:
-            cfg["statex_d_state"] = list(config.d_state)
-            if config.pad_vocab_multiple > 1:  # read by the remote code only (see remote_code)
-                cfg.update(vocab_size=config.vocab_size, pad_vocab_size_multiple=config.pad_vocab_multiple)
-        if config.expanded_layers:
-            cfg["statex_expanded_layers"] = list(config.expanded_layers)
+        if cls.write_statex_keys(cfg, config.d_state, config.expanded_layers) and config.pad_vocab_multiple > 1:
+            # read by the remote code only (see remote_code)
+            cfg.update(vocab_size=config.vocab_size, pad_vocab_size_multiple=config.pad_vocab_multiple)
         return cfg
 
     @classmethod

@@ -1,33 +1,38 @@
-"""The training data stream: webdataset shards -> micro-batches, split by data-parallel rank, resumable.
+"""The training data stream: webdataset shards -> micro-batches, in an order that does not depend on the
+layout (DP size, micro-batch, loader workers), resumable at any layout.
 
-Who reads what. A *reader* is one DataLoader worker of one DP rank; there are ``dp_size x workers`` of
-them. In epoch ``e`` the shard list is permuted with ``(seed, e)`` (the same permutation on every rank),
-DP rank ``r`` takes every ``dp_size``-th shard from ``r`` (webdataset ``nodesplitter``, by *data-parallel*
-rank: all TP / PP ranks of one replica read the same samples), and its worker ``w`` every ``workers``-th
-of those (``workersplitter``). Samples pass a shuffle buffer seeded with ``(seed, e, dp_rank, w)`` that
-is emptied at the end of each epoch, so an epoch is a clean pass: over all DP ranks, every sample once.
-Readers then go on to epoch ``e + 1``: the stream is infinite. Readers whose shards hold more samples
-reach the next epoch later; across epochs the permutation evens this out. Every TP / PP rank runs its
-own readers (no broadcast, so no collective on the data path; the price is TP x PP reads of each shard).
+Virtual readers. The corpus is read by ``V`` *virtual readers* (``data.virtual_readers``; by default the
+largest power of two <= min(64, shards), a function of the data alone), fixed for the life of a run. In
+epoch ``e`` the shard list is permuted with ``(seed, e)``; reader ``v`` reads every ``V``-th shard of it
+from ``v``, through its own shuffle buffer (``shuffle_buffer // V`` samples) seeded with ``(seed, e, v)``
+and emptied at the end of the epoch, then goes on to epoch ``e + 1``: an infinite stream, a pure function
+of (manifest, seed, V, shuffle_buffer).
 
-Order. Each reader's stream is a pure function of (manifest, seed, epoch, dp_rank, dp_size, workers,
-shuffle_buffer); batches are cut inside the reader and the DataLoader hands them out round robin
-(batch ``i`` from reader ``i % workers``). So batch ``k`` of a DP rank is determined by ``k``.
+Global order. Sample ``i`` of reader ``v`` is global sample ``g = i * V + v``; optimizer step ``k`` trains
+on the global samples ``[k * G, (k + 1) * G)`` (``G = data.global_batch``). So a run resumed at DP=4 reads
+exactly the samples the DP=2 run would have read next (MosaicML Streaming's "canonical nodes" idea). Over
+one epoch of every reader, every sample is read once. Readers whose shards hold more samples reach the
+next epoch later; across epochs the permutation evens this out.
 
-Resume. The position is the number of micro-batches this DP rank has handed out (every DP rank hands out
-the same number, so any rank's position restores all of them). On resume reader ``l`` skips the batches
-it had made: whole epochs are skipped by arithmetic on the manifest's sample counts (no reading); inside
-the current epoch its samples are read again and dropped before decoding. Cost: at most one epoch's
-share of one reader, ``total_samples / (dp_size x workers)`` samples of sequential tar reading per worker.
-Exact resume needs the same shards, seed, micro_batch, dp_size, workers and shuffle_buffer; any change
-is refused with the field named.
+Who reads what. DP rank ``r`` of ``dp`` runs the readers ``v = r, r + dp, ...`` (``dp`` must divide V):
+its share of step ``k`` is the samples with ``g % dp == r``, ``G / dp`` of them, cut in global order into
+the step's micro-batches. Its DataLoader worker ``w`` of ``W`` runs the ``w``-th, ``(w + W)``-th, ... of
+those readers (``dp x W`` must divide V) and hands over one chunk per step (its readers' samples of that
+step); the DataLoader yields chunks round robin, so the main process takes ``W`` chunks per step and
+merges them by ``g``. Every TP / PP rank runs its own readers (no collective on the data path; the price
+is TP x PP reads of each shard).
+
+Resume. The position is the number of steps handed out (and micro-batches into the current one, normally
+none). Reader ``v`` skips its samples below ``k * G``: whole epochs by arithmetic on the manifest's sample
+counts (no reading), the rest read again and dropped before decoding; at most one epoch's share of one
+reader per reader. Exact resume needs the same shards, seed, V, global batch and shuffle buffer (any change
+is refused with the field named); DP size, micro-batch and workers may change.
 """
 from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
 import random
-import warnings
 from itertools import islice
 from typing import Iterator, Optional
 
@@ -39,11 +44,13 @@ from statex_dist.data import errors
 from statex_dist.data.errors import DataError, ShardError
 from statex_dist.data.format import Manifest, check_shards
 
-POSITION_VERSION = 1
+POSITION_VERSION = 2
+MAX_AUTO_READERS = 64
 
 
 class _Every:
-    """webdataset splitter: every ``step``-th shard from ``start`` (by DP rank, then by reader)."""
+    """webdataset splitter: every ``step``-th shard from ``start`` (``_Every(0, 1)``: all of them, where
+    webdataset would otherwise split a reader's shards again by DataLoader worker)."""
 
     def __init__(self, start: int, step: int):
         self.start, self.step = start, step
@@ -62,24 +69,29 @@ def _shard_error(exn: Exception) -> bool:
 
 
 class _Plan:
-    """Which shards each reader reads in each epoch; computed alike on every rank from the manifest."""
+    """The global order: which shards virtual reader ``v`` reads in each epoch, and which of its samples
+    fall in which step. The same on every rank and at every layout."""
 
-    def __init__(self, m: Manifest, dp_rank: int, dp_size: int, readers: int, seed: int):
-        self.m, self.dp_rank, self.dp_size, self.readers, self.seed = m, dp_rank, dp_size, readers, seed
+    def __init__(self, m: Manifest, readers: int, seed: int, global_batch: int):
+        self.m, self.V, self.seed, self.G = m, readers, seed, global_batch
 
     def order(self, epoch: int) -> list[int]:
-        """All shard indices in epoch order (no dp_rank in the seed: the ranks must agree to split it)."""
+        """All shard indices in epoch order."""
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.m.shards)).tolist()
 
-    def reader_shards(self, epoch: int, reader: int) -> list[int]:
-        return self.order(epoch)[self.dp_rank::self.dp_size][reader::self.readers]
+    def reader_shards(self, epoch: int, v: int) -> list[int]:
+        return self.order(epoch)[v::self.V]
 
-    def reader_samples(self, epoch: int, reader: int) -> int:
-        return sum(self.m.shards[i].samples for i in self.reader_shards(epoch, reader))
+    def reader_samples(self, epoch: int, v: int) -> int:
+        return sum(self.m.shards[i].samples for i in self.reader_shards(epoch, v))
 
-    def shuffle_seed(self, epoch: int, reader: int) -> int:
-        key = f"{self.seed}/{epoch}/{self.dp_rank}/{reader}".encode()
+    def shuffle_seed(self, epoch: int, v: int) -> int:
+        key = f"{self.seed}/{epoch}/{v}".encode()
         return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
+    def before(self, step: int, v: int) -> int:
+        """Samples of reader ``v`` in the steps before ``step``: the ``i`` with ``i * V + v < step * G``."""
+        return max(0, -(-(step * self.G - v) // self.V))
 
 
 def _check_counts(src, m: Manifest, urls: list[str]):
@@ -104,78 +116,91 @@ def _compare(url: str, got: int, want: int, m: Manifest) -> None:
 
 
 class _ReaderStream(IterableDataset):
-    """Runs in each DataLoader worker: one reader's samples, cut into micro-batches.
+    """Runs in each DataLoader worker: its virtual readers, one chunk per step.
 
-    Yields numpy ``{"tokens": [B, T+1] (stored dtype), "index": [B], "epoch": [B]}``; the last batch of a
-    finite stream (``epochs``) may be shorter.
+    Yields numpy ``{"tokens": [n, T+1] (stored dtype), "g": [n], "index": [n], "epoch": [n]}`` (``n`` may
+    be 0: a step can hold none of this worker's readers' samples) or ``{"n": 0}``.
     """
 
-    def __init__(self, plan: _Plan, micro_batch: int, shuffle_buffer: int, start_epoch: int,
-                 start_batches: int, epochs: Optional[int]):
-        self.plan, self.B, self.buffer = plan, micro_batch, shuffle_buffer
-        self.start_epoch, self.start_batches, self.epochs = start_epoch, start_batches, epochs
+    def __init__(self, plan: _Plan, readers: list[int], workers: int, shuffle_buffer: int, start_step: int,
+                 epochs: Optional[int], start_epoch: int):
+        self.plan, self.readers, self.W, self.buffer = plan, readers, workers, shuffle_buffer // plan.V
+        self.start_step, self.epochs, self.start_epoch = start_step, epochs, start_epoch
 
-    def _epoch_samples(self, epoch: int, reader: int):
+    def _epoch_samples(self, epoch: int, v: int):
         import webdataset as wds
         p = self.plan
-        urls = [str(p.m.shards[i].path) for i in p.order(epoch)]
-        ds = wds.WebDataset(urls, handler=_shard_error, shardshuffle=False, empty_check=False,
-                            nodesplitter=_Every(p.dp_rank, p.dp_size), workersplitter=_Every(reader, p.readers))
-        mine = [str(p.m.shards[i].path) for i in p.reader_shards(epoch, reader)]
+        mine = [str(p.m.shards[i].path) for i in p.reader_shards(epoch, v)]
+        ds = wds.WebDataset(mine, handler=_shard_error, shardshuffle=False, empty_check=False,
+                            nodesplitter=_Every(0, 1), workersplitter=_Every(0, 1))
         ds = ds.compose(lambda src: _check_counts(src, p.m, mine))
         if self.buffer > 1:
-            ds = ds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(p.shuffle_seed(epoch, reader)))
+            ds = ds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(p.shuffle_seed(epoch, v)))
         return ds
 
-    def _samples(self, reader: int, skip: int) -> Iterator[tuple]:
-        """(tokens [T+1], loss mask [T] or None, global sample index, epoch) of one reader, after dropping its first ``skip``."""
+    def _samples(self, v: int, skip: int) -> Iterator[tuple]:
+        """(tokens [T+1], loss mask [T] or None, sample key, epoch) of reader ``v``, after its first ``skip``."""
         p, e = self.plan, self.start_epoch
         end = None if self.epochs is None else self.start_epoch + self.epochs
         while end is None or e < end:
-            n = p.reader_samples(e, reader)
+            n = p.reader_samples(e, v)
             if skip >= n:          # a whole epoch already consumed: skip it without reading
                 skip, e = skip - n, e + 1
                 continue
-            for s in islice(iter(self._epoch_samples(e, reader)), skip, None):
+            for s in islice(iter(self._epoch_samples(e, v)), skip, None):
                 yield p.m.decode(s), p.m.decode_mask(s), int(s["__key__"]), e
             skip, e = 0, e + 1
 
     def __iter__(self):
         info = get_worker_info()
         worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        W, k = self.plan.readers, self.start_batches
-        if n_workers != W:
-            raise DataError(f"reader stream built for {W} workers runs in {n_workers}")
-        # The DataLoader asks worker 0 first, and batch k belongs to reader k % W: rotate.
-        reader = (worker + k) % W
-        made = k // W + (1 if reader < k % W else 0)          # batches this reader made before batch k
-        buf: list = []
+        if n_workers != self.W:
+            raise DataError(f"reader stream built for {self.W} workers runs in {n_workers}")
+        p, k = self.plan, self.start_step
+        mine = self.readers[worker::self.W]
+        streams = {v: self._samples(v, p.before(k, v)) for v in mine}
         try:
-            for item in self._samples(reader, made * self.B):
-                buf.append(item)
-                if len(buf) == self.B:
-                    yield _collate(buf)
-                    buf = []
+            while streams:
+                chunk = []
+                for v in list(streams):
+                    first, n = p.before(k, v), p.before(k + 1, v) - p.before(k, v)
+                    got = list(islice(streams[v], n))
+                    chunk += [((first + j) * p.V + v, item) for j, item in enumerate(got)]
+                    if len(got) < n:      # a finite stream (epochs=) that has ended
+                        del streams[v]
+                yield _collate(chunk)
+                k += 1
         except DataError as e:
             if info is None:
                 raise
             # hand the error to the main process as data: re-raised there with its message only, not
             # wrapped in the DataLoader's "Caught ... in DataLoader worker" traceback text
             yield {"error": (type(e).__name__, str(e))}
-            return
-        if buf:
-            yield _collate(buf)
 
 
-def _collate(items) -> dict:
+def _collate(chunk) -> dict:
     """Stays numpy in the stored dtype: a DataLoader worker pickles it to the main process, which for
     small arrays is far cheaper than sharing tensors through shared memory (file descriptors per tensor)."""
-    out = {"tokens": np.stack([t for t, _, _, _ in items]),                               # [B, T+1]
+    if not chunk:
+        return {"n": 0}
+    items = [it for _, it in chunk]
+    out = {"tokens": np.stack([t for t, _, _, _ in items]),                               # [n, T+1]
+           "g": np.array([g for g, _ in chunk], dtype=np.int64),
            "index": np.array([i for _, _, i, _ in items], dtype=np.int64),
            "epoch": np.array([e for _, _, _, e in items], dtype=np.int64)}
     if items[0][1] is not None:
-        out["mask"] = np.stack([m for _, m, _, _ in items])                                # [B, T] bool
+        out["mask"] = np.stack([m for _, m, _, _ in items])                                # [n, T] bool
     return out
+
+
+def _merge(chunks: list[dict]) -> Optional[dict]:
+    """One step's chunks (one per worker) as arrays in global order; None when they hold no sample."""
+    full = [c for c in chunks if c.get("n", 1)]
+    if not full:
+        return None
+    out = {k: np.concatenate([c[k] for c in full]) for k in full[0]}
+    order = np.argsort(out["g"], kind="stable")
+    return {k: a[order] for k, a in out.items()}
 
 
 def _keep(batch):
@@ -192,116 +217,165 @@ class ShardLoader:
     position after the batches handed out so far.
     """
 
-    def __init__(self, manifest: Manifest, plan: _Plan, micro_batch: int, workers: int, shuffle_buffer: int,
-                 start_epoch: int, batches: int, epoch: int, epochs: Optional[int], return_index: bool):
-        self.manifest, self.plan = manifest, plan
+    def __init__(self, manifest: Manifest, plan: _Plan, dp_rank: int, dp_size: int, micro_batch: int,
+                 workers: int, shuffle_buffer: int, start_epoch: int, steps: int, partial: int,
+                 epochs: Optional[int], return_index: bool):
+        self.manifest, self.plan, self.dp_rank, self.dp_size = manifest, plan, dp_rank, dp_size
         self.micro_batch, self.workers, self.shuffle_buffer = micro_batch, workers, shuffle_buffer
-        self.start_epoch, self.batches, self.epoch, self.epochs = start_epoch, batches, epoch, epochs
-        self.return_index = return_index
+        self.per_step = plan.G // dp_size // micro_batch     # this rank's micro-batches per step
+        self.start_epoch, self.epochs, self.return_index = start_epoch, epochs, return_index
+        self.batches = steps * self.per_step + partial       # handed out since step 0 of the run
+        self.epoch = start_epoch
 
     def __iter__(self) -> Iterator[dict]:
-        ds = _ReaderStream(self.plan, self.micro_batch, self.shuffle_buffer, self.start_epoch, self.batches,
-                           self.epochs)
+        step, partial = divmod(self.batches, self.per_step)
+        W = max(1, self.workers)
+        ds = _ReaderStream(self.plan, list(range(self.dp_rank, self.plan.V, self.dp_size)), W,
+                           self.shuffle_buffer, step, self.epochs, self.start_epoch)
         # fork: a worker starts in milliseconds and needs nothing from CUDA; under spawn (the default in
         # processes that were themselves spawned) each start re-imports torch, seconds per worker
         ctx = "fork" if self.workers and "fork" in mp.get_all_start_methods() else None
-        dl = DataLoader(ds, batch_size=None, num_workers=self.workers, multiprocessing_context=ctx,
-                        collate_fn=_keep)
-        for raw in dl:
-            if "error" in raw:
-                kind, msg = raw["error"]
-                raise getattr(errors, kind, DataError)(msg)
-            tokens = torch.from_numpy(raw["tokens"].astype(np.int64))                    # [B, T+1]
-            batch = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
-            if "mask" in raw:
-                batch["labels"][~torch.from_numpy(raw["mask"])] = -100
-            if self.return_index:
-                batch["index"], batch["epoch"] = torch.from_numpy(raw["index"]), torch.from_numpy(raw["epoch"])
-            self.batches += 1
-            self.epoch = int(raw["epoch"].max())
-            yield batch
+        chunks = iter(DataLoader(ds, batch_size=None, num_workers=self.workers, multiprocessing_context=ctx,
+                                 collate_fn=_keep))
+        B, drop, pending = self.micro_batch, partial * self.micro_batch, None
+        while True:
+            got = list(islice(chunks, W))          # one step: a chunk from each worker, round robin
+            for raw in got:
+                if "error" in raw:
+                    kind, msg = raw["error"]
+                    raise getattr(errors, kind, DataError)(msg)
+            if not got:
+                break
+            step_samples = _merge(got)
+            if step_samples is None:
+                continue
+            if drop:                               # a resume inside a step: its first micro-batches were used
+                step_samples = {k: a[drop:] for k, a in step_samples.items()}
+                drop = 0
+            pending = step_samples if pending is None else {
+                k: np.concatenate([pending[k], a]) for k, a in step_samples.items()}
+            while len(pending["g"]) >= B:
+                yield self._batch({k: a[:B] for k, a in pending.items()})
+                pending = {k: a[B:] for k, a in pending.items()}
+        if pending is not None and len(pending["g"]):  # the end of a finite pass: a short last batch
+            yield self._batch(pending)
 
-    @property
-    def samples(self) -> int:
-        """Samples this DP rank has handed out (full micro-batches in an infinite stream)."""
-        return self.batches * self.micro_batch
+    def _batch(self, raw: dict) -> dict:
+        tokens = torch.from_numpy(raw["tokens"].astype(np.int64))                        # [B, T+1]
+        batch = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+        if "mask" in raw:
+            batch["labels"][~torch.from_numpy(raw["mask"])] = -100
+        if self.return_index:
+            batch["index"], batch["epoch"] = torch.from_numpy(raw["index"]), torch.from_numpy(raw["epoch"])
+        self.batches += 1
+        self.epoch = max(self.epoch, int(raw["epoch"].max()))
+        return batch
 
     def state_dict(self) -> dict:
+        """The position: the same on every DP rank, and valid at any layout when it falls between steps."""
         p = self.plan
-        return {"version": POSITION_VERSION, "start_epoch": self.start_epoch, "batches": self.batches,
-                "samples": self.samples, "epoch": self.epoch, "micro_batch": self.micro_batch, "seed": p.seed,
-                "dp_rank": p.dp_rank, "dp_size": p.dp_size, "workers": p.readers,
-                "shuffle_buffer": self.shuffle_buffer, "shards": self.manifest.fingerprint}
+        steps, partial = divmod(self.batches, self.per_step)
+        return {"version": POSITION_VERSION, "start_epoch": self.start_epoch, "steps": steps, "batches": self.batches,
+                "samples": self.batches * self.micro_batch,
+                "partial": partial, "epoch": self.epoch, "seed": p.seed, "virtual_readers": p.V,
+                "global_batch": p.G, "shuffle_buffer": self.shuffle_buffer, "shards": self.manifest.fingerprint,
+                # only a resume inside a step needs these to match
+                "dp_size": self.dp_size, "micro_batch": self.micro_batch}
 
 
-def _readers(m: Manifest, dp_size: int, workers: int) -> int:
-    """Readers per DP rank: every reader needs a shard of its own, else it would hang or repeat samples."""
+def auto_readers(m: Manifest) -> int:
+    """The default number of virtual readers: the largest power of two <= min(64, shards), so that any
+    power-of-two DP x workers up to it splits them, and a function of the data alone."""
+    n = min(MAX_AUTO_READERS, len(m.shards))
+    return 1 << (n.bit_length() - 1)
+
+
+def _check_split(m: Manifest, V: int, auto: bool, dp_size: int, workers: int) -> None:
+    """Every DP rank and worker needs an equal share of the virtual readers, and every reader a shard."""
     n = len(m.shards)
-    want = max(1, workers)
-    if n < dp_size:
-        raise DataError(
-            f"{m.dir} has {n} shards for {dp_size} data-parallel ranks: every DP rank needs at least one shard "
-            f"(at least {dp_size} x {want} workers = {dp_size * want} to keep all workers busy). Re-create it "
-            f"with tools/make_shards.py --samples-per-shard <= {max(1, m.total_samples // (dp_size * want))}")
-    if n < dp_size * want:
-        fit = n // dp_size
-        warnings.warn(
-            f"{m.dir} has {n} shards for {dp_size} data-parallel ranks x {want} workers = {dp_size * want} "
-            f"readers; using {fit} worker(s) per rank. For {want}, re-create it with tools/make_shards.py "
-            f"--samples-per-shard <= {max(1, m.total_samples // (dp_size * want))}", stacklevel=3)
-        return fit
-    return want
+    origin = f"{V} (from its {n} shards; data.virtual_readers sets it)" if auto else f"{V} (data.virtual_readers)"
+    if V > n:
+        raise DataError(f"{m.dir} has {n} shards for data.virtual_readers={V}: every virtual reader needs a "
+                        f"shard; use data.virtual_readers <= {n}, or re-create the shards with tools/make_shards.py "
+                        f"--samples-per-shard <= {max(1, m.total_samples // V)}")
+    W = max(1, workers)
+    if V % dp_size:
+        raise DataError(f"the data order of {m.dir} has {V} virtual readers, set when the run started: "
+                        f"{origin}; {dp_size} data-parallel ranks cannot split them evenly. Use a DP size that "
+                        f"divides {V}, or start a run with data.virtual_readers a multiple of {dp_size} "
+                        f"(at most the {n} shards)")
+    if V % (dp_size * W):
+        fit = max(w for w in range(1, W + 1) if V % (dp_size * w) == 0)
+        raise DataError(f"the data order of {m.dir} has {V} virtual readers ({origin}): {dp_size} data-parallel "
+                        f"ranks x {W} workers cannot split them evenly; use data.workers={fit} (the order does "
+                        f"not depend on it)")
 
 
-def _restore(position: dict, expect: dict) -> tuple[int, int, int]:
-    """Check a saved position against this loader; return (start_epoch, batches, epoch)."""
+def _restore(position: dict, expect: dict, layout: dict) -> tuple[int, int, int]:
+    """Check a saved position against this loader; return (start_epoch, steps, partial micro-batches)."""
     if not isinstance(position, dict) or position.get("version") != POSITION_VERSION:
-        raise DataError(f"data position {position!r} is not a loader state_dict (version {POSITION_VERSION})")
+        raise DataError(f"data position {position!r} is not a loader state_dict (version {POSITION_VERSION}); "
+                        f"a checkpoint from before the layout-free data order: resume it with the version "
+                        f"that wrote it, or start the data afresh")
     for key, value in expect.items():
         if position.get(key) != value:
             raise DataError(f"the data position was saved with {key}={position.get(key)!r}, this loader has "
                             f"{key}={value!r}; an exact resume needs the same value (or start the data afresh "
                             f"with position=None)")
-    if position["samples"] != position["batches"] * position["micro_batch"]:
-        raise DataError(f"data position {position!r}: samples != batches x micro_batch")
-    return int(position["start_epoch"]), int(position["batches"]), int(position["epoch"])
+    if position["partial"]:
+        for key, value in layout.items():
+            if position.get(key) != value:
+                raise DataError(f"the data position is {position['partial']} micro-batches into step "
+                                f"{position['steps']}, saved with {key}={position.get(key)!r}; this loader has "
+                                f"{key}={value!r}: resume inside a step at the same layout")
+    return int(position["start_epoch"]), int(position["steps"]), int(position["partial"])
 
 
 def build_loader(shard_dir, dp_rank: int, dp_size: int, micro_batch: int, seed: int = 0, epoch: int = 0,
                  workers: int = 2, shuffle_buffer: int = 1000, position: Optional[dict] = None,
-                 epochs: Optional[int] = None, return_index: bool = False) -> ShardLoader:
+                 epochs: Optional[int] = None, return_index: bool = False, global_batch: Optional[int] = None,
+                 virtual_readers: Optional[int] = None) -> ShardLoader:
     """The micro-batch stream of data-parallel rank ``dp_rank`` of ``dp_size`` (see the module docstring).
 
-    shard_dir:      a folder written by ``tools/make_shards.py`` (checked now, before any reading).
-    micro_batch:    B, samples per batch; each batch is ``{"input_ids", "labels"}``, LongTensor ``[B, T]``.
-    seed, epoch:    the data order: ``epoch`` is the first epoch of a fresh stream; with ``position`` the
-                    saved stream continues and ``epoch`` is not used.
-    workers:        DataLoader worker processes (0: read in this process, as one reader).
-    shuffle_buffer: samples held by each reader's shuffle buffer (0 or 1: shard order); memory per worker
-                    about ``shuffle_buffer x (T + 1)`` stored tokens (2 or 4 bytes each).
-    position:       ``ShardLoader.state_dict()`` of an earlier run: continue exactly after its last batch.
-    epochs:         None: an infinite stream; n: stop after n epochs (an evaluation pass), last batch short.
-    return_index:   also yield ``"index"`` (global sample indices, ``[B]``) and ``"epoch"`` (``[B]``).
+    shard_dir:       a folder written by ``tools/make_shards.py`` (checked now, before any reading).
+    micro_batch:     B, samples per batch; each batch is ``{"input_ids", "labels"}``, LongTensor ``[B, T]``.
+    seed, epoch:     the data order: ``epoch`` is the first epoch of a fresh stream; with ``position`` the
+                     saved stream continues and ``epoch`` is not used.
+    workers:         DataLoader worker processes (0: read in this process); does not change the order.
+    shuffle_buffer:  samples held by all the virtual readers' shuffle buffers together (each holds
+                     ``shuffle_buffer // V``; 0 or < V: shard order); memory per worker about its readers'
+                     share x (T + 1) stored tokens (2 or 4 bytes each).
+    position:        ``ShardLoader.state_dict()`` of an earlier run: continue exactly after its last batch.
+    epochs:          None: an infinite stream; n: stop after n epochs (an evaluation pass), last batch short.
+    return_index:    also yield ``"index"`` (the samples' keys, ``[B]``) and ``"epoch"`` (``[B]``).
+    global_batch:    G, samples per optimizer step over all DP ranks (default ``micro_batch x dp_size``):
+                     step ``k`` is global samples ``[k G, (k + 1) G)``.
+    virtual_readers: V (default: the largest power of two <= min(64, shards)).
 
     Performs no collective; every rank raises the same error for a bad folder or setting.
     """
+    G = micro_batch * dp_size if global_batch is None else global_batch
     if not 0 <= dp_rank < dp_size:
         raise DataError(f"dp_rank {dp_rank} is not in [0, dp_size={dp_size})")
     if micro_batch < 1 or workers < 0 or seed < 0 or epoch < 0:
         raise DataError(f"micro_batch ({micro_batch}) must be >= 1; workers ({workers}), seed ({seed}) and "
                         f"epoch ({epoch}) >= 0")
+    if G % (micro_batch * dp_size):
+        raise DataError(f"global_batch {G} is not a multiple of micro_batch {micro_batch} x dp_size {dp_size}")
     # the tars' layout is checked by the entry points before any process group exists (statex_dist.train,
     # statex_dist.eval); each sample read here is checked as it is decoded
     m = check_shards(shard_dir, layout=False)
-    readers = _readers(m, dp_size, workers)
-    plan = _Plan(m, dp_rank, dp_size, readers, seed)
-    start_epoch, batches, cur = epoch, 0, epoch
+    V = auto_readers(m) if virtual_readers is None else virtual_readers
+    if V < 1:
+        raise DataError(f"data.virtual_readers must be >= 1, got {V}")
+    _check_split(m, V, virtual_readers is None, dp_size, workers)
+    plan = _Plan(m, V, seed, G)
+    start_epoch, steps, partial = epoch, 0, 0
     if position is not None:
         if epochs is not None:
             raise DataError("position= resumes the infinite training stream; it cannot be combined with epochs=")
-        start_epoch, batches, cur = _restore(position, {
-            "micro_batch": micro_batch, "seed": seed, "dp_size": dp_size, "workers": readers,
-            "shuffle_buffer": shuffle_buffer, "shards": m.fingerprint})
-    return ShardLoader(m, plan, micro_batch, workers=readers if workers else 0, shuffle_buffer=shuffle_buffer,
-                       start_epoch=start_epoch, batches=batches, epoch=cur, epochs=epochs,
-                       return_index=return_index)
+        start_epoch, steps, partial = _restore(
+            position, {"seed": seed, "virtual_readers": V, "global_batch": G, "shuffle_buffer": shuffle_buffer,
+                       "shards": m.fingerprint}, {"dp_size": dp_size, "micro_batch": micro_batch})
+    return ShardLoader(m, plan, dp_rank, dp_size, micro_batch, workers, shuffle_buffer, start_epoch, steps,
+                       partial, epochs, return_index)

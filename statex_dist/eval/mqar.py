@@ -1,4 +1,4 @@
-"""Multi-query associative recall (MQAR, Zoology-style), as shared/MINIATURE.md defines it.
+"""Multi-query associative recall (MQAR), after Zoology (Arora et al., 2023), in its miniature form.
 
 Token ids (before ``vocab_offset``): keys 1-127, values 128-255, 0 pads. A sequence of N pairs is
 ``k1 v1 ... kN vN`` followed by all N keys again in a random order, each followed by its value: T = 4N.

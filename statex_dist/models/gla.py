@@ -10,14 +10,12 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from statex_dist.config import GLAConfig
-from statex_dist.models.init import initialize
+from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.gla_layout import attn_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
-from statex_dist.models.common import (LMHead, RMSNorm, SwiGLUMLP, column, embedding, rms_norm, row,
-                                       to_column_input)
+from statex_dist.models.common import RMSNorm, SwiGLUMLP, column, rms_norm, row, to_column_input
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
@@ -164,44 +162,6 @@ class GLABlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class GLAForCausalLM(nn.Module):
-    """Embedding -> GLA blocks -> final norm -> LM head (vocab-parallel, optionally tied).
-
-    ``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` [B, T] it returns the
-    mean cross entropy (labels equal to -100 are ignored).
-
-    ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between sublayers are split over
-    TP along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
-    """
-
-    def __init__(self, config: GLAConfig, dtype: torch.dtype = torch.float32, init: bool = True,
-                 sequence_parallel: bool = False, seed: int = 0):
-        super().__init__()
-        state.ensure_initialized()
-        self.config = config
-        self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        # no layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme,
-        # the same full model at every layout); without it the weights are uninitialised, to be loaded
-        mcfg = state.megatron_config(dtype, init=False)
-        padded = config.padded_vocab_size(state.tp_size())
-        self.embeddings = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
-        self.layers = nn.ModuleList([GLABlock(config, i, mcfg, sequence_parallel=sp)
-                                     for i in range(config.num_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
-                              sequence_parallel=sp)
-        self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
-        if init:
-            initialize(self, config, seed)
-
-    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.embeddings(input_ids)
-        for block in self.layers:
-            if self.activation_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
-            else:
-                h = block(h)
-        local_logits = self.lm_head(self.norm(h), self.embeddings.weight)
-        if labels is not None:
-            return self.lm_head.loss(local_logits, labels)
-        return self.lm_head.logits(local_logits)
+class GLAForCausalLM(CausalLM):
+    """fla's GLAForCausalLM: GLA blocks between ``embeddings`` and ``norm`` (see CausalLM)."""
+    EMBEDDING, NORM, BLOCK = "embeddings", "norm", GLABlock

@@ -10,18 +10,16 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from statex_dist.config import Mamba2Config
-from statex_dist.models.init import initialize
+from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F401  (re-exported)
-from statex_dist.models.common import LMHead, RMSNorm, embedding, row
+from statex_dist.models.common import RMSNorm, row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
 from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
 from statex_dist.parallel.sequence import gather_seq
-from statex_dist.parallel.sharding import ShardSpec
 
 
 class Mamba2Mixer(nn.Module):
@@ -128,42 +126,7 @@ class Mamba2Block(nn.Module):
         return (residual + out).to(x.dtype)
 
 
-class Mamba2ForCausalLM(nn.Module):
-    """Embedding -> Mamba2 blocks -> norm_f -> LM head (vocab-parallel, tied by default in mamba_ssm).
-
-    ``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` the mean cross entropy.
-    ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between mixers are split over TP
-    along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
-    """
-
-    def __init__(self, config: Mamba2Config, dtype: torch.dtype = torch.float32, init: bool = True,
-                 sequence_parallel: bool = False, seed: int = 0):
-        super().__init__()
-        state.ensure_initialized()
-        self.config = config
-        self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        # no layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme,
-        # the same full model at every layout); without it the weights are uninitialised, to be loaded
-        mcfg = state.megatron_config(dtype, init=False)
-        padded = config.padded_vocab_size(state.tp_size())
-        self.embedding = embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp)
-        self.layers = nn.ModuleList([Mamba2Block(config, i, mcfg, sequence_parallel=sp)
-                                     for i in range(config.num_layers)])
-        self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
-                              sequence_parallel=sp)
-        self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
-        if init:
-            initialize(self, config, seed)
-
-    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.embedding(input_ids)
-        for block in self.layers:
-            if self.activation_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
-            else:
-                h = block(h)
-        local_logits = self.lm_head(self.norm_f(h), self.embedding.weight)
-        if labels is not None:
-            return self.lm_head.loss(local_logits, labels)
-        return self.lm_head.logits(local_logits)
+class Mamba2ForCausalLM(CausalLM):
+    """mamba_ssm's MambaLMHeadModel: Mamba2 blocks between ``embedding`` and ``norm_f``, the LM head tied by
+    default (see CausalLM)."""
+    EMBEDDING, NORM, BLOCK = "embedding", "norm_f", Mamba2Block

@@ -27,15 +27,16 @@ from megatron.core import parallel_state as ps
 from megatron.core.model_parallel_config import ModelParallelConfig
 
 from statex_dist.models.common import LMHead, RMSNorm, embedding
-from statex_dist.models.gla import GLABlock
-from statex_dist.models.mamba2 import Mamba2Block
+from statex_dist.models.gla import GLAForCausalLM
+from statex_dist.models.mamba2 import Mamba2ForCausalLM
+from statex_dist.models.names import by_internal_name
 from statex_dist.parallel import state, weights
 from statex_dist.parallel.deepspeed_mpu import check_grid_agrees, ensure_deepspeed_comm, pipeline_topology
 from statex_dist.parallel.sharding import ShardSpec
 from statex_dist.parallel.validate import check_parallel_sizes
 
-# arch -> (embedding attribute, final-norm attribute, block class): the model's own names
-_ARCH = {"gla": ("embeddings", "norm", GLABlock), "mamba2": ("embedding", "norm_f", Mamba2Block)}
+# arch -> (embedding attribute, final-norm attribute, block class): the one-module model's own names
+_ARCH = {arch: (m.EMBEDDING, m.NORM, m.BLOCK) for arch, m in (("gla", GLAForCausalLM), ("mamba2", Mamba2ForCausalLM))}
 TIED_KEY = "embed"
 
 
@@ -197,29 +198,18 @@ def internal_names(module) -> dict[str, str]:
     return out
 
 
-class _ByInternalName:
-    """A stage seen through the model's own parameter names (what weights.load_full / gather_full read)."""
-
-    def __init__(self, module):
-        self.module, self.names = module, internal_names(module)
-
-    def named_parameters(self):
-        for name, p in self.module.named_parameters():
-            yield self.names[name], p
-
-
 def load_full(module, full: Mapping[str, torch.Tensor], specs: Mapping[str, ShardSpec]) -> None:
     """Copy this rank's TP slice of its stage's parameters from full tensors (the model's own names).
 
     Both copies of a tied embedding load the same tensor.
     """
-    weights.load_full(_ByInternalName(module), full, specs)
+    weights.load_full(by_internal_name(module), full, specs)
 
 
 def stage_full(module, specs: Mapping[str, ShardSpec],
                pick: Callable[[nn.Parameter], torch.Tensor] = lambda p: p.detach()) -> dict[str, torch.Tensor]:
     """This stage's parameters (or ``pick(p)``, e.g. the grad) at full shape, gathered over TP."""
-    return weights.gather_full(_ByInternalName(module), specs, pick)
+    return weights.gather_full(by_internal_name(module), specs, pick)
 
 
 def gather_full(module, specs: Mapping[str, ShardSpec],

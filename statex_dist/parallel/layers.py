@@ -87,18 +87,7 @@ class PackedColumnParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.copy_input:
             x = copy_to_tensor_model_parallel_region(x, state.tp_group())
-        return F.linear(x, packed_weight(self.weight))
-
-
-def packed_weight(w: torch.Tensor) -> torch.Tensor:
-    """``w`` with the gradient of its whole (replicated) blocks summed over TP; split blocks untouched."""
-    spec: ShardSpec = w.shard_spec
-    if not spec.whole_parts or state.tp_size() == 1:
-        return w
-    tp = state.tp_size()
-    widths = [p if i in spec.whole_parts else p // tp for i, p in enumerate(spec.parts)]
-    pieces = w.split(widths, dim=spec.dim)
-    return torch.cat([tp_reduced_grad(p) if i in spec.whole_parts else p for i, p in enumerate(pieces)], spec.dim)
+        return F.linear(x, self.weight)
 
 
 class PackedRowParallelLinear(nn.Module):

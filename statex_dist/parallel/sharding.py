@@ -20,8 +20,6 @@ class ShardSpec:
         dim: the dimension TP splits; ``None`` means every rank holds the whole tensor.
         parts: widths of packed blocks along ``dim`` that split separately (Mamba2's in_proj is
             [z | x | B | C | dt]); ``None`` means one block.
-        whole_parts: indices of ``parts`` every rank keeps whole (Mamba2's B and C when ngroups does not
-            divide by TP); their gradients are summed over the TP group.
         grad_reduce: a replicated tensor whose gradient each rank computes only partly (from its own
             heads or channels), so it is summed over the TP group after backward.
         layer: index of the owning layer; ``None`` for embedding, final norm and LM head.
@@ -29,7 +27,6 @@ class ShardSpec:
     shape: tuple[int, ...]
     dim: Optional[int] = None
     parts: Optional[tuple[int, ...]] = None
-    whole_parts: tuple[int, ...] = ()
     grad_reduce: bool = False
     layer: Optional[int] = None
 
@@ -38,7 +35,7 @@ class ShardSpec:
 
     def _check(self, tp: int, name: str = "tensor") -> None:
         for i, w in enumerate(self._parts()):
-            if i not in self.whole_parts and w % tp:
+            if w % tp:
                 raise ValueError(
                     f"{name}: block {i} of width {w} along dim {self.dim} does not split over TP={tp}; "
                     f"use a TP size that divides {w}")
@@ -47,10 +44,16 @@ class ShardSpec:
         if self.dim is None or tp == 1:
             return self.shape
         self._check(tp)
-        width = sum(w if i in self.whole_parts else w // tp for i, w in enumerate(self._parts()))
+        width = sum(w // tp for w in self._parts())
         shape = list(self.shape)
         shape[self.dim] = width
         return tuple(shape)
+
+    def pad_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """``full`` with zero rows appended up to this spec's dim 0: a vocabulary tensor as checkpoints store
+        it [V, ...] -> its TP-padded shape [V_pad, ...] (unchanged when already there)."""
+        short = self.shape[0] - full.shape[0]
+        return torch.cat([full, full.new_zeros((short,) + tuple(full.shape[1:]))]) if short > 0 else full
 
     def shard_pieces(self, full: torch.Tensor, rank: int, tp: int, name: str = "tensor") -> list[torch.Tensor]:
         """This rank's slice as views whose concatenation along ``dim`` is :meth:`shard` (nothing copied)."""
@@ -60,11 +63,8 @@ class ShardSpec:
             return [full]
         self._check(tp, name)
         pieces, start = [], 0
-        for i, w in enumerate(self._parts()):
-            if i in self.whole_parts:
-                pieces.append(full.narrow(self.dim, start, w))
-            else:
-                pieces.append(full.narrow(self.dim, start + rank * (w // tp), w // tp))
+        for w in self._parts():
+            pieces.append(full.narrow(self.dim, start + rank * (w // tp), w // tp))
             start += w
         return pieces
 
@@ -79,21 +79,9 @@ class ShardSpec:
         if self.dim is None or tp == 1:
             return shards[0]
         self._check(tp, name)
-        local = [sum(w if i in self.whole_parts else w // tp for i, w in enumerate(self._parts()))]
         out, offset = [], 0
-        for i, w in enumerate(self._parts()):
-            lw = w if i in self.whole_parts else w // tp
-            if i in self.whole_parts:
-                out.append(shards[0].narrow(self.dim, offset, lw))
-            else:
-                out.extend(s.narrow(self.dim, offset, lw) for s in shards)
-            offset += lw
-        assert offset == local[0]
+        for w in self._parts():
+            out.extend(s.narrow(self.dim, offset, w // tp) for s in shards)
+            offset += w // tp
         return torch.cat(out, dim=self.dim)
 
-
-def split(width: int, layer: Optional[int] = None, ndim: int = 2, other: int = 0, dim: int = 0) -> ShardSpec:
-    """Shorthand for a tensor split evenly along ``dim``."""
-    shape = [other] * ndim
-    shape[dim] = width
-    return ShardSpec(tuple(shape), dim=dim, layer=layer)

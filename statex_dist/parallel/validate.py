@@ -1,38 +1,62 @@
-"""Parallel sizes that cannot work fail here, before any process group waits on another."""
+"""Parallel sizes that cannot work fail here, before any process group waits on another.
+
+The split rules are the layouts' (``models/*_layout.py``): every block a ShardSpec splits over TP must divide
+by it, checked by iterating the specs, so a rule changed there is checked here with no second copy. What a
+spec cannot say stays below: Mamba2 heads are the unit of its per-head tensors, and its groups must divide
+TP or be divided by it (a rank's B/C channels then come from one group, or whole groups).
+"""
 from __future__ import annotations
 
 from typing import Optional
 
 from statex_dist.config import ModelConfig
 
+MAX_TP = 64  # the TP sizes listed as working in a message
+
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _split_blocks(config: ModelConfig, tp: int) -> Optional[tuple[str, int, int]]:
+    """The first (tensor, block width, dim) of the layout at ``tp`` that TP does not divide, else None."""
+    from statex_dist.models import specs_for
+    for name, spec in specs_for(config, tp).items():
+        if spec.dim is None:
+            continue
+        for w in spec.parts or (spec.shape[spec.dim],):
+            if w % tp:
+                return name, w, spec.dim
+    return None
+
+
+def _mamba2_rule(config: ModelConfig, tp: int) -> Optional[str]:
+    h, g = config.nheads, config.ngroups
+    if h % tp:
+        return (f"TP={tp}: Mamba2 has {h} heads (d_inner {config.d_inner} / headdim {config.headdim}); TP must "
+                f"divide the heads: {_divisors(h)}")
+    if g % tp and tp % g:
+        ok = [t for t in _divisors(h) if g % t == 0 or t % g == 0]
+        return f"TP={tp}: ngroups {g} and TP must divide one another; TP sizes that work: {ok}"
+    return None
+
+
+def _works(config: ModelConfig, tp: int) -> bool:
+    return (config.arch == "gla" or _mamba2_rule(config, tp) is None) and _split_blocks(config, tp) is None
 
 
 def check_parallel_sizes(config: ModelConfig, tp: int, pp: int = 1, world: Optional[int] = None) -> None:
     """Raise ValueError naming the constraint and the sizes that would work."""
     if tp < 1 or pp < 1:
         raise ValueError(f"TP={tp} and PP={pp} must be >= 1")
-    if config.arch == "gla":
-        for name, width in (("key dim", config.key_dim), ("value dim", config.value_dim),
-                            ("MLP width", config.intermediate_size)):
-            if width % tp:
-                raise ValueError(f"TP={tp}: the GLA {name} {width} does not split over it; TP must divide {width}: "
-                                 f"{_divisors(width)}")
-        for i, h in enumerate(config.num_heads):
-            if h % tp and (config.value_dim // h) % tp:
-                raise ValueError(f"TP={tp}: GLA layer {i} has {h} heads of value width {config.value_dim // h}; "
-                                 f"TP must divide the heads or the value width: "
-                                 f"{sorted(set(_divisors(h)) | set(_divisors(config.value_dim // h)))}")
-    else:
-        h, g = config.nheads, config.ngroups
-        if h % tp:
-            raise ValueError(f"TP={tp}: Mamba2 has {h} heads (d_inner {config.d_inner} / headdim {config.headdim}); "
-                             f"TP must divide the heads: {_divisors(h)}")
-        if g % tp and tp % g:
-            ok = [t for t in _divisors(h) if g % t == 0 or t % g == 0]
-            raise ValueError(f"TP={tp}: ngroups {g} and TP must divide one another; TP sizes that work: {ok}")
+    if config.arch != "gla" and (msg := _mamba2_rule(config, tp)):
+        raise ValueError(msg)
+    bad = _split_blocks(config, tp)
+    if bad is not None:
+        name, width, dim = bad
+        ok = [t for t in range(1, MAX_TP + 1) if _works(config, t)]
+        raise ValueError(f"TP={tp}: {name} has a block of width {width} along dim {dim} that TP splits and does "
+                         f"not divide; TP sizes that work for this model: {ok}")
     if pp > config.num_layers:
         raise ValueError(f"PP={pp} is larger than the {config.num_layers} layers; PP must be <= {config.num_layers}")
     if world is not None and world % (tp * pp):

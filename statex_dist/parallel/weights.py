@@ -17,10 +17,8 @@ def copy_shards(named: Iterable[tuple[str, nn.Parameter]], get: Callable[[str], 
     """Copy this rank's slice of ``get(name)`` (a full tensor) into each parameter; vocab rows beyond the
     full tensor's (TP padding) are zeros."""
     for name, p in named:
-        full, spec = get(name), specs[name]
-        if full.shape[0] < spec.shape[0]:  # vocab padding for TP
-            full = torch.cat([full, full.new_zeros((spec.shape[0] - full.shape[0],) + tuple(full.shape[1:]))])
-        p.copy_(spec.shard(full.to(p.dtype), tp_rank, tp, name))
+        spec = specs[name]
+        p.copy_(spec.shard(spec.pad_rows(get(name)).to(p.dtype), tp_rank, tp, name))
 
 
 def load_full(model: nn.Module, full: Mapping[str, torch.Tensor], specs: Mapping[str, ShardSpec]) -> None:

@@ -5,6 +5,8 @@ the model weights in the sharded format, so tools/reshard_expand.py reads a trai
         <DeepSpeed files>          engine.save_checkpoint(..., tag)
         model/manifest.json        sharded format (statex_dist.checkpoint.sharded), one file per TP x PP rank
         model/weights/tpRR-ppSS.safetensors
+        optimizer/{fp32,exp_avg,exp_avg_sq}/   the optimizer state in the same format (optimizer_state.py),
+                                   read when a resume changes the layout
         statex.json                run config, step, data position, RNG states, model config (written last)
     <dir>/.staging/step...         where a checkpoint is written; a job killed here leaves only this
 
@@ -26,14 +28,27 @@ import torch
 import torch.distributed as dist
 
 from statex_dist.checkpoint.atomic import write_manifest
-from statex_dist.checkpoint.sharded import FORMAT, shard_file
+from statex_dist.checkpoint.sharded import FORMAT, manifest_body, shard_file
 from statex_dist.checkpoint.side_files import keep_side_files
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.models import specs_for
-from statex_dist.training.initial_weights import named_internal_parameters
+from statex_dist.training import optimizer_state
+from statex_dist.models.names import named_internal_parameters
 
 META = "statex.json"
 _STEP = re.compile(r"step(\d{8})$")
+
+
+def layout(run_cfg, world: int) -> dict:
+    """What DeepSpeed's own files depend on: a resume at another of these converts (optimizer_state.py)."""
+    p = run_cfg.parallel
+    return {"tp": p.tp, "pp": p.pp, "dp": world // (p.tp * p.pp), "zero_stage": p.zero_stage,
+            "dtype": run_cfg.model.dtype}
+
+
+def describe(lay: dict) -> str:
+    dp = f" DP={lay['dp']}" if lay.get("dp") else ""   # none for a checkpoint resharded offline
+    return f"TP={lay['tp']} PP={lay['pp']}{dp} ZeRO-{lay['zero_stage']}"
 
 
 def tag(step: int) -> str:
@@ -105,34 +120,42 @@ def _own_parameters(module) -> list:
     return entries
 
 
-def _join_zero3_gathers(module) -> None:
-    """A DP rank that writes nothing still takes part in the writer's ZeRO-3 gathers: each one is a collective
-    over the DP group, and a writer gathering alone waits forever (or, with small persistent parameters,
-    leaves the ranks' partitions in different states for the next step)."""
-    for _, p in _own_parameters(module):
-        with _zero3_gathered(p):
-            pass
-
-
-def _write_model_shard(folder: Path, module, config, tp_rank: int, tp: int, stage: int) -> dict:
-    """This rank's TP slice of its stage's parameters (one file); returns {name: stage} and the file entry."""
+def _writer(folder: Path, entries: list, config, tp_rank: int, tp: int, stage: int,
+            dtype: Optional[torch.dtype] = None) -> StreamingSafetensorsWriter:
     specs = specs_for(config, tp)
-    entries = _own_parameters(module)
     path = folder / shard_file(tp_rank, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = []
-    for n, p in entries:
-        header.append((n, p.dtype, specs[n].local_shape(tp)))
-    w = StreamingSafetensorsWriter(path, header, {"format": FORMAT})
+    header = [(n, dtype or p.dtype, specs[n].local_shape(tp)) for n, p in entries]
+    return StreamingSafetensorsWriter(path, header, {"format": FORMAT})
+
+
+def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, stage: int,
+                  write: bool) -> Optional[dict]:
+    """This (TP rank, stage)'s slices of the weights (``model/``) and of the layout-free optimizer state
+    (``optimizer/<key>/``). Every DP rank calls it: the ZeRO gathers are collectives over the DP group; only
+    a rank with ``write`` writes. Returns {"names", "file", "info": {folder: file entry}} from a writer."""
+    entries = _own_parameters(module)
+    writers = {}
+    if write:
+        writers["model"] = _writer(root / "model", entries, config, tp_rank, tp, stage)
+        for k in optimizer_state.KEYS:
+            writers[f"{optimizer_state.FOLDER}/{k}"] = _writer(root / optimizer_state.FOLDER / k, entries, config,
+                                                               tp_rank, tp, stage, torch.float32)
+    optimizer_state.ensure_state(engine)  # a save before the first step: AdamW's zero state
     try:
         for n, p in entries:
             with _zero3_gathered(p):
-                w.write(n, p.detach().clone())
-        info = w.close()
+                if write:
+                    writers["model"].write(n, p.detach().clone())
+            states = optimizer_state.full_state(engine, p)
+            for k in optimizer_state.KEYS if write else ():
+                writers[f"{optimizer_state.FOLDER}/{k}"].write(n, states[k])
+        infos = {folder: w.close() for folder, w in writers.items()}
     except BaseException:
-        w.abort()
+        for w in writers.values():
+            w.abort()
         raise
-    return {"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "info": info}
+    return {"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "info": infos} if write else None
 
 
 class CheckpointWriteError(OSError):
@@ -169,13 +192,10 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
         with _writing(ckpt_dir, name):
             (staging / name).mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    part = None
     with _writing(ckpt_dir, name):
         engine.save_checkpoint(str(staging), tag=name, client_state={"step": step}, save_latest=False)
-        if dp_rank == 0:  # one writer per (TP rank, stage)
-            part = _write_model_shard(staging / name / "model", module, model_config, tp_rank, tp, stage)
-        else:
-            _join_zero3_gathers(module)
+        # one writer per (TP rank, stage)
+        part = _write_shards(staging / name, engine, module, model_config, tp_rank, tp, stage, write=dp_rank == 0)
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (part, (dp_rank, data_state), rng_state()))
     if rank == 0:
@@ -186,22 +206,25 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
             stage_of = int(p["file"].split("-pp")[1].split(".")[0])
             for n in p["names"]:
                 weight_map.setdefault(n, stage_of)
-            known[p["file"]] = p["info"]
+            for folder, info in p["info"].items():
+                known.setdefault(folder, {})[p["file"]] = info
         stages = [[] for _ in range(pp)]
         for n, s in weight_map.items():
             m = re.match(r"layers\.(\d+)\.", n)
             if m and int(m.group(1)) not in stages[s]:
                 stages[s].append(int(m.group(1)))
-        body = {"format": FORMAT, "version": 1, "config": model_config.to_dict(), "tp": tp, "pp": pp,
-                "stages": [sorted(s) for s in stages], "weight_map": weight_map, "hf": hf or {}}
+        stages = [sorted(s) for s in stages]
         with _writing(ckpt_dir, name):
             keep_side_files(run_cfg.model.source, staging / name / "model")  # the tokenizer exports with it
-            write_manifest(staging / name / "model", body, known)
+            for folder, files in known.items():
+                write_manifest(staging / name / folder, manifest_body(
+                    model_config, tp, pp, stages, weight_map, hf if folder == "model" else None), files)
         meta = {"step": step, "run_config": run_cfg.to_dict(), "model_config": model_config.to_dict(),
-                # the data position is a DP rank's: a resume with another TP x PP keeps the same stream
+                # every DP rank holds the same layout-free position (statex_dist.data.pipeline)
                 "data": {str(d[0]): d[1] for _, d, _ in parts},
                 "rng": {str(r): s for r, (_, _, s) in enumerate(parts)}, "world_size": dist.get_world_size(),
-                "tp": tp, "pp": pp}
+                "tp": tp, "pp": pp, "layout": layout(run_cfg, dist.get_world_size()),
+                "optimizer": {"adam_step": optimizer_state.adam_step(engine)}}
         if os.environ.get("STATEX_KILL_DURING_SAVE_STEP") == str(step):
             # fault injection for the resume tests: die as a real crash would, mid-checkpoint
             import signal

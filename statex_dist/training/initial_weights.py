@@ -4,7 +4,7 @@ TP / PP shards one tensor at a time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,7 @@ import torch.nn as nn
 from statex_dist.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
 from statex_dist.models.init import copy_shards, fresh_weights
+from statex_dist.models.names import named_internal_parameters
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor
 
 
@@ -56,17 +57,6 @@ def weight_source(run_cfg) -> WeightSource:
     new = expand_config(base, plan)
     return WeightSource(new, lambda n: expand_tensor(n, fetch(n), base, new, plan),
                         f"{desc}, StateX {plan.init} of layers {list(plan.layers)}", base, plan)
-
-
-def named_internal_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """(model's own name, parameter) for a one-module model or one pipeline stage."""
-    if hasattr(model, "model_config") and hasattr(model, "_grid"):  # a DeepSpeed PipelineModule stage
-        from statex_dist.models.pipeline import internal_names
-        names = internal_names(model)
-        for n, p in model.named_parameters():
-            yield names[n], p
-    else:
-        yield from model.named_parameters()
 
 
 def fill(model: nn.Module, source: WeightSource, tp_rank: int, tp: int) -> None:

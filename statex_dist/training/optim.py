@@ -8,7 +8,7 @@ import re
 import torch
 import torch.nn as nn
 
-from statex_dist.training.initial_weights import named_internal_parameters
+from statex_dist.models.names import named_internal_parameters
 
 _LAYER = re.compile(r"layers\.(\d+)\.")
 

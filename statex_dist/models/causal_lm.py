@@ -1,0 +1,61 @@
+"""The language model around a stack of recurrent blocks, one class for both architectures: embedding ->
+blocks -> final norm -> LM head (vocab-parallel, optionally tied). Each architecture names its embedding and
+final norm as its own checkpoints do (fla GLA: ``embeddings`` / ``norm``; Mamba2: ``embedding`` /
+``norm_f``), so parameter names match the layouts (``models/*_layout.py``) without a renaming table."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from statex_dist.models.common import LMHead, RMSNorm, embedding
+from statex_dist.models.init import initialize
+from statex_dist.parallel import state
+
+
+class CausalLM(nn.Module):
+    """``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` [B, T] it returns the mean
+    cross entropy (labels equal to -100 are ignored).
+
+    ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between sublayers are split over
+    TP along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
+
+    No layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme, the
+    same full model at every layout); without it the weights are uninitialised, to be loaded.
+    """
+    EMBEDDING = "embedding"   # attribute names of the subclass's architecture
+    NORM = "norm"
+    BLOCK: type = nn.Module   # the block class, built as BLOCK(config, layer_index, megatron config, sequence_parallel=)
+
+    def __init__(self, config, dtype: torch.dtype = torch.float32, init: bool = True,
+                 sequence_parallel: bool = False, seed: int = 0):
+        super().__init__()
+        state.ensure_initialized()
+        self.config = config
+        self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
+        mcfg = state.megatron_config(dtype, init=False)
+        padded = config.padded_vocab_size(state.tp_size())
+        setattr(self, self.EMBEDDING, embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp))
+        self.layers = nn.ModuleList([self.BLOCK(config, i, mcfg, sequence_parallel=sp)
+                                     for i in range(config.num_layers)])
+        setattr(self, self.NORM, RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp))
+        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
+                              sequence_parallel=sp)
+        self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
+        if init:
+            initialize(self, config, seed)
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        emb = getattr(self, self.EMBEDDING)
+        h = emb(input_ids)
+        for block in self.layers:
+            if self.activation_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
+        local_logits = self.lm_head(getattr(self, self.NORM)(h), emb.weight)
+        if labels is not None:
+            return self.lm_head.loss(local_logits, labels)
+        return self.lm_head.logits(local_logits)
