@@ -54,7 +54,7 @@ def main() -> None:
         assert b["input_ids"].shape == (a.micro_batch, a.seq_len)
         # resume halfway through an epoch: the reader re-reads and drops what it had consumed
         half = m["total_samples"] // (2 * a.micro_batch)
-        pos = dict(loader.state_dict(), batches=half, samples=half * a.micro_batch)
+        pos = dict(loader.state_dict(), steps=half, partial=0)   # one micro-batch a step (the default batch)
         t = time.perf_counter()
         next(iter(build_loader(tmp / "shards", position=pos, **kw)))
         resume_s = time.perf_counter() - t

@@ -215,7 +215,7 @@ def _run_rank(counter, layout, cfg_dict, weights, opts):
     from deepspeed.utils import logger as ds_logger
     from megatron.core import parallel_state as ps
 
-    from statex_dist.config import config_from_dict
+    from statex_dist.models.config import config_from_dict
     from statex_dist.models import specs_for
     from statex_dist.parallel import state
     from statex_dist.parallel.deepspeed_mpu import MegatronMPU, ensure_deepspeed_comm
@@ -344,7 +344,7 @@ def full_weights(cfg_dict) -> dict:
 def _weights_child(cfg_dict, out_dir):
     import warnings
     warnings.filterwarnings("ignore")
-    from statex_dist.config import config_from_dict
+    from statex_dist.models.config import config_from_dict
     from statex_dist.models import build_model
     torch.manual_seed(0)
     model = build_model(config_from_dict(cfg_dict))

@@ -38,7 +38,7 @@ from statex_dist.checkpoint.hf_export import write_hf  # noqa: E402
 from statex_dist.checkpoint.stream_writer import BLOCK_BYTES, file_bytes  # noqa: E402
 from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2  # noqa: E402
 from statex_dist.checkpoint.hf_load import checkpoint_shape  # noqa: E402
-from statex_dist.config import GLAConfig, Mamba2Config  # noqa: E402
+from statex_dist.models.config import GLAConfig, Mamba2Config  # noqa: E402
 from statex_dist.models import specs_for  # noqa: E402
 
 GLA_13B = GLAConfig(vocab_size=32000, hidden_size=2048, num_layers=24, num_heads=4, tie_word_embeddings=False)

@@ -72,9 +72,7 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
         f"data.seed={seed}", f"expansion.seed={seed}", f"expansion.enabled={not lpt}",
         f"logging.every={max(1, steps // 8)}", f"schedule.warmup_steps={min(cfg.schedule.warmup_steps, steps // 2)}",
         *overrides])
-    ev = EvalConfig(tasks=("mqar", "ppl"), mqar_pairs=PAIRS, mqar_n=cfg.eval.mqar_n, data=str(valid),
-                    vocab_offset=cfg.eval.vocab_offset,
-                    ppl_batches=cfg.eval.batches, micro_batch=4)
+    ev = EvalConfig.from_run(cfg, ("mqar", "ppl")).replace(mqar_pairs=PAIRS, micro_batch=4)
     pretrained = load_model(source)
     runs = {"pretrained": evaluate(pretrained, ev, dp=(0, 1, None))}
     run = Run(cfg)

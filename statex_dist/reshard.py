@@ -16,10 +16,10 @@ from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_export import write_hf
 from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
 from statex_dist.checkpoint.side_files import SIDE_DIR, copy_side_files, side_files_of
-from statex_dist.checkpoint.sources import HFSource, hf_format_named, open_source
+from statex_dist.checkpoint.sources import hf_origin, open_source
 from statex_dist.models import specs_for
 from statex_dist.parallel.validate import check_parallel_sizes
-from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor, state_floats
+from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor, state_floats
 from statex_dist.statex import count_params
 from statex_dist.training import optimizer_state
 
@@ -86,12 +86,8 @@ def make_plan(args, config) -> Optional[ExpansionPlan]:
         layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None
     except ValueError:
         raise ValueError(f"--expand-layers {args.expand_layers!r}: expected comma-separated layer indices") from None
-    chosen = choose_layers(config.num_layers, every=args.expand_every, layers=layers)
-    if config.arch == "gla":
-        return ExpansionPlan(layers=chosen, gla_heads=args.gla_heads or 1, init=args.init or "reinit",
-                             seed=args.seed)
-    d_state = args.d_state or 4 * max(config.d_state[i] for i in chosen)
-    return ExpansionPlan(layers=chosen, d_state=d_state, init=args.init or "reinit", seed=args.seed)
+    return ExpansionPlan.for_model(config, every=args.expand_every, layers=layers, gla_heads=args.gla_heads,
+                                   d_state=args.d_state, init=args.init, seed=args.seed)
 
 
 def training_checkpoint(folder: Path) -> bool:
@@ -132,10 +128,7 @@ def run(argv=None) -> dict:
     check_parallel_sizes(new, args.tp, args.pp)  # before anything is written
     names = list(specs_for(new, args.tp))
     dtypes = {n: DTYPES[args.dtype] if args.dtype != "keep" else src.dtype(n) for n in names}
-    if isinstance(src, HFSource):
-        fmt, hf_cfg = src.fmt, src.hf_config
-    else:
-        fmt, hf_cfg = hf_format_named(src.hf_format_name or {"gla": "fla-gla", "mamba2": "transformers-mamba2"}[new.arch]), src.hf_config
+    fmt, hf_cfg = hf_origin(src)
     stats = {"tensors": 0, "bytes": 0}
     states = optimizer_state.KEYS if training else ()
     bar = tqdm(total=len(names) * (1 + len(states)), unit="tensor", desc="reshard_expand", disable=None)

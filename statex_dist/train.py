@@ -24,15 +24,26 @@ class Run:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        # everything that can be checked without peers is checked before any collective
+        self._check()         # everything that can be checked without peers, before any collective
+        self._groups()        # process groups: megatron-core's TP x PP x DP, DeepSpeed's comm
+        model = self._model()  # this rank's stage, its shards filled (from the source, or a checkpoint)
+        self._engine(model)   # AdamW, the schedule and DeepSpeed's engine around the model
+        self.step, self.data_position = 0, None
+        if self.resume is not None:
+            self._restore(self.resume, self.meta, self.same_layout)
+        self._data()          # the loader, at the resumed position
+        self._logging()
+
+    # --- set-up, in the order a run takes it ---------------------------------------------------------
+    def _check(self) -> None:
+        from statex_dist.data import check_shards
         from statex_dist.parallel.validate import check_parallel_sizes
+        from statex_dist.training import checkpoints
         from statex_dist.training.initial_weights import weight_source
+        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
         self.source = weight_source(cfg)
         self.model_config = self.source.config
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        tp, pp = cfg.parallel.tp, cfg.parallel.pp
-        check_parallel_sizes(self.model_config, tp, pp, world)
-        from statex_dist.data import check_shards
+        check_parallel_sizes(self.model_config, tp, pp, int(os.environ.get("WORLD_SIZE", "1")))
         train_shards = check_shards(cfg.data.train)
         if cfg.parallel.sequence_parallel and tp > 1:
             from statex_dist.parallel.sequence import check_seq_len
@@ -40,37 +51,40 @@ class Run:
         if cfg.data.valid:
             check_shards(cfg.data.valid)
         self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.logging.dir) / "checkpoints")
-        from statex_dist.training import checkpoints
         self.resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
-        if self.resume is not None:
-            saved = checkpoints.read_meta(self.resume)["model_config"]
-            diff = checkpoints.config_differences(saved, self.model_config.to_dict())
+        self.meta = checkpoints.read_meta(self.resume) if self.resume is not None else None
+        if self.meta is not None:
+            diff = checkpoints.config_differences(self.meta["model_config"], self.model_config.to_dict())
             if diff:
                 raise ValueError(
                     f"{self.resume}: a checkpoint of another model than this run's ({'; '.join(diff)}); point "
                     f"model.source / expansion at the same model or set checkpoint.resume=none")
-        self._setup()
 
-    # --- set-up -----------------------------------------------------------------------------------
-    def _setup(self) -> None:
+    def _groups(self) -> None:
         from megatron.core import parallel_state as ps
 
         from statex_dist.parallel import state
-        from statex_dist.training import ds_setup, optim
-        from statex_dist.training.initial_weights import fill
-        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
+        from statex_dist.parallel.deepspeed_mpu import ensure_deepspeed_comm
+        from statex_dist.training import checkpoints
         if "RANK" in os.environ and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if "RANK" not in os.environ:
             os.environ.setdefault("LOCAL_RANK", "0")  # debug mode: DeepSpeed asks for it even in a world of one
-        state.initialize(tp, pp)
-        from statex_dist.parallel.deepspeed_mpu import ensure_deepspeed_comm
+        state.initialize(self.cfg.parallel.tp, self.cfg.parallel.pp)
         ensure_deepspeed_comm()
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(self.cfg.seed)
         self.rank = dist.get_rank()
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.stage = ps.get_pipeline_model_parallel_rank()
-        self.dtype = ds_setup.dtype_of(cfg)
+        # DeepSpeed's own files restore only the layout that wrote them (see _restore)
+        m = self.meta
+        self.same_layout = bool(m is not None and m.get("deepspeed", True) and (
+            m["layout"] == checkpoints.layout(self.cfg, dist.get_world_size()) if "layout" in m else
+            (m["tp"], m["pp"], m["world_size"]) == (self.cfg.parallel.tp, self.cfg.parallel.pp, dist.get_world_size())))
+
+    def _model(self):
+        from statex_dist.training.initial_weights import fill
+        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
         self.pipeline = pp > 1
         if self.pipeline:
             from statex_dist.models.pipeline import pipeline_module
@@ -81,25 +95,21 @@ class Run:
             model = build_model(self.model_config, dtype=torch.float32, init=False,
                                 sequence_parallel=cfg.parallel.sequence_parallel)
             model.activation_checkpointing = cfg.parallel.activation_checkpointing
-        from statex_dist.training import checkpoints
-        resume = self.resume
-        meta, same_layout = None, False
-        if resume is not None:
-            meta = checkpoints.read_meta(resume)
-            saved_layout = meta.get("layout")
-            here = checkpoints.layout(cfg, dist.get_world_size())
-            same_layout = meta.get("deepspeed", True) and (saved_layout == here if saved_layout else (
-                (meta["tp"], meta["pp"], meta["world_size"]) == (tp, pp, dist.get_world_size())))
-        if resume is not None and not same_layout:
+        if self.resume is not None and not self.same_layout:
             # another layout: DeepSpeed's files are per rank of the old one, the sharded weights are not.
             # Loaded before the engine exists, so ZeRO's partitions start from these weights.
             from statex_dist.checkpoint.sharded import ShardedCheckpoint
             from statex_dist.models.names import by_internal_name
-            ShardedCheckpoint(resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
+            ShardedCheckpoint(self.resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
         else:
             fill(model, self.source, self.tp_rank, tp)
         if torch.cuda.is_available():
             model.cuda()
+        return model
+
+    def _engine(self, model) -> None:
+        from statex_dist.training import ds_setup, optim
+        cfg = self.cfg
         self.trainable = sum(p.numel() for p in model.parameters())
         if cfg.optimizer.freeze_unexpanded:
             if not self.model_config.expanded_layers:
@@ -108,32 +118,33 @@ class Run:
             self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
         opt = optim.adamw(model, cfg.optimizer)
         sched = optim.scheduler(opt, cfg.schedule, cfg.optimizer.lr)
+        self.dtype = ds_setup.dtype_of(cfg)
         self.ds_config = ds_setup.deepspeed_config(cfg, self.dp, self.dtype)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
         self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
-        self.step = 0
-        self.data_position = None
-        if resume is not None:
-            self.step = meta["step"]
-            self._restore(resume, meta, same_layout)
+
+    def _data(self) -> None:
         from statex_dist.data import build_loader
-        d = cfg.data
+        d = self.cfg.data
         self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
                                    seed=d.seed, workers=d.workers, shuffle_buffer=d.shuffle_buffer,
                                    position=self.data_position, global_batch=d.global_batch,
                                    virtual_readers=d.virtual_readers)
         self.batches = iter(self.loader)
+
+    def _logging(self) -> None:
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
-            Path(cfg.logging.dir).mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(cfg.logging.dir)
+            Path(self.cfg.logging.dir).mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(self.cfg.logging.dir)
 
     def _restore(self, resume: Path, meta: dict, same_layout: bool) -> None:
         """DeepSpeed's own state from a checkpoint of this layout; from another, the layout-free optimizer
         state (training/optimizer_state.py), the schedule advanced to the step, and the data position."""
         from statex_dist.training import checkpoints, optimizer_state
+        self.step = meta["step"]
         # the position is layout-free (statex_dist.data.pipeline): every DP rank of any layout takes it
         self.data_position = meta["data"]["0"]
         if same_layout:
@@ -232,11 +243,8 @@ class Run:
         from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
         from statex_dist.eval.report import summary_line
         model = self.engine if self.cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
-        results = evaluate(model, EvalConfig(
-            tasks=tasks, data=d.valid or None, ppl_batches=e.batches, micro_batch=d.micro_batch,
-            mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n, vocab_offset=e.vocab_offset,
-            lengths=tuple(e.lengths), depths=tuple(e.depths), grid_n=e.grid_n),
-            dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
+        results = evaluate(model, EvalConfig.from_run(self.cfg, tasks),
+                           dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
         self.last_eval = results
         if self.writer is not None:
             log_to_tensorboard(self.writer, results, self.step)
@@ -272,7 +280,7 @@ class Run:
         data_state = self.loader.state_dict()
         return checkpoints.save(self.engine, self.module, self.cfg, self.model_config, self.step, data_state,
                                 self.ckpt_dir, self.cfg.checkpoint.keep, self.tp_rank, self.cfg.parallel.tp,
-                                self.cfg.parallel.pp, self.stage, self.dp_rank)
+                                self.cfg.parallel.pp, self.stage, self.dp_rank, hf=self.source.hf)
 
 
 # dense peak FLOP/s per GPU by card name (the vendors' data sheets, without sparsity)

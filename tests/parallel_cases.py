@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from statex_dist.config import GLAConfig, Mamba2Config, config_from_dict
+from statex_dist.models.config import GLAConfig, Mamba2Config, config_from_dict
 
 LR = 0.5
 

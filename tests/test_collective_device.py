@@ -24,8 +24,9 @@ OBJECT_COLLECTIVES = {"all_gather_object", "broadcast_object_list", "gather_obje
 
 # (module, function): why its tensors are model tensors
 MODEL_TENSOR_SITES = {
-    ("parallel/mappings.py", "forward"): "TP activations / their gradients in autograd functions",
+    ("parallel/mappings.py", "forward"): "TP activations in autograd functions",
     ("parallel/mappings.py", "backward"): "gradients of TP activations",
+    ("parallel/mappings.py", "all_reduce_sum"): "TP activations (torch.distributed.nn, gradients too)",
     ("parallel/weights.py", "gather_full"): "parameters or their gradients",
     ("parallel/sequence.py", "_all_gather_t"): "activations along time (sequence parallel)",
     ("parallel/sequence.py", "_reduce_scatter_t"): "activations along time (sequence parallel)",
@@ -53,7 +54,8 @@ def _collective_sites():
                 if not isinstance(call, ast.Call):
                     continue
                 f = call.func
-                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "dist":
+                # torch.distributed as ``dist``, torch.distributed.nn.functional (autograd collectives) as ``dist_nn``
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in ("dist", "dist_nn"):
                     name = f.attr
                 elif isinstance(f, ast.Name) and f.id in aliases:
                     name = aliases[f.id]

@@ -58,3 +58,10 @@ def test_training_checkpoint_exports_the_source_tokenizer(tmp_path):
     ckpt = run_dir / "checkpoints" / "step00000002" / "model"
     run(["--src", str(ckpt), "--dst", str(tmp_path / "export"), "--format", "hf"])
     assert_same_tokenizer(tmp_path / "export", tok)
+    # the source's config.json travels with the run: the export keeps its keys (bos_token_id, initializer_range
+    # ...), not only those this project writes; a fresh config would drop them
+    import json
+    source_cfg = json.loads((src / "config.json").read_text())
+    exported = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert set(source_cfg) <= set(exported), sorted(set(source_cfg) - set(exported))
+    assert exported["initializer_range"] == source_cfg["initializer_range"]

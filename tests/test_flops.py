@@ -1,5 +1,5 @@
 """statex_dist.training.flops: the whole model's FLOPs per token, checked against counts written out by hand."""
-from statex_dist.config import config_from_dict
+from statex_dist.models.config import config_from_dict
 from statex_dist.training.flops import forward_flops_per_token, train_flops_per_token
 
 

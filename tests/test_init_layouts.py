@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from statex_dist.config import config_from_dict
+from statex_dist.models.config import config_from_dict
 from tests.dist_utils import run_workers
 from tests.parallel_cases import CASES
 

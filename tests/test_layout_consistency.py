@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from statex_dist.config import GLAConfig, Mamba2Config
+from statex_dist.models.config import GLAConfig, Mamba2Config
 from tests.dist_utils import run_workers
 
 CONFIGS = {

@@ -166,7 +166,7 @@ MAMBA_MODEL_SCRIPT = PRELUDE + textwrap.dedent(
     from statex_dist.api import load_model
     from statex_dist.checkpoint.hf_export import write_hf
     from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
-    from statex_dist.config import Mamba2Config
+    from statex_dist.models.config import Mamba2Config
     from statex_dist.models import specs_for
     from tests.parallel_cases import reference_weights
 

@@ -15,11 +15,12 @@ def _pipeline_loss(rank, world, ckpt, ids, labels):
 
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
     from statex_dist.models import pipeline as pipe
+    from statex_dist.models.names import by_internal_name
     from statex_dist.parallel import state
     sharded = ShardedCheckpoint(ckpt)
     state.initialize(2, 2)
     module = pipe.pipeline_module(sharded.config, torch.float32, 2, 2)
-    sharded.load_into(pipe._ByInternalName(module), state.tp_rank(), 2)
+    sharded.load_into(by_internal_name(module), state.tp_rank(), 2)
     engine, *_ = deepspeed.initialize(model=module, config={
         "train_batch_size": ids.shape[0], "train_micro_batch_size_per_gpu": ids.shape[0],
         "gradient_accumulation_steps": 1, "steps_per_print": 10 ** 9})

@@ -37,7 +37,7 @@ def _sp_worker(rank, world, cases, odd_ids):
     """One set of TP=``world`` ranks for several cases (one start-up): each case's (loss, full grads, full
     weights after SGD) with sequence parallelism, the error of a forward whose T does not split, and the
     collectives' errors (_collectives)."""
-    from statex_dist.config import config_from_dict
+    from statex_dist.models.config import config_from_dict
     from statex_dist.models import build_model
     from statex_dist.parallel import state
     from tests.parallel_cases import tp_dp_step

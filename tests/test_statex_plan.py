@@ -1,7 +1,7 @@
 """StateX layer choice, plan validation and expand_config (configs only, no tensors)."""
 import pytest
 
-from statex_dist.config import GLAConfig, Mamba2Config
+from statex_dist.models.config import GLAConfig, Mamba2Config
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config
 
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from statex_dist import tiny
-from statex_dist.config import config_from_dict
+from statex_dist.models.config import config_from_dict
 
 
 def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):

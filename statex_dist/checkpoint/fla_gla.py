@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.config import GLAConfig
+from statex_dist.models.config import GLAConfig
 
 UNSUPPORTED = {  # fla options the models here do not implement, with the value they must have
     "num_kv_heads": None, "feature_map": None, "elementwise_affine": True, "use_gv": False,

@@ -18,7 +18,7 @@ from statex_dist.checkpoint.remote_code import needs_remote_code, set_model_type
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.checkpoint.tensor_files import write_json
 from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 from statex_dist.models import specs_for
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 
 
 def json_float(x: Any) -> float:

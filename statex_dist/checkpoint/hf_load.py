@@ -13,7 +13,7 @@ from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
 from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 from statex_dist.parallel.sharding import ShardSpec
 
 FORMATS: tuple[type[HFFormat], ...] = (FlaGLA, TransformersMamba2, MambaSSM)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.config import Mamba2Config
+from statex_dist.models.config import Mamba2Config
 
 
 MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, chunk_size=256)

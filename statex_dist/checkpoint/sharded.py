@@ -22,7 +22,7 @@ from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.checkpoint.tensor_files import SafetensorsFile
-from statex_dist.config import ModelConfig, config_from_dict
+from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
 from statex_dist.parallel.sharding import ShardSpec
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -53,6 +54,18 @@ def open_source(path: str | os.PathLike):
     if is_sharded(path):
         return ShardedCheckpoint(path)
     return HFSource(path)
+
+
+DEFAULT_FORMAT = {"gla": "fla-gla", "mamba2": "transformers-mamba2"}   # an export of a model with no HF origin
+
+
+def hf_origin(src) -> tuple[type[HFFormat], Optional[dict]]:
+    """The Hugging Face format and config.json an export of ``src`` (an HF folder or a sharded checkpoint,
+    which records its origin in its manifest) writes back: the source's own, else the architecture's
+    default format with a fresh config."""
+    if isinstance(src, HFSource):
+        return src.fmt, src.hf_config
+    return hf_format_named(src.hf_format_name or DEFAULT_FORMAT[src.config.arch]), src.hf_config
 
 
 def hf_format_named(name: str) -> type[HFFormat]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import save_file
 
 from statex_dist.checkpoint.errors import CheckpointError
 
@@ -212,13 +211,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-
-
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write to ``path`` through a temporary file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def write_json(obj: dict, path: Path) -> None:

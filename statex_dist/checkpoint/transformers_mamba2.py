@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat, json_float, json_safe_float
-from statex_dist.config import Mamba2Config
+from statex_dist.models.config import Mamba2Config
 
 
 class TransformersMamba2(HFFormat):

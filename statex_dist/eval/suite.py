@@ -36,6 +36,16 @@ class EvalConfig:
     def replace(self, **kw) -> "EvalConfig":
         return dataclasses.replace(self, **kw)
 
+    @classmethod
+    def from_run(cls, run_cfg, tasks: Optional[Sequence[str]] = None) -> "EvalConfig":
+        """The evaluations a training run asks for: its ``eval`` section, with the held-out shards and
+        micro-batch of its ``data`` section (the one place the run config's keys map onto these fields)."""
+        e, d = run_cfg.eval, run_cfg.data
+        return cls(tasks=tuple(e.tasks if tasks is None else tasks), data=d.valid or None, ppl_batches=e.batches,
+                   micro_batch=d.micro_batch, mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n,
+                   vocab_offset=e.vocab_offset, lengths=tuple(e.lengths), depths=tuple(e.depths),
+                   grid_n=e.grid_n)
+
 
 def data_parallel() -> tuple[int, int, Any]:
     """(dp_rank, dp_size, dp_group) of the running job's megatron-core groups; (0, 1, None) without them."""

@@ -10,7 +10,9 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from statex_dist.models.common import LMHead, RMSNorm, embedding
+from statex_dist.models import specs_for
+from statex_dist.models.common import RMSNorm
+from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.models.init import initialize
 from statex_dist.parallel import state
 
@@ -36,12 +38,13 @@ class CausalLM(nn.Module):
         self.config = config
         self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
         mcfg = state.megatron_config(dtype, init=False)
-        padded = config.padded_vocab_size(state.tp_size())
-        setattr(self, self.EMBEDDING, embedding(padded, config.hidden_size, mcfg, sequence_parallel=sp))
+        specs = specs_for(config, state.tp_size())
+        emb = specs[f"{self.EMBEDDING}.weight"]
+        setattr(self, self.EMBEDDING, embedding(emb, mcfg, sequence_parallel=sp))
         self.layers = nn.ModuleList([self.BLOCK(config, i, mcfg, sequence_parallel=sp)
                                      for i in range(config.num_layers)])
-        setattr(self, self.NORM, RMSNorm(config.hidden_size, config.norm_eps, None, dtype, sequence_parallel=sp))
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, config.tie_word_embeddings,
+        setattr(self, self.NORM, RMSNorm(specs[f"{self.NORM}.weight"], config.norm_eps, dtype, sequence_parallel=sp))
+        self.lm_head = LMHead(specs.get("lm_head.weight", emb), config.vocab_size, mcfg, config.tie_word_embeddings,
                               sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
         if init:

@@ -12,24 +12,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from statex_dist.config import GLAConfig
+from statex_dist.models.config import GLAConfig
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models.gla_layout import attn_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
-from statex_dist.models.common import RMSNorm, SwiGLUMLP, column, rms_norm, row, to_column_input
+from statex_dist.models import gla_layout
+from statex_dist.models.gla_layout import attn_specs, block_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
+from statex_dist.models.common import RMSNorm, SwiGLUMLP, rms_norm
+from statex_dist.parallel.megatron_layers import column, row, to_column_input
 from statex_dist.ops import causal_conv1d, gla_attention
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
-                                         mark)
+                                         local_parameter)
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
 from statex_dist.parallel.sequence import gather_seq
 from statex_dist.parallel.sharding import ShardSpec
-
-
-def _local_param(spec: ShardSpec, tp: int, dtype, init=None) -> nn.Parameter:
-    p = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
-    if init is not None:
-        init(p)
-    return p
 
 
 def _maybe_reduced(w: torch.Tensor) -> torch.Tensor:
@@ -44,7 +39,7 @@ class ShortConvolution(nn.Module):
 
     def __init__(self, spec: ShardSpec, tp: int, dtype):
         super().__init__()
-        self.weight = _local_param(spec, tp, dtype)
+        self.weight = local_parameter(spec, tp, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
@@ -63,44 +58,43 @@ class GatedLinearAttention(nn.Module):
 
     def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
-        D, K, V, H = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer]
         tp = state.tp_size()
+        H = cfg.num_heads[layer]
         self.cfg, self.layer, self.mode = cfg, layer, tp_mode(H, tp)
         self.sequence_parallel = sp = sequence_parallel
-        self.heads = H // tp if self.mode == "heads" else H
-        self.head_k = K // H
-        self.head_v = V // H if self.mode == "heads" else V // H // tp
-        self.value_width = V // H  # one head's full value width: the norm's denominator
-        specs = attn_specs(cfg, layer, tp)
+        specs = attn_specs(cfg, layer, tp)   # every shape and split below is the layout's
         dtype = mcfg.params_dtype
-        r = cfg.gate_low_rank_dim
+        self.head_k = cfg.key_dim // H
+        self.head_v = specs["g_norm.weight"].local_shape(tp)[0]   # this rank's value channels of a head
+        self.heads = specs["v_proj.weight"].local_shape(tp)[0] // self.head_v
+        self.value_width = specs["g_norm.weight"].shape[0]         # one head's full value width: the norm's denominator
         # q, k, v, g read one input that passed copy-to-region once (one all-reduce of its gradient)
         if self.mode == "heads":
-            self.q_proj = column(D, K, mcfg, layer, shared_input=True)
-            self.k_proj = column(D, K, mcfg, layer, shared_input=True)
-            self.v_proj = column(D, V, mcfg, layer, shared_input=True)
+            self.q_proj = column(specs["q_proj.weight"], mcfg, shared_input=True)
+            self.k_proj = column(specs["k_proj.weight"], mcfg, shared_input=True)
+            self.v_proj = column(specs["v_proj.weight"], mcfg, shared_input=True)
             if cfg.use_output_gate:
-                self.g_proj = column(D, V, mcfg, layer, shared_input=True)
-            gk_up = column(r, K, mcfg, layer, bias=True)
-            self.o_proj = row(V, D, mcfg, layer, sequence_parallel=sp)
+                self.g_proj = column(specs["g_proj.weight"], mcfg, shared_input=True)
+            gk_up = column(specs["gk_proj.1.weight"], mcfg, bias_spec=specs["gk_proj.1.bias"])
+            self.o_proj = row(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
         else:
-            self.q_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
-            self.k_proj = ReplicatedLinear(D, K, layer=layer, dtype=dtype, shared_input=True)
-            self.v_proj = PackedColumnParallelLinear(D, specs["v_proj.weight"], tp, dtype, shared_input=True)
+            self.q_proj = ReplicatedLinear(specs["q_proj.weight"], dtype=dtype, shared_input=True)
+            self.k_proj = ReplicatedLinear(specs["k_proj.weight"], dtype=dtype, shared_input=True)
+            self.v_proj = PackedColumnParallelLinear(specs["v_proj.weight"], tp, dtype, shared_input=True)
             if cfg.use_output_gate:
-                self.g_proj = PackedColumnParallelLinear(D, specs["g_proj.weight"], tp, dtype, shared_input=True)
-            gk_up = ReplicatedLinear(r, K, bias=True, layer=layer, dtype=dtype)
-            self.o_proj = PackedRowParallelLinear(D, specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
+                self.g_proj = PackedColumnParallelLinear(specs["g_proj.weight"], tp, dtype, shared_input=True)
+            gk_up = ReplicatedLinear(specs["gk_proj.1.weight"], specs["gk_proj.1.bias"], dtype=dtype)
+            self.o_proj = PackedRowParallelLinear(specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
         if cfg.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
         # gk_proj.0 reads x, not the gathered copy: gk_proj.1 returns its input gradient already summed over
         # TP, so with SP the gather after gk_proj.0 only slices it back to this rank's tokens, and gk_proj.0's
         # weight gradient (from this rank's tokens) is summed over TP
-        low_rank = ReplicatedLinear(D, r, layer=layer, dtype=dtype, partial_grads=False, sequence_parallel=sp)
+        low_rank = ReplicatedLinear(specs["gk_proj.0.weight"], dtype=dtype, sequence_parallel=sp)
         self.gk_proj = nn.ModuleList([low_rank, gk_up])
         self.g_norm = nn.Module()
-        self.g_norm.weight = _local_param(specs["g_norm.weight"], tp, dtype)
+        self.g_norm.weight = local_parameter(specs["g_norm.weight"], tp, dtype)
 
     @staticmethod
     def _out(y):
@@ -152,10 +146,11 @@ class GLABlock(nn.Module):
         super().__init__()
         self.layer = layer
         sp = sequence_parallel
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
+        specs = block_specs(cfg, layer, state.tp_size())
+        self.attn_norm = RMSNorm(specs["attn_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
         self.attn = GatedLinearAttention(cfg, layer, mcfg, sequence_parallel=sp)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
-        self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, mcfg, layer, sequence_parallel=sp)
+        self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
+        self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mcfg, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))
@@ -164,4 +159,4 @@ class GLABlock(nn.Module):
 
 class GLAForCausalLM(CausalLM):
     """fla's GLAForCausalLM: GLA blocks between ``embeddings`` and ``norm`` (see CausalLM)."""
-    EMBEDDING, NORM, BLOCK = "embeddings", "norm", GLABlock
+    EMBEDDING, NORM, BLOCK = gla_layout.EMBEDDING, gla_layout.NORM, GLABlock

@@ -5,8 +5,11 @@ free of megatron-core and DeepSpeed so the streaming tools start fast.
 """
 from __future__ import annotations
 
-from statex_dist.config import GLAConfig
+from statex_dist.models.config import GLAConfig
+from statex_dist.models.layout import causal_lm_specs
 from statex_dist.parallel.sharding import ShardSpec
+
+EMBEDDING, NORM = "embeddings", "norm"   # fla's names of the embedding and the final norm
 
 
 def tp_mode(heads: int, tp: int) -> str:
@@ -47,21 +50,20 @@ def attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     return specs
 
 
+def block_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+    """The specs of block ``layer`` under its own names (``attn.q_proj.weight``, ``mlp_norm.weight``, ...)."""
+    D, I = cfg.hidden_size, cfg.intermediate_size
+    specs = {"attn." + k: v for k, v in attn_specs(cfg, layer, tp).items()}
+    specs.update({
+        "attn_norm.weight": ShardSpec((D,), layer=layer),
+        "mlp_norm.weight": ShardSpec((D,), layer=layer),
+        "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
+        "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
+        "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=layer),
+    })
+    return specs
+
+
 def param_specs(config: GLAConfig, tp: int = 1) -> dict[str, ShardSpec]:
     """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
-    D, I = config.hidden_size, config.intermediate_size
-    padded = config.padded_vocab_size(tp)
-    specs = {"embeddings.weight": ShardSpec((padded, D), dim=0), "norm.weight": ShardSpec((D,))}
-    if not config.tie_word_embeddings:
-        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
-    for i in range(config.num_layers):
-        p = f"layers.{i}."
-        specs.update({p + "attn." + k: v for k, v in attn_specs(config, i, tp).items()})
-        specs.update({
-            p + "attn_norm.weight": ShardSpec((D,), layer=i),
-            p + "mlp_norm.weight": ShardSpec((D,), layer=i),
-            p + "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=i),
-            p + "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=i),
-            p + "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=i),
-        })
-    return specs
+    return causal_lm_specs(config, tp, EMBEDDING, NORM, block_specs)

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 from statex_dist.parallel.weights import copy_shards
 from statex_dist.statex.tensors import default_bound, generator, uniform
 

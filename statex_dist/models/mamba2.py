@@ -11,13 +11,15 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from statex_dist.config import Mamba2Config
+from statex_dist.models.config import Mamba2Config
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models.mamba2_layout import mixer_specs, param_specs  # noqa: F401  (re-exported)
-from statex_dist.models.common import RMSNorm, row
+from statex_dist.models import mamba2_layout
+from statex_dist.models.mamba2_layout import block_specs, mixer_specs, param_specs  # noqa: F401  (re-exported)
+from statex_dist.models.common import RMSNorm
+from statex_dist.parallel.megatron_layers import row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import PackedColumnParallelLinear, mark
+from statex_dist.parallel.layers import PackedColumnParallelLinear, local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
 from statex_dist.parallel.sequence import gather_seq
 
@@ -35,35 +37,29 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.sequence_parallel = sequence_parallel
         tp = state.tp_size()
-        E, G, N, Hh = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
-        if Hh % tp:
-            raise ValueError(f"Mamba2 layer {layer}: {Hh} heads do not split over TP={tp}")
-        if G % tp and tp % G:
-            raise ValueError(f"Mamba2: ngroups {G} and TP={tp} must divide one another")
+        G, N = cfg.ngroups, cfg.d_state[layer]
         self.cfg, self.layer = cfg, layer
-        specs = mixer_specs(cfg, layer, tp)
+        specs = mixer_specs(cfg, layer, tp)   # every shape and split below is the layout's
         dtype = mcfg.params_dtype
         self.bc_gathered = G % tp != 0  # B/C channels split over TP, then all-gathered (see mixer_specs)
         # With B/C gathered, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
         self.group = state.tp_rank() // (tp // G) if self.bc_gathered else 0
-        self.local_heads, self.local_groups = Hh // tp, (1 if self.bc_gathered else G // tp)
-        self.E_l, self.N = E // tp, N
-        self.GN_in = G * N // tp  # B (or C) channels this rank computes
+        self.local_groups = 1 if self.bc_gathered else G // tp
+        # this rank's widths of in_proj's blocks [z | x | B | C | dt]: E / TP, E / TP, GN / TP, GN / TP, heads / TP
+        self.parts = specs["in_proj.weight"].local_parts(tp)
+        self.E_l, _, self.GN_in, _, self.local_heads = self.parts
+        self.N = N
         # with SP the gather in forward replaces in_proj's own copy-to-region
-        self.in_proj = PackedColumnParallelLinear(cfg.hidden_size, specs["in_proj.weight"], tp, dtype,
-                                                  shared_input=sequence_parallel)
+        self.in_proj = PackedColumnParallelLinear(specs["in_proj.weight"], tp, dtype, shared_input=sequence_parallel)
         self.conv1d = nn.Module()
-        self.conv1d.weight = mark(nn.Parameter(torch.empty(specs["conv1d.weight"].local_shape(tp), dtype=dtype)),
-                                  specs["conv1d.weight"])
-        self.conv1d.bias = mark(nn.Parameter(torch.zeros(specs["conv1d.bias"].local_shape(tp), dtype=dtype)),
-                                specs["conv1d.bias"])
-        h = self.local_heads
-        self.dt_bias = mark(nn.Parameter(torch.empty(h, dtype=dtype)), specs["dt_bias"])
-        self.A_log = mark(nn.Parameter(torch.empty(h, dtype=dtype)), specs["A_log"])
-        self.D = mark(nn.Parameter(torch.ones(h, dtype=dtype)), specs["D"])
+        self.conv1d.weight = local_parameter(specs["conv1d.weight"], tp, dtype)
+        self.conv1d.bias = local_parameter(specs["conv1d.bias"], tp, dtype, 0.0)
+        self.dt_bias = local_parameter(specs["dt_bias"], tp, dtype)
+        self.A_log = local_parameter(specs["A_log"], tp, dtype)
+        self.D = local_parameter(specs["D"], tp, dtype, 1.0)
         self.norm = nn.Module()
-        self.norm.weight = mark(nn.Parameter(torch.ones(self.E_l, dtype=dtype)), specs["norm.weight"])
-        self.out_proj = row(E, cfg.hidden_size, mcfg, layer, sequence_parallel=sequence_parallel)
+        self.norm.weight = local_parameter(specs["norm.weight"], tp, dtype, 1.0)
+        self.out_proj = row(specs["out_proj.weight"], mcfg, sequence_parallel=sequence_parallel)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
@@ -106,8 +102,6 @@ class Mamba2Mixer(nn.Module):
         return (y, final_state) if output_final_state else y
 
 
-
-
 class Mamba2Block(nn.Module):
     """Pre-norm residual block x + mixer(norm(x)), the residual stream kept in fp32 when asked.
     x [B, T, D] -> [B, T, D] ([B, T / TP, D] with ``sequence_parallel``)."""
@@ -117,7 +111,8 @@ class Mamba2Block(nn.Module):
         self.layer = layer
         self.residual_in_fp32 = cfg.residual_in_fp32
         sp = sequence_parallel
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layer, mcfg.params_dtype, sequence_parallel=sp)
+        spec = block_specs(cfg, layer, state.tp_size())["norm.weight"]
+        self.norm = RMSNorm(spec, cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
         self.mixer = Mamba2Mixer(cfg, layer, mcfg, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,4 +124,4 @@ class Mamba2Block(nn.Module):
 class Mamba2ForCausalLM(CausalLM):
     """mamba_ssm's MambaLMHeadModel: Mamba2 blocks between ``embedding`` and ``norm_f``, the LM head tied by
     default (see CausalLM)."""
-    EMBEDDING, NORM, BLOCK = "embedding", "norm_f", Mamba2Block
+    EMBEDDING, NORM, BLOCK = mamba2_layout.EMBEDDING, mamba2_layout.NORM, Mamba2Block

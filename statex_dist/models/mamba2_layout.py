@@ -5,8 +5,11 @@ free of megatron-core and DeepSpeed so the streaming tools start fast.
 """
 from __future__ import annotations
 
-from statex_dist.config import Mamba2Config
+from statex_dist.models.config import Mamba2Config
+from statex_dist.models.layout import causal_lm_specs
 from statex_dist.parallel.sharding import ShardSpec
+
+EMBEDDING, NORM = "embedding", "norm_f"   # mamba_ssm's names of the embedding and the final norm
 
 
 def mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
@@ -30,11 +33,10 @@ def mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
 
 def param_specs(config: Mamba2Config, tp: int = 1) -> dict[str, ShardSpec]:
     """Every parameter's full shape and TP layout, from the config alone (no model is built)."""
-    D, padded = config.hidden_size, config.padded_vocab_size(tp)
-    specs = {"embedding.weight": ShardSpec((padded, D), dim=0), "norm_f.weight": ShardSpec((D,))}
-    if not config.tie_word_embeddings:
-        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
-    for i in range(config.num_layers):
-        specs[f"layers.{i}.norm.weight"] = ShardSpec((D,), layer=i)
-        specs.update({f"layers.{i}.mixer.{k}": v for k, v in mixer_specs(config, i, tp).items()})
-    return specs
+    return causal_lm_specs(config, tp, EMBEDDING, NORM, block_specs)
+
+
+def block_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
+    """The specs of block ``layer`` under its own names (``norm.weight``, ``mixer.in_proj.weight``, ...)."""
+    return {"norm.weight": ShardSpec((cfg.hidden_size,), layer=layer),
+            **{"mixer." + k: v for k, v in mixer_specs(cfg, layer, tp).items()}}

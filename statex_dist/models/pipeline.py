@@ -26,7 +26,9 @@ import torch.nn as nn
 from megatron.core import parallel_state as ps
 from megatron.core.model_parallel_config import ModelParallelConfig
 
-from statex_dist.models.common import LMHead, RMSNorm, embedding
+from statex_dist.models import specs_for
+from statex_dist.models.common import RMSNorm
+from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.models.gla import GLAForCausalLM
 from statex_dist.models.mamba2 import Mamba2ForCausalLM
 from statex_dist.models.names import by_internal_name
@@ -42,6 +44,11 @@ TIED_KEY = "embed"
 
 def _megatron_config(dtype: torch.dtype) -> ModelParallelConfig:
     return state.megatron_config(dtype, init=False)
+
+
+def _spec(config, name: str) -> ShardSpec:
+    """The layout's spec of a stage piece's parameter at this TP size."""
+    return specs_for(config, state.tp_size())[name]
 
 
 def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
@@ -65,11 +72,11 @@ class EmbeddingPiece(nn.Module):
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
         mcfg = _megatron_config(dtype)
-        padded = config.padded_vocab_size(state.tp_size())
         self.attr = _ARCH[config.arch][0]
-        setattr(self, self.attr, embedding(padded, config.hidden_size, mcfg))
+        spec = _spec(config, f"{self.attr}.weight")
+        setattr(self, self.attr, embedding(spec, mcfg))
         if config.tie_word_embeddings:
-            self.head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, tied=True)
+            self.head = LMHead(spec, config.vocab_size, mcfg, tied=True)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -90,7 +97,7 @@ class FinalNorm(nn.Module):
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
         self.attr = _ARCH[config.arch][1]
-        setattr(self, self.attr, RMSNorm(config.hidden_size, config.norm_eps, None, dtype))
+        setattr(self, self.attr, RMSNorm(_spec(config, f"{self.attr}.weight"), config.norm_eps, dtype))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return getattr(self, self.attr)(h)
@@ -101,9 +108,7 @@ class HeadPiece(nn.Module):
 
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
-        mcfg = _megatron_config(dtype)
-        padded = config.padded_vocab_size(state.tp_size())
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, padded, mcfg, tied=False)
+        self.lm_head = LMHead(_spec(config, "lm_head.weight"), config.vocab_size, _megatron_config(dtype), tied=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h)
@@ -117,9 +122,9 @@ class VocabParallelLoss:
     """
 
     def __init__(self, config):
-        mcfg = _megatron_config(torch.float32)
-        self.head = LMHead(config.hidden_size, config.vocab_size, config.padded_vocab_size(state.tp_size()),
-                           mcfg, tied=True)  # owns no weight: only the vocab range and the masking
+        emb = _spec(config, f"{_ARCH[config.arch][0]}.weight")
+        self.head = LMHead(emb, config.vocab_size, _megatron_config(torch.float32),
+                           tied=True)  # owns no weight: only the vocab range and the masking
 
     def __call__(self, local_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head.loss(local_logits, labels)

@@ -26,33 +26,39 @@ def mark(param: nn.Parameter, spec: ShardSpec) -> nn.Parameter:
     return param
 
 
+def local_parameter(spec: ShardSpec, tp: int, dtype: torch.dtype, value: float = None) -> nn.Parameter:
+    """This rank's shard of a parameter, shaped and marked by its spec: uninitialised (the weights are drawn
+    or loaded whole, statex_dist.models.init), or filled with ``value``."""
+    t = torch.empty(spec.local_shape(tp), dtype=dtype)
+    if value is not None:
+        t.fill_(value)
+    return mark(nn.Parameter(t), spec)
+
+
 class ReplicatedLinear(nn.Module):
     """y = x W^T (+ b) with W whole on every TP rank, fed by the replicated input.
 
-    ``partial_grads=True`` (the output feeds only this rank's shard of the work, e.g. q and k of a
+    ``spec.grad_reduce`` (the output feeds only this rank's shard of the work, e.g. q and k of a
     value-sharded GLA layer): the input passes megatron-core's copy-to-region (its gradient is summed over
-    TP) and so does W's gradient, inside autograd (``grad_reduce`` in the ShardSpec).
-    ``partial_grads=False`` (the consumer is itself TP-aware and hands back full gradients, e.g. GLA's
-    low-rank gate feeding a column-parallel layer): a plain linear layer.
-    ``sequence_parallel`` (with ``partial_grads=False``): x is this rank's time slice, so W's gradient
-    covers only its tokens and is summed over TP inside autograd.
+    TP) and so does W's gradient, inside autograd.
+    Without it (the consumer is itself TP-aware and hands back full gradients, e.g. GLA's low-rank gate
+    feeding a column-parallel layer): a plain linear layer.
+    ``sequence_parallel`` (without ``grad_reduce``): x is this rank's time slice, so W's gradient covers
+    only its tokens and is summed over TP inside autograd.
 
     Shapes: x [..., in_features] -> [..., out_features].
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, layer=None,
-                 dtype: torch.dtype = torch.float32, partial_grads: bool = True, shared_input: bool = False,
-                 sequence_parallel: bool = False):
+    def __init__(self, spec: ShardSpec, bias_spec: ShardSpec = None, dtype: torch.dtype = torch.float32,
+                 shared_input: bool = False, sequence_parallel: bool = False):
         super().__init__()
-        if sequence_parallel and partial_grads:
-            raise ValueError("ReplicatedLinear: sequence_parallel applies to a plain layer (partial_grads=False)")
-        self.partial = partial_grads
+        if sequence_parallel and spec.grad_reduce:
+            raise ValueError("ReplicatedLinear: sequence_parallel applies to a plain layer (no grad_reduce)")
+        self.partial = spec.grad_reduce
         self.sequence_parallel = sequence_parallel
         self.copy_input = not shared_input  # shared_input: the caller already passed x through copy-to-region
-        self.weight = mark(nn.Parameter(torch.empty(out_features, in_features, dtype=dtype)),
-                           ShardSpec((out_features, in_features), grad_reduce=partial_grads, layer=layer))
-        self.bias = mark(nn.Parameter(torch.zeros(out_features, dtype=dtype)),
-                         ShardSpec((out_features,), grad_reduce=partial_grads, layer=layer)) if bias else None
+        self.weight = local_parameter(spec, state.tp_size(), dtype)   # replicated: the whole tensor
+        self.bias = local_parameter(bias_spec, state.tp_size(), dtype, 0.0) if bias_spec is not None else None
         if sequence_parallel:
             for p in (self.weight, self.bias):
                 if p is not None:
@@ -77,12 +83,11 @@ class PackedColumnParallelLinear(nn.Module):
     tensor maps to it through ``spec.shard``. Shapes: x [..., in_features] -> [..., local out].
     """
 
-    def __init__(self, in_features: int, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32,
-                 shared_input: bool = False):
+    def __init__(self, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32, shared_input: bool = False):
         super().__init__()
         self.spec = spec
         self.copy_input = not shared_input
-        self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
+        self.weight = local_parameter(spec, tp, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.copy_input:
@@ -95,11 +100,10 @@ class PackedRowParallelLinear(nn.Module):
     with several heads holds a slice of every head). x [B, T, local in] -> [B, T, out], all-reduced; with
     ``sequence_parallel`` reduce-scattered along time instead: [B, T / TP, out]."""
 
-    def __init__(self, out_features: int, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32,
-                 sequence_parallel: bool = False):
+    def __init__(self, spec: ShardSpec, tp: int, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False):
         super().__init__()
         self.sequence_parallel = sequence_parallel
-        self.weight = mark(nn.Parameter(torch.empty(spec.local_shape(tp), dtype=dtype)), spec)
+        self.weight = local_parameter(spec, tp, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)

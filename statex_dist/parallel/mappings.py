@@ -3,37 +3,26 @@
 megatron-core's ``reduce_from_tensor_model_parallel_region`` has an identity backward: right when every
 rank consumes the reduced tensor the same way (a row-parallel output). A sum of squares feeding each
 rank's own channels (a norm whose group spans ranks) is consumed differently per rank, so its backward
-must all-reduce too.
+must all-reduce too: torch.distributed.nn's all-reduce does. The two gathers are written here: one whose
+result every rank uses identically (the full logits: the backward only slices), and one used differently
+per rank (the backward sums over TP), where torch.distributed.nn's all_gather would do on NCCL but on gloo
+emulates its reduce-scatter with scatters from *global* ranks 0..n-1, wrong for any TP group but the first.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
 from statex_dist.parallel import state
-
-
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        x = x.clone()
-        dist.all_reduce(x, group=group)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum over the TP group; the gradient is summed over the group as well."""
     if state.tp_size() == 1:
         return x
-    return _AllReduceSum.apply(x, state.tp_group())
+    return dist_nn.all_reduce(x, group=state.tp_group())
 
 
 def tp_reduced_grad(w: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,11 @@ class ShardSpec:
         shape[self.dim] = width
         return tuple(shape)
 
+    def local_parts(self, tp: int) -> tuple[int, ...]:
+        """Each packed block's width on one rank along ``dim`` (one block when ``parts`` is None)."""
+        self._check(tp)
+        return tuple(w // tp for w in self._parts())
+
     def pad_rows(self, full: torch.Tensor) -> torch.Tensor:
         """``full`` with zero rows appended up to this spec's dim 0: a vocabulary tensor as checkpoints store
         it [V, ...] -> its TP-padded shape [V_pad, ...] (unchanged when already there)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 
 MAX_TP = 64  # the TP sizes listed as working in a message
 

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from statex_dist.config import GLAConfig, ModelConfig
+from statex_dist.models.config import GLAConfig, ModelConfig
 from statex_dist.statex.gla import expand_gla_layer
 from statex_dist.statex.mamba2 import expand_mamba2_layer
 from statex_dist.statex.plan import ExpansionPlan

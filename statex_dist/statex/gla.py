@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from statex_dist.config import GLAConfig
+from statex_dist.models.config import GLAConfig
 from statex_dist.statex.plan import ExpansionPlan
 from statex_dist.statex.tensors import check_shape, default_bound, generator, uniform, xavier_bound
 

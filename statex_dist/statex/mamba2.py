@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from statex_dist.config import Mamba2Config
+from statex_dist.models.config import Mamba2Config
 from statex_dist.statex.plan import ExpansionPlan
 from statex_dist.statex.tensors import check_shape, default_bound, generator, uniform
 

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from statex_dist.config import GLAConfig, Mamba2Config, ModelConfig
+from statex_dist.models.config import GLAConfig, Mamba2Config, ModelConfig
 from statex_dist.statex.layers import choose_layers
 
 INITS = {"gla": ("reinit", "merge"), "mamba2": ("reinit", "copy", "zero", "preserve")}
@@ -41,6 +41,20 @@ class ExpansionPlan:
             if not lo <= hi:
                 raise ValueError(f"gate_bias_init=({lo}, {hi}) needs lo <= hi")
             object.__setattr__(self, "gate_bias_init", (lo, hi))
+
+    @classmethod
+    def for_model(cls, config: ModelConfig, every: Optional[int] = None, layers: Optional[list[int]] = None,
+                  gla_heads: Optional[int] = None, d_state: Optional[int] = None, init: Optional[str] = None,
+                  seed: int = 0, gate_bias_init: Optional[tuple[float, float]] = None) -> "ExpansionPlan":
+        """The plan for ``config`` from what a user gave (the run config's ``expansion`` section or the
+        tool's flags), with the defaults filled in: layers 0, 6, 12, ... (``choose_layers``), 1 GLA head,
+        ``reinit``, and a Mamba2 d_state of 4x the largest chosen layer's."""
+        chosen = choose_layers(config.num_layers, every=every, layers=layers)
+        if config.arch == "gla":
+            return cls(layers=chosen, gla_heads=gla_heads or 1, init=init or "reinit", seed=seed,
+                       gate_bias_init=tuple(gate_bias_init) if gate_bias_init else None)
+        return cls(layers=chosen, d_state=d_state or 4 * max(config.d_state[i] for i in chosen),
+                   init=init or "reinit", seed=seed)
 
 
 def _divisors_below(h: int) -> list[int]:

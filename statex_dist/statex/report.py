@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 
 
 def count_params(config: ModelConfig) -> int:

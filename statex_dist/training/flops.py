@@ -17,7 +17,7 @@ checkpointing's recompute is not counted, and frozen weights are counted as if t
 """
 from __future__ import annotations
 
-from statex_dist.config import GLAConfig, Mamba2Config, ModelConfig
+from statex_dist.models.config import GLAConfig, Mamba2Config, ModelConfig
 
 
 def _gla_layer(cfg: GLAConfig, layer: int) -> int:

@@ -9,11 +9,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from statex_dist.config import ModelConfig, config_from_dict
+from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
 from statex_dist.models.init import copy_shards, fresh_weights
 from statex_dist.models.names import named_internal_parameters
-from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor
+from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor
 
 
 @dataclass
@@ -23,23 +23,20 @@ class WeightSource:
     description: str
     base_config: ModelConfig                 # before expansion
     plan: Optional[ExpansionPlan] = None
+    hf: Optional[dict] = None                # the source's HF format and config.json, for exports of the run
 
 
 def expansion_plan(run_cfg, config: ModelConfig) -> Optional[ExpansionPlan]:
     e = run_cfg.expansion
     if not e.enabled:
         return None
-    layers = choose_layers(config.num_layers, every=e.every, layers=e.layers)
-    if config.arch == "gla":
-        return ExpansionPlan(layers=layers, gla_heads=e.gla_heads, init=e.init, seed=e.seed,
-                             gate_bias_init=tuple(e.gate_bias_init) if e.gate_bias_init else None)
-    d_state = e.d_state or 4 * max(config.d_state[i] for i in layers)
-    return ExpansionPlan(layers=layers, d_state=d_state, init=e.init, seed=e.seed)
+    return ExpansionPlan.for_model(config, every=e.every, layers=e.layers, gla_heads=e.gla_heads, d_state=e.d_state,
+                                   init=e.init, seed=e.seed, gate_bias_init=e.gate_bias_init)
 
 
 def weight_source(run_cfg) -> WeightSource:
     """``model.source``: a checkpoint path, or ``scratch`` with ``model.config`` (a model config dict)."""
-    m = run_cfg.model
+    m, hf = run_cfg.model, None
     if m.source == "scratch":
         if not m.config:
             raise ValueError("model.source=scratch needs model.config (arch, sizes)")
@@ -48,15 +45,17 @@ def weight_source(run_cfg) -> WeightSource:
         base, desc = config, f"fresh {config.arch} (seed {run_cfg.seed})"
         fetch = fresh_weights(config, run_cfg.seed, gate)
     else:
-        from statex_dist.checkpoint.sources import open_source
+        from statex_dist.checkpoint.sources import hf_origin, open_source
         src = open_source(m.source)
         base, desc, fetch = src.config, str(m.source), src.get
+        fmt, hf_config = hf_origin(src)
+        hf = {"format": fmt.name, "config": hf_config} if hf_config else None
     plan = expansion_plan(run_cfg, base)
     if plan is None:
-        return WeightSource(base, fetch, desc, base)
+        return WeightSource(base, fetch, desc, base, hf=hf)
     new = expand_config(base, plan)
     return WeightSource(new, lambda n: expand_tensor(n, fetch(n), base, new, plan),
-                        f"{desc}, StateX {plan.init} of layers {list(plan.layers)}", base, plan)
+                        f"{desc}, StateX {plan.init} of layers {list(plan.layers)}", base, plan, hf)
 
 
 def fill(model: nn.Module, source: WeightSource, tp_rank: int, tp: int) -> None:

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from statex_dist.config import ModelConfig
+from statex_dist.models.config import ModelConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 TEMPLATES = ("configuration_statex.py", "modeling_statex.py")
