@@ -4,18 +4,20 @@ losses and grad norms are the engine's, the weights are read back from the check
 every rank's live parameters are returned and checked, replicas included.
 
 Why the data agree: the sample order does not depend on the layout (statex_dist/data/pipeline.py), so each
-step every layout trains on the same 8 samples. ``aligned_shards`` holds only full samples: every sample
-has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the mean
-over the 8.
+step every layout trains on the same 8 samples. With 2 virtual readers, no shuffle buffer and
+``aligned_shards``' shards of 4 samples, step k reads exactly shards ``order[2k]`` and ``order[2k + 1]``.
+Every sample has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the
+mean over the 8.
 
-Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses and grad norms, 2e-5 for weights. fp32 sums
-the same terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat
-buffers): ~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so
-the rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
-lr 5e-4 that is about 1e-5 of the largest weight after 10 steps (measured: up to 1.5e-5, Mamba2's tied
-embedding at TP=2, where |a - b| is 1e-6 = 0.2% of one step's lr; every other tensor <= 1.5e-6); it grows
-in proportion to the rate, which is why the rate is not larger. A wrong reduction (a missing DP average, a
-replica that drifts, a clip on the wrong norm) is of order 1e-3 or more; replicas are compared bit for bit.
+Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses, grad norms and weights. fp32 sums the same
+terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat buffers):
+~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so the
+rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
+lr 5e-4 that is at most a few 1e-6 of the largest weight after 10 steps (measured: up to ~4e-6; at 3e-3
+it reaches ~2e-5, which is why the rate is not larger; other samples can move it too: 16 virtual readers,
+which mix the rows of 8 shards in a step, gave 1.5e-5 in Mamba2's tied embedding at TP=2). A wrong
+reduction (a missing DP average, a replica that drifts, a clip on the wrong norm) is of order 1e-3 or
+more; replicas are compared bit for bit.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from tests.conftest import rel_err
 from tests.dist_utils import run_workers
 from tests.train_helpers import aligned_shards
 
-STEPS, GLOBAL, TOL, WEIGHT_TOL = 10, 8, 1e-5, 2e-5
+STEPS, GLOBAL, TOL = 10, 8, 1e-5
 ARCHS = {
     # a 4-head layer and a merged 1-head layer (StateX merge of layer 0)
     "gla": ({"arch": "gla", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
@@ -46,7 +48,7 @@ def run_overrides(arch: str, shards, run_dir, **extra) -> list[str]:
     base = {
         "model.source": "scratch", "model.config": json.dumps(model), "model.dtype": "fp32", **expansion,
         "data.train": str(shards), "data.seq_len": 32, "data.micro_batch": 2, "data.global_batch": GLOBAL,
-        "data.workers": 0, "data.shuffle_buffer": 0,
+        "data.workers": 0, "data.shuffle_buffer": 0, "data.virtual_readers": 2,
         # clip 0.3: below the grad norm of most steps here, so clipping acts (checked on the reference)
         "optimizer.lr": 5e-4, "optimizer.grad_clip": 0.3, "optimizer.weight_decay": 0.1,
         "schedule.total_steps": STEPS, "schedule.warmup_steps": 2,
@@ -147,8 +149,7 @@ def check_equal(label, results, run_dir, ref) -> dict:
     print(f"\n{label}: max relative error loss {errs['loss']:.1e} grad-norm {errs['norm']:.1e} "
           f"checkpoint {errs['ckpt']:.1e} live {errs['live']:.1e}; copies checked "
           f"{sum(len(g) for g in copies.values())} over {len(results)} ranks")
-    assert errs["loss"] <= TOL and errs["norm"] <= TOL, (label, errs)
-    assert errs["ckpt"] <= WEIGHT_TOL and errs["live"] <= WEIGHT_TOL, (label, errs)
+    assert all(v <= TOL for v in errs.values()), (label, errs)
     return errs
 
 
