@@ -147,7 +147,8 @@ def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, sta
             with _zero3_gathered(p):
                 if write:
                     writers["model"].write(n, p.detach().clone())
-            states = optimizer_state.full_state(engine, p)
+            if write or optimizer_state.partitioned(p):  # a non-writer joins the DP gathers, nothing else
+                states = optimizer_state.full_state(engine, p)
             for k in optimizer_state.KEYS if write else ():
                 writers[f"{optimizer_state.FOLDER}/{k}"].write(n, states[k])
         infos = {folder: w.close() for folder, w in writers.items()}

@@ -37,7 +37,7 @@ def base_optimizer(engine) -> torch.optim.Optimizer:
     return opt.optimizer if hasattr(opt, "optimizer") and isinstance(opt.optimizer, torch.optim.Optimizer) else opt
 
 
-def _partitioned(p) -> bool:
+def partitioned(p) -> bool:
     """Whether DeepSpeed keeps this parameter's fp32 state in ZeRO / bf16 partitions (else AdamW's own). A
     rank holding none of it has ``_hp_mapping = None`` and still joins the DP gathers."""
     return hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
@@ -80,7 +80,7 @@ def full_state(engine, p) -> dict[str, torch.Tensor]:
     At ZeRO >= 1 or bf16 a collective over the DP group: every DP rank calls it, parameter by parameter in
     the same order."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
-    if _partitioned(p):
+    if partitioned(p):
         out = {MASTER: safe_get_full_fp32_param(p)}
         out.update({k: safe_get_full_optimizer_state(p, k) for k in MOMENTS})
         return {k: v.detach().float().cpu() for k, v in out.items()}
@@ -91,7 +91,7 @@ def full_state(engine, p) -> dict[str, torch.Tensor]:
 def set_full_state(engine, p, values: dict[str, torch.Tensor]) -> None:
     """Write this rank's TP slice of ``p``'s master and moments into DeepSpeed's partitions (no collective)."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-    if _partitioned(p):
+    if partitioned(p):
         safe_set_full_fp32_param(p, values[MASTER].to(p.device))
         for k in MOMENTS:
             safe_set_full_optimizer_state(p, values[k].to(p.device), k)
