@@ -11,7 +11,7 @@ warm page cache, `cp -r SRC COPY` and `reshard_expand.py --src SRC --dst DST --t
 --expand-every 6` (GLA merged to 1 head, Mamba2 d_state 128 -> 512). Prints a table; goals: wall time
 <= 2x the copy, peak RSS <= 1.5 GB. `--also DIR` times the tool of another checkout in the same run
 (before / after a change; repeatable); `--breakdown` adds the CPU seconds of each stage of the work on one
-thread: mapping the source, slicing the dim-1 TP splits, writing to the page cache, SHA-256.
+thread: mapping the source, slicing the dim-1 TP splits, writing to the page cache, the manifest digest (XXH3-128).
 
     .venv/bin/python benchmarks/reshard.py [--workdir /tmp/statex-reshard-bench] [--only gla|mamba2]
                                            [--also DIR] [--breakdown]
@@ -19,7 +19,6 @@ thread: mapping the source, slicing the dim-1 TP splits, writing to the page cac
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from statex_dist.checkpoint.atomic import new_digest  # noqa: E402
 from statex_dist.checkpoint.fla_gla import FlaGLA  # noqa: E402
 from statex_dist.checkpoint.hf_export import write_hf  # noqa: E402
 from statex_dist.checkpoint.stream_writer import BLOCK_BYTES, file_bytes  # noqa: E402
@@ -85,7 +85,7 @@ def write_bandwidth(src: Path, work: Path) -> float:
 def breakdown(src_folder: Path, out: Path, tp: int = 2) -> dict:
     """CPU seconds of each stage of a reshard to ``tp`` on one thread (no expansion), in the writer's order:
     map each source tensor, gather the strided (dim-1) TP slices, write every output byte to the page
-    cache (faulting the mapped source in: reading from the page cache is counted here), then SHA-256 it."""
+    cache (faulting the mapped source in: reading from the page cache is counted here), then hash it for the manifest."""
     from statex_dist.checkpoint.sources import open_source
     src = open_source(src_folder)
     specs = specs_for(src.config, tp)
@@ -97,7 +97,7 @@ def breakdown(src_folder: Path, out: Path, tp: int = 2) -> dict:
         cpu[stage] += time.process_time() - t
         return r
 
-    digest, block = hashlib.sha256(), torch.empty(BLOCK_BYTES, dtype=torch.uint8)
+    digest, block = new_digest(), torch.empty(BLOCK_BYTES, dtype=torch.uint8)
     with open(out, "wb") as fh:
         for name, spec in specs.items():
             full = spec.pad_rows(clock("read", src.get, name))

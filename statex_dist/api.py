@@ -20,7 +20,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> t
     from statex_dist.checkpoint.sharded import ShardedCheckpoint, is_sharded
     state.ensure_initialized()
     if is_sharded(path):
-        ckpt = ShardedCheckpoint(path)  # verifies every file against the manifest's sha256
+        ckpt = ShardedCheckpoint(path)  # verifies every file against the manifest's digests
         model = build_model(ckpt.config, dtype=dtype, init=False)
         ckpt.load_into(model, state.tp_rank(), state.tp_size())
         return model.eval()

@@ -194,7 +194,7 @@ def test_disk_full_during_checkpoint(tmp_path, shards, arch):
         assert "the last complete checkpoint is step00000002" in text, text[-3000:]
         assert not (ck / "step00000004").exists() and not (ck / ".staging" / "step00000004").exists()
         from statex_dist.checkpoint.sharded import ShardedCheckpoint
-        ShardedCheckpoint(ck / "step00000002" / "model", verify=True)      # intact: every file's sha256
+        ShardedCheckpoint(ck / "step00000002" / "model", verify=True)      # intact: every file's digest
         # room again (a larger tmpfs, or no limit): resume=auto picks step 2 and finishes
         if mounted:
             subprocess.run(["mount", "-o", f"remount,size={size * 4}", str(disk)], check=True)

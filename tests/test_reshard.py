@@ -88,6 +88,37 @@ def test_sharded_checkpoint_loads_with_source_logits(tmp_path):
     assert rel_err(b, a) <= 1e-5
 
 
+@pytest.mark.parametrize("algo", ["xxh3_128", "sha256"])
+def test_manifest_digest_catches_a_flipped_byte(tmp_path, algo):
+    """Every file's digest is the one of its bytes on disk (written while streaming, checked by a second
+    implementation here); one flipped bit in a weight file is named on load. ``sha256``: a manifest written
+    before the digest became XXH3-128 still verifies, and still catches the flip."""
+    import hashlib
+
+    import xxhash
+
+    from statex_dist.checkpoint.errors import CheckpointError
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    src = make_source("tf-mamba2", tmp_path / "src")
+    dst = tmp_path / "s"
+    run(["--src", str(src), "--dst", str(dst), "--tp", "2"])
+    mpath = dst / "manifest.json"
+    body = json.loads(mpath.read_text())
+    hasher = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}[algo]
+    for rel, info in body["files"].items():
+        assert info["xxh3_128"] == xxhash.xxh3_128((dst / rel).read_bytes()).hexdigest(), rel
+        info.pop("xxh3_128")
+        info[algo] = hasher((dst / rel).read_bytes()).hexdigest()
+    mpath.write_text(json.dumps(body))
+    ShardedCheckpoint(dst, verify=True)                           # intact: passes
+    victim = dst / "weights" / "tp01-pp00.safetensors"
+    raw = bytearray(victim.read_bytes())
+    raw[-3] ^= 0x10                                               # one bit of the last tensor; same size
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=f"{victim}: {algo} differs from manifest.json"):
+        ShardedCheckpoint(dst, verify=True)
+
+
 def test_dtype_and_determinism(tmp_path):
     src = make_source("tf-mamba2", tmp_path / "src")
     for d in ("x", "y"):
@@ -182,3 +213,37 @@ def test_tp_not_dividing(tmp_path, existing_dst):
     src = make_source("tf-mamba2", tmp_path / "src")  # 8 heads
     _fails(["--src", str(src), "--tp", "3"], r"TP=3: Mamba2 has 8 heads .* TP must divide the heads: \[1, 2, 4, 8\]",
            existing_dst)
+
+
+def test_writer_reads_unchanged_mapped_tensors_from_the_file(tmp_path):
+    """The writer reads an unchanged mapped tensor (whole, a dim-0 slice, a dim-1 slice) from its file with
+    pread rather than through the mapping; a tensor written into after mapping is taken from memory, not
+    from the now stale file. Every case equals the tensor's values bit for bit."""
+    from statex_dist.checkpoint import stream_writer
+    from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
+    from statex_dist.checkpoint.tensor_files import SafetensorsFile, file_location
+    g = torch.Generator().manual_seed(0)
+    save_file({"a": torch.randn(37, 53, generator=g).to(torch.bfloat16), "b": torch.randn(300, generator=g)},
+              tmp_path / "src.safetensors")
+    f = SafetensorsFile(tmp_path / "src.safetensors")
+    a, b = f.get("a"), f.get("b")
+    changed = f.get("b")
+    changed[7] = 1.5                                   # copy-on-write: the file keeps its old value
+    pieces = {"whole": a, "rows": a[5:20], "cols": a[:, 11:40], "b": b, "changed": changed}
+    assert all(file_location(p) is not None for k, p in pieces.items() if k != "changed")
+    assert file_location(changed) is None
+    old = stream_writer.BLOCK_BYTES
+    stream_writer.BLOCK_BYTES = 256                    # several blocks per tensor, a block of rows at a time
+    try:
+        w = StreamingSafetensorsWriter(tmp_path / "out.safetensors",
+                                       [(k, p.dtype, tuple(p.shape)) for k, p in pieces.items()])
+        for k, p in pieces.items():
+            w.write(k, p)
+        w.close()
+    finally:
+        stream_writer.BLOCK_BYTES = old
+    out = load_file(tmp_path / "out.safetensors")
+    for k, p in pieces.items():
+        assert torch.equal(out[k].view(torch.uint8) if p.dtype == torch.bfloat16 else out[k],
+                           p.contiguous().view(torch.uint8) if p.dtype == torch.bfloat16 else p), k
+    assert float(out["changed"][7]) == 1.5

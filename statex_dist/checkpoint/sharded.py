@@ -1,7 +1,7 @@
 """This project's sharded checkpoint: one safetensors file per (TP rank, pipeline stage).
 
     DST/manifest.json          format, config (per-layer shapes), tp, pp, stages, weight_map, the source's
-                               Hugging Face format and config.json (for export back), files with sha256
+                               Hugging Face format and config.json (for export back), files with digests
     DST/weights/tp00-pp00.safetensors ...   each rank's TP slice (ShardSpec.shard) of its stage's tensors
 
 Tensors are stored at their TP-padded shape under the models' internal names, so a rank of the same

@@ -8,7 +8,6 @@ here are read back by ``safetensors.safe_open`` in the tests.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,10 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import torch
+
+from statex_dist.checkpoint.atomic import DIGEST, new_digest
+from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.tensor_files import file_location
 
 DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
           torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -44,10 +47,39 @@ def file_bytes(data: torch.Tensor, block: Optional[torch.Tensor]) -> Iterator:
         yield buf.numpy()
 
 
+def read_bytes(data: torch.Tensor, fd: int, offset: int, block: torch.Tensor, staging: torch.Tensor) -> Iterator:
+    """The bytes of ``data`` in file order, read from the file it is mapped from (``fd``, ``offset`` of its
+    first element; ``file_location``) with pread instead of through the mapping. ``data`` is contiguous, or
+    2-D with unit column stride (a dim-1 TP slice: whole rows are read into ``staging`` a block at a time and
+    their columns gathered into ``block``). Each chunk is valid until the next is taken."""
+    item = data.element_size()
+    if data.is_contiguous():
+        n, buf = data.numel() * item, block.numpy()
+        for o in range(0, n, len(buf)):
+            k = min(len(buf), n - o)
+            if os.preadv(fd, [buf[:k]], offset + o) != k:
+                raise CheckpointError(f"the source file of a tensor ended early (fd {fd}, byte {offset + o}); "
+                                      f"it was truncated while being read")
+            yield buf[:k]
+        return
+    (rows, cols), stride = data.shape, data.stride(0)
+    per = max(1, len(staging) // (stride * item))
+    for r0 in range(0, rows, per):
+        r = min(per, rows - r0)
+        k = ((r - 1) * stride + cols) * item
+        if os.preadv(fd, [staging.numpy()[:k]], offset + r0 * stride * item) != k:
+            raise CheckpointError(f"the source file of a tensor ended early (fd {fd}, byte {offset}); it was "
+                                  f"truncated while being read")
+        src = staging[:k].view(data.dtype).as_strided((r, cols), (stride, 1))
+        out = block[:r * cols * item]
+        out.view(data.dtype).view(r, cols).copy_(src)
+        yield out.numpy()
+
+
 class StreamingSafetensorsWriter:
     """Write ``entries`` [(name, dtype, shape), ...] in that order: ``write(name, tensor)`` each, then ``close()``.
 
-    Gathering strided slices, hashing and writing run on a background thread (all three release the GIL),
+    Reading, gathering strided slices, hashing and writing run on a background thread (all release the GIL),
     so the caller reads and transforms the next tensor meanwhile, and the writers of several files hash
     in parallel; a short queue bounds the memory held in flight.
     """
@@ -67,9 +99,10 @@ class StreamingSafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data section 8-byte aligned, as safetensors writes it
         self._fh = open(self.path, "wb")
-        self.sha256 = hashlib.sha256()  # hashed as written: the manifest needs no second read of the file
+        self.digest = new_digest()  # hashed as written: the manifest needs no second read of the file
         self.size = 0
         self._block: Optional[torch.Tensor] = None
+        self._staging: Optional[torch.Tensor] = None   # whole source rows, read for a dim-1 slice
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._drain, daemon=True)
@@ -86,13 +119,21 @@ class StreamingSafetensorsWriter:
                         # write first: the write faults a mapped source in far cheaper than a read does
                         # (hashing first made the pair cost 1.8x the CPU on a 2.7 GB file)
                         self._fh.write(chunk)
-                        self.sha256.update(chunk)
+                        self.digest.update(chunk)
                 except BaseException as e:  # reported to the caller at the next write or close
                     self._error = e
 
     def _chunks(self, data):
         if not isinstance(data, torch.Tensor):
             return [data]
+        loc = file_location(data)
+        if loc is not None and (data.is_contiguous() or (data.dim() == 2 and data.stride(1) == 1)):
+            row = (data.stride(0) if data.dim() == 2 else 1) * data.element_size()
+            if self._block is None or self._block.numel() < row:
+                self._block = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
+            if self._staging is None or self._staging.numel() < row:
+                self._staging = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
+            return read_bytes(data, *loc, self._block, self._staging)
         if not data.is_contiguous() and data.dim() > 1:
             row = data[0].numel() * data.element_size()
             if self._block is None or self._block.numel() < row:
@@ -128,7 +169,7 @@ class StreamingSafetensorsWriter:
         self._thread.join()
 
     def close(self) -> dict:
-        """Finish the file; returns its manifest entry {size, sha256}."""
+        """Finish the file; returns its manifest entry {size, <DIGEST>}."""
         if self._next != len(self._order):
             self.abort()
             raise RuntimeError(f"{self.path}: {len(self._order) - self._next} tensors were never written")
@@ -137,9 +178,9 @@ class StreamingSafetensorsWriter:
             self._fh.close()
             raise self._error
         # No fsync: the folder appears by rename only once complete, and a file torn by a machine crash is
-        # caught by the manifest's sizes and sha256 on load; forcing writeback would triple the wall time.
+        # caught by the manifest's sizes and digests on load; forcing writeback would triple the wall time.
         self._fh.close()
-        return {"size": self.size, "sha256": self.sha256.hexdigest()}
+        return {"size": self.size, DIGEST: self.digest.hexdigest()}
 
     def abort(self) -> None:
         if self._thread.is_alive():
