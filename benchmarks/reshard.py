@@ -11,7 +11,8 @@ warm page cache, `cp -r SRC COPY` and `reshard_expand.py --src SRC --dst DST --t
 --expand-every 6` (GLA merged to 1 head, Mamba2 d_state 128 -> 512). Prints a table; goals: wall time
 <= 2x the copy, peak RSS <= 1.5 GB. `--also DIR` times the tool of another checkout in the same run
 (before / after a change; repeatable); `--breakdown` adds the CPU seconds of each stage of the work on one
-thread: mapping the source, slicing the dim-1 TP splits, writing to the page cache, the manifest digest (XXH3-128).
+thread: mapping the source, reading it (pread; the dim-1 TP splits' columns gathered), writing to the page
+cache, the manifest digest (XXH3-128).
 
     .venv/bin/python benchmarks/reshard.py [--workdir /tmp/statex-reshard-bench] [--only gla|mamba2]
                                            [--also DIR] [--breakdown]
@@ -84,12 +85,14 @@ def write_bandwidth(src: Path, work: Path) -> float:
 
 def breakdown(src_folder: Path, out: Path, tp: int = 2) -> dict:
     """CPU seconds of each stage of a reshard to ``tp`` on one thread (no expansion), in the writer's order:
-    map each source tensor, gather the strided (dim-1) TP slices, write every output byte to the page
-    cache (faulting the mapped source in: reading from the page cache is counted here), then hash it for the manifest."""
+    map each source tensor, read its bytes (pread into the writer's buffer, gathering the dim-1 TP slices'
+    columns), write every output byte to the page cache, then hash it for the manifest."""
     from statex_dist.checkpoint.sources import open_source
+    from statex_dist.checkpoint.stream_writer import read_bytes
+    from statex_dist.checkpoint.tensor_files import file_location
     src = open_source(src_folder)
     specs = specs_for(src.config, tp)
-    cpu = dict.fromkeys(("read", "slice", "write", "hash"), 0.0)
+    cpu = dict.fromkeys(("map", "read", "write", "hash"), 0.0)
 
     def clock(stage, fn, *a):
         t = time.process_time()
@@ -97,14 +100,16 @@ def breakdown(src_folder: Path, out: Path, tp: int = 2) -> dict:
         cpu[stage] += time.process_time() - t
         return r
 
-    digest, block = new_digest(), torch.empty(BLOCK_BYTES, dtype=torch.uint8)
+    digest = new_digest()
+    block, staging = (torch.empty(BLOCK_BYTES, dtype=torch.uint8) for _ in range(2))
     with open(out, "wb") as fh:
         for name, spec in specs.items():
-            full = spec.pad_rows(clock("read", src.get, name))
+            full = spec.pad_rows(clock("map", src.get, name))
             for r in range(tp):
                 for piece in spec.shard_pieces(full, r, tp, name):
-                    chunks = file_bytes(piece, block)
-                    while (data := clock("slice", next, chunks, None)) is not None:
+                    loc = file_location(piece)
+                    chunks = read_bytes(piece, *loc, block, staging) if loc else file_bytes(piece, block)
+                    while (data := clock("read", next, chunks, None)) is not None:
                         clock("write", fh.write, data)
                         clock("hash", digest.update, data)
     out.unlink()
