@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -57,7 +58,7 @@ def run_data(arch: str, root: Path, steps: int, seed: int, overrides: tuple[str,
 def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False, seed: int = 0,
                overrides: tuple[str, ...] = ()) -> dict:
     """Evaluate ``source``, post-train it (StateX, or LPT), evaluate again. Returns
-    {"runs": {name: eval results}, "state": {...}, "params": {...}, "seconds", "checkpoint", "config"}."""
+    {"runs": {name: eval results}, "state": {...}, "params": {...}, "seconds", "checkpoint", "init", ...}."""
     from statex_dist.api import load_model
     from statex_dist.eval import EvalConfig, evaluate
     from statex_dist.run_config import load_run_config
@@ -85,8 +86,8 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
             "state": {"before": state_floats(base), "after": state_floats(new)},
             "params": {"before": count_params(base), "after": count_params(new)},
             "loss": {"first": result["losses"][0], "last": result["losses"][-1]},
-            "expansion": run.source.description, "seconds": round(time.time() - t0, 1),
-            "checkpoint": str(run.ckpt_dir), "logs": str(out / name)}
+            "expansion": run.source.description, "init": cfg.expansion.init, "lr": cfg.optimizer.lr, "seconds": round(time.time() - t0, 1),
+            "checkpoint": str(run.ckpt_dir), "logs": str(cfg.logging.dir)}
 
 
 def table(res: dict) -> str:
@@ -101,6 +102,35 @@ def table(res: dict) -> str:
     rows.append(["held-out perplexity"] + [f"{runs[n]['ppl']['ppl']:.3f}" for n in names])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+STUDY = ROOT / "benchmarks" / "results" / "statex_vs_lpt.json"
+
+
+def study_lines(arch: str, mode: str, lr: float) -> list[str]:
+    """What benchmarks/statex_vs_lpt.py measured for ``arch`` (mean over its pretraining seeds) at the N where
+    the small state runs out: LPT at the lr its sweep chose and at this run's ``lr``, this run's init ``mode``
+    and the paper's default mode at this run's lr (else at the sweep's); [] if it has not measured ``arch``."""
+    study = json.loads(STUDY.read_text()).get(arch) if STUDY.exists() else None
+    if not study or "lr" not in study:
+        return []
+    best, runs = f"{study['lr']:g}", study["runs"]
+
+    def scores(row: str, at: str) -> str:
+        return " / ".join(f"{runs[at]['rows'][row][str(N)][0]:.3f}" for N in (32, 64))
+
+    def at_lr(row: str) -> Optional[str]:
+        return next((x for x in (f"{lr:g}", best) if row in runs.get(x, {}).get("rows", {})), None)
+    lpt = f"  LPT at its best lr {best}: {scores('LPT', best)}"
+    if f"{lr:g}" != best and at_lr("LPT") != best:
+        lpt += f"; at lr {lr:g}: {scores('LPT', f'{lr:g}')}"
+    lines = [f"the study ({STUDY.relative_to(ROOT)}: mean of {len(runs[best]['seeds'])} pretraining seeds, "
+             f"{runs[best]['steps']} steps an arm), MQAR N=32 / N=64:", lpt]
+    default = study["paper_default"]
+    for m, label in [(mode, "this run's mode")] + ([(default, "the paper's default")] if default != mode else []):
+        if at := at_lr(f"StateX {m}"):
+            lines.append(f"  StateX {m} ({label}) at lr {at}: {scores(f'StateX {m}', at)}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -126,7 +156,7 @@ def main(argv=None) -> int:
     out = Path(args.out) / args.arch
     res = post_train(args.arch, source, args.steps, out, lpt=args.lpt, seed=args.seed,
                      overrides=tuple(args.overrides))
-    files = write_report(res["runs"], out / ("lpt" if args.lpt else "statex"), meta={
+    files = write_report(res["runs"], Path(res["logs"]), meta={
         k: v for k, v in res.items() if k != "runs"})
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
@@ -137,6 +167,8 @@ def main(argv=None) -> int:
           f"{res['loss']['last']:.3f}; MQAR N=64 {res['runs']['pretrained']['mqar'][64]:.3f} -> "
           f"{res['runs'][arm]['mqar'][64]:.3f} in {res['seconds']:.0f}s; tensorboard: {res['logs']}; "
           f"checkpoint: {res['checkpoint']}; results: {', '.join(str(p) for p in files.values())}")
+    for line in study_lines(args.arch, res["init"], res["lr"]):
+        print(line)
     return 0
 
 

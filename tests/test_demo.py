@@ -34,7 +34,13 @@ def test_main_job_short_then_export_generates(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     state_row = next(line for line in out.splitlines() if line.startswith("recurrent state"))
-    assert state_row.split()[-3:] == ["4,096", "10,240", "10,240"]  # layer 0's d_state 16 -> 64 (d_inner 128)
+    assert state_row.split()[-3:] == ["2,048", "9,216", "9,216"]    # layer 0's d_state 8 -> 64 (d_inner 128)
+    rows = {line[:30].strip(): line[30:].split() for line in out.splitlines() if line[:30].strip()}
+    for N in (8, 16, 32, 64):   # `preserve` keeps the function: the expanded model scores what the pretrained did
+        pretrained, expanded, _ = rows[f"MQAR accuracy, N={N}"]
+        assert expanded == pretrained, (N, rows)
+    # beside the table, what the study measured: LPT at its best lr, and the paper's default mode
+    assert "  LPT at its best lr " in out and "  StateX reinit (the paper's default) at lr " in out, out[-2000:]
     for row in ("MQAR accuracy, N=64", "held-out perplexity", "parameters"):
         assert row in out
     run = tmp_path / "mamba2" / "statex"
