@@ -86,8 +86,9 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
             "state": {"before": state_floats(base), "after": state_floats(new)},
             "params": {"before": count_params(base), "after": count_params(new)},
             "loss": {"first": result["losses"][0], "last": result["losses"][-1]},
-            "expansion": run.source.description, "init": cfg.expansion.init, "lr": cfg.optimizer.lr, "seconds": round(time.time() - t0, 1),
-            "checkpoint": str(run.ckpt_dir), "logs": str(cfg.logging.dir)}
+            "expansion": run.source.description, "init": None if lpt else cfg.expansion.init,
+            "lr": cfg.optimizer.lr, "seconds": round(time.time() - t0, 1), "checkpoint": str(run.ckpt_dir),
+            "logs": str(cfg.logging.dir)}
 
 
 def table(res: dict) -> str:
@@ -107,10 +108,11 @@ def table(res: dict) -> str:
 STUDY = ROOT / "benchmarks" / "results" / "statex_vs_lpt.json"
 
 
-def study_lines(arch: str, mode: str, lr: float) -> list[str]:
+def study_lines(arch: str, mode: Optional[str], lr: float) -> list[str]:
     """What benchmarks/statex_vs_lpt.py measured for ``arch`` (mean over its pretraining seeds) at the N where
     the small state runs out: LPT at the lr its sweep chose and at this run's ``lr``, this run's init ``mode``
-    and the paper's default mode at this run's lr (else at the sweep's); [] if it has not measured ``arch``."""
+    (None: an LPT run) and the paper's default mode at this run's lr (else at the sweep's); [] if it has not
+    measured ``arch``."""
     study = json.loads(STUDY.read_text()).get(arch) if STUDY.exists() else None
     if not study or "lr" not in study:
         return []
@@ -122,12 +124,13 @@ def study_lines(arch: str, mode: str, lr: float) -> list[str]:
     def at_lr(row: str) -> Optional[str]:
         return next((x for x in (f"{lr:g}", best) if row in runs.get(x, {}).get("rows", {})), None)
     lpt = f"  LPT at its best lr {best}: {scores('LPT', best)}"
-    if f"{lr:g}" != best and at_lr("LPT") != best:
+    if f"{lr:g}" != best and at_lr("LPT") == f"{lr:g}":
         lpt += f"; at lr {lr:g}: {scores('LPT', f'{lr:g}')}"
     lines = [f"the study ({STUDY.relative_to(ROOT)}: mean of {len(runs[best]['seeds'])} pretraining seeds, "
              f"{runs[best]['steps']} steps an arm), MQAR N=32 / N=64:", lpt]
     default = study["paper_default"]
-    for m, label in [(mode, "this run's mode")] + ([(default, "the paper's default")] if default != mode else []):
+    modes = [(mode, "this run's mode")] if mode else []
+    for m, label in modes + ([(default, "the paper's default")] if default != mode else []):
         if at := at_lr(f"StateX {m}"):
             lines.append(f"  StateX {m} ({label}) at lr {at}: {scores(f'StateX {m}', at)}")
     return lines
