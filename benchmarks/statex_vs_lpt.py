@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from statex_dist.statex.plan import INITS  # noqa: E402  (after the path: runs from a checkout)
-from statex_dist.tiny import PAIRS  # noqa: E402
+from statex_dist.tiny import GATE_BIAS, PAIRS  # noqa: E402
 
 JUDGED = (32, 64)   # where the tiny models' small states run out
 
@@ -81,6 +81,8 @@ def post_train(arch: str, seed: int, arm: str, lr: float, steps: int, out: Path,
                 f"logging.dir={root / arch / tag}", f"checkpoint.dir={root / arch / tag / 'checkpoints'}"]
         if arm != "lpt":
             sets.append(f"expansion.init={arm}")
+        if arch == "gla" and arm == "reinit":   # the new layer's gate bias drawn as pretraining drew it
+            sets.append(f"expansion.gate_bias_init=[{GATE_BIAS[0]}, {GATE_BIAS[1]}]")
         _run([sys.executable, "-m", "statex_dist.demo", "--arch", arch, "--source", str(source), "--seed", str(seed),
               "--steps", str(steps), "--threads", "1", "--out", str(root), "--json", str(res), *sets]
              + (["--lpt"] if arm == "lpt" else []), out / f"{tag}.log")
