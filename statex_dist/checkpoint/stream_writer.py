@@ -47,29 +47,31 @@ def file_bytes(data: torch.Tensor, block: Optional[torch.Tensor]) -> Iterator:
         yield buf.numpy()
 
 
-def read_bytes(data: torch.Tensor, fd: int, offset: int, block: torch.Tensor, staging: torch.Tensor) -> Iterator:
-    """The bytes of ``data`` in file order, read from the file it is mapped from (``fd``, ``offset`` of its
-    first element; ``file_location``) with pread instead of through the mapping. ``data`` is contiguous, or
-    2-D with unit column stride (a dim-1 TP slice: whole rows are read into ``staging`` a block at a time and
-    their columns gathered into ``block``). Each chunk is valid until the next is taken."""
+def _pread_exact(source, buf, offset: int) -> None:
+    if os.preadv(source.fd, [buf], offset) != len(buf):
+        raise CheckpointError(f"{source.path}: ends before byte {offset + len(buf)}; the file was truncated while "
+                              f"being read: copy or download it again")
+
+
+def read_bytes(data: torch.Tensor, source, offset: int, block: torch.Tensor, staging: torch.Tensor) -> Iterator:
+    """The bytes of ``data`` in file order, read from the file it is mapped from (``source``, a SafetensorsFile,
+    and ``offset`` of its first element: ``file_location``) with pread instead of through the mapping. ``data``
+    is contiguous, or 2-D with unit column stride (a dim-1 TP slice: whole rows are read into ``staging`` a
+    block at a time and their columns gathered into ``block``). Each chunk is valid until the next is taken."""
     item = data.element_size()
     if data.is_contiguous():
         n, buf = data.numel() * item, block.numpy()
         for o in range(0, n, len(buf)):
-            k = min(len(buf), n - o)
-            if os.preadv(fd, [buf[:k]], offset + o) != k:
-                raise CheckpointError(f"the source file of a tensor ended early (fd {fd}, byte {offset + o}); "
-                                      f"it was truncated while being read")
-            yield buf[:k]
+            chunk = buf[:min(len(buf), n - o)]
+            _pread_exact(source, chunk, offset + o)
+            yield chunk
         return
     (rows, cols), stride = data.shape, data.stride(0)
     per = max(1, len(staging) // (stride * item))
     for r0 in range(0, rows, per):
         r = min(per, rows - r0)
         k = ((r - 1) * stride + cols) * item
-        if os.preadv(fd, [staging.numpy()[:k]], offset + r0 * stride * item) != k:
-            raise CheckpointError(f"the source file of a tensor ended early (fd {fd}, byte {offset}); it was "
-                                  f"truncated while being read")
+        _pread_exact(source, staging.numpy()[:k], offset + r0 * stride * item)
         src = staging[:k].view(data.dtype).as_strided((r, cols), (stride, 1))
         out = block[:r * cols * item]
         out.view(data.dtype).view(r, cols).copy_(src)
@@ -129,16 +131,18 @@ class StreamingSafetensorsWriter:
         loc = file_location(data)
         if loc is not None and (data.is_contiguous() or (data.dim() == 2 and data.stride(1) == 1)):
             row = (data.stride(0) if data.dim() == 2 else 1) * data.element_size()
-            if self._block is None or self._block.numel() < row:
-                self._block = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
-            if self._staging is None or self._staging.numel() < row:
-                self._staging = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
-            return read_bytes(data, *loc, self._block, self._staging)
+            return read_bytes(data, *loc, self._buffer("_block", row), self._buffer("_staging", row))
         if not data.is_contiguous() and data.dim() > 1:
-            row = data[0].numel() * data.element_size()
-            if self._block is None or self._block.numel() < row:
-                self._block = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
+            self._buffer("_block", data[0].numel() * data.element_size())
         return file_bytes(data, self._block)
+
+    def _buffer(self, attr: str, row: int) -> torch.Tensor:
+        """The writer's reused byte buffer ``attr``, grown to hold at least one ``row`` of bytes."""
+        buf = getattr(self, attr)
+        if buf is None or buf.numel() < row:
+            buf = torch.empty(max(BLOCK_BYTES, row), dtype=torch.uint8)
+            setattr(self, attr, buf)
+        return buf
 
     def _emit(self, data) -> None:
         if self._error is not None:

@@ -32,8 +32,8 @@ _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16
 _MAPPED: dict[int, tuple["SafetensorsFile", int]] = {}
 
 
-def file_location(t: torch.Tensor) -> Optional[tuple[int, int]]:
-    """(fd, byte offset of ``t``'s first element in the file) when ``t`` is a view of a tensor that
+def file_location(t: torch.Tensor) -> Optional[tuple["SafetensorsFile", int]]:
+    """(file, byte offset of ``t``'s first element in it) when ``t`` is a view of a tensor that
     ``SafetensorsFile.get`` mapped and nothing has written into (its version counter is still 0: a write
     through any view of a copy-on-write mapping would make the file's bytes stale); else None."""
     if t.device.type != "cpu" or t._version != 0:
@@ -43,7 +43,7 @@ def file_location(t: torch.Tensor) -> Optional[tuple[int, int]]:
     if entry is None:
         return None
     f, offset = entry
-    return f._fd, offset + t.data_ptr() - base
+    return f, offset + t.data_ptr() - base
 
 
 class SafetensorsFile:
@@ -95,6 +95,10 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path}: tensor {key!r} of shape {shape} and dtype {e['dtype']} needs "
                                   f"{torch.Size(shape).numel() * dtype.itemsize} bytes, its header gives {hi - lo}; "
                                   f"the file is corrupt")
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def keys(self) -> list[str]:
         return list(self.entries)
