@@ -15,6 +15,9 @@ DeepSpeed's words: "model parallel" = every rank holding another part of one rep
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
@@ -97,6 +100,27 @@ def ensure_deepspeed_comm() -> None:
     from deepspeed import comm
     if not comm.is_initialized():
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+        _unlink_shm_buffer()
+
+
+def _unlink_shm_buffer() -> None:
+    """Remove this rank's /dev/shm file of DeepSpeed's CPU all-reduce once every rank has mapped it.
+
+    With the CPU accelerator and all ranks on one machine (the launcher's LOCAL_SIZE equals the world),
+    ``init_distributed`` maps one 64 MiB file per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_
+    <rank> (deepspeed/ops/csrc/cpu/comm/shm.cpp), opens every peer's, and never unlinks them: each multi-process
+    CPU run would leave ranks x 64 MiB of RAM behind in /dev/shm until the machine runs out. Every rank has
+    opened its peers' files when ``init_distributed`` returns; after a barrier each rank unlinks its own, and
+    the mappings stay valid until the process exits.
+    """
+    world = dist.get_world_size()
+    if world == 1 or os.environ.get("LOCAL_SIZE") != str(world):   # the condition under which DeepSpeed maps
+        return
+    env = os.environ.get
+    own = Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{env('MASTER_ADDR', '')}_"
+                              f"{env('MASTER_PORT', '')}_{dist.get_rank()}")
+    dist.barrier()
+    own.unlink(missing_ok=True)
 
 
 def _grid_view(grid) -> dict[str, tuple]:
