@@ -9,15 +9,17 @@ step every layout trains on the same 8 samples. With 2 virtual readers, no shuff
 Every sample has the same number of labelled tokens, so the mean over micro-batches and DP ranks is the
 mean over the 8.
 
-Tolerance: 1e-5 relative (max |a - b| / max |b|) for losses, grad norms and weights. fp32 sums the same
-terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat buffers):
-~1e-7 in losses and grad norms. Weights see more: AdamW divides each gradient by its own RMS, so the
-rounding of a near-zero gradient moves its weight by up to a sizeable fraction of the learning rate. At
-lr 5e-4 that is at most a few 1e-6 of the largest weight after 10 steps (measured: up to ~4e-6; at 3e-3
-it reaches ~2e-5, which is why the rate is not larger; other samples can move it too: 16 virtual readers,
-which mix the rows of 8 shards in a step, gave 1.5e-5 in Mamba2's tied embedding at TP=2). A wrong
-reduction (a missing DP average, a replica that drifts, a clip on the wrong norm) is of order 1e-3 or
-more; replicas are compared bit for bit.
+Tolerance, relative (max |a - b| / max |b|): 1e-5 for losses and grad norms, 5e-5 for weights. fp32 sums
+the same terms in another order (other micro-batch splits, TP partial sums, DP reductions, ZeRO's flat
+buffers): ~1e-7 in losses and grad norms on every CPU measured. Weights see more, and how much depends on
+the CPU's kernels: AdamW divides each gradient by its own RMS, so where a gradient is a sum of terms that
+nearly cancel, its rounding moves the weight by a sizeable fraction of the learning rate. At lr 5e-4 after
+10 steps, weights differ by up to ~4e-6 on one machine's CPU (Mamba2 at DP=2: 1.9e-6) and by 1.05e-5 to
+1.2e-5 in Mamba2 on another's (CI's: every layout and the 4-micro-batch one-process run alike, while its
+losses agree to 1.7e-7). On the first, lr 3e-3 gave ~2e-5, which is why the rate is not larger; 16 virtual
+readers, which mix the rows of 8 shards in a step, gave 1.5e-5 in Mamba2's tied embedding at TP=2. A wrong
+reduction (a missing DP average, a clip on the wrong norm) moves the grad norm or the loss by 1e-3 or more,
+a wrong shard moves a weight by far more; replicas are compared bit for bit.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from tests.conftest import rel_err
 from tests.dist_utils import run_workers
 from tests.train_helpers import aligned_shards
 
-STEPS, GLOBAL, TOL = 10, 8, 1e-5
+STEPS, GLOBAL = 10, 8
+TOL = {"loss": 1e-5, "norm": 1e-5, "ckpt": 5e-5, "live": 5e-5}   # see the docstring
 ARCHS = {
     # a 4-head layer and a merged 1-head layer (StateX merge of layer 0)
     "gla": ({"arch": "gla", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "num_heads": 4,
@@ -127,8 +130,11 @@ def check_equal(label, results, run_dir, ref) -> dict:
         for a, b in zip(r["norms"], ref_res["norms"]):
             errs["norm"] = max(errs["norm"], abs(a - b) / abs(b))
     assert set(ck.names()) == set(ref_ck.names())
+    worst = ""
     for name in ref_ck.names():
-        errs["ckpt"] = max(errs["ckpt"], rel_err(ck.get(name), ref_ck.get(name)))
+        e = rel_err(ck.get(name), ref_ck.get(name))
+        if e > errs["ckpt"]:
+            errs["ckpt"], worst = e, name
     tp = results[0]["tp"]
     specs = specs_for(ck.config, tp)
     copies: dict = {}
@@ -147,9 +153,9 @@ def check_equal(label, results, run_dir, ref) -> dict:
         for rank, t in group[1:]:
             assert torch.equal(t, first), f"{label}: {name} on rank {rank} differs from rank {first_rank}"
     print(f"\n{label}: max relative error loss {errs['loss']:.1e} grad-norm {errs['norm']:.1e} "
-          f"checkpoint {errs['ckpt']:.1e} live {errs['live']:.1e}; copies checked "
+          f"checkpoint {errs['ckpt']:.1e} ({worst}) live {errs['live']:.1e}; copies checked "
           f"{sum(len(g) for g in copies.values())} over {len(results)} ranks")
-    assert all(v <= TOL for v in errs.values()), (label, errs)
+    assert all(errs[k] <= TOL[k] for k in errs), (label, errs)
     return errs
 
 
