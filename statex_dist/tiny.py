@@ -26,13 +26,15 @@ BYTE_VOCAB = 258  # statex_dist.data.tokenizer.ByteTokenizer: 256 bytes, EOS 256
 MQAR_OFFSET = BYTE_VOCAB
 VOCAB = MQAR_OFFSET + 256
 
-# GLA: one layer of 8 heads of 8x8 (expand_k 1): merging them into one head of 64x64 grows the state 8x. With
-# 4 heads of 16x16 (4x, as in GLA-1.3B) the pretrained model already recalled 0.44 at N=64, LPT kept most of
-# that, and the merge lost more than the larger state won back in 1,500 steps (BENCHMARKS.md). Mamba2: two
-# layers, d_state 8 (grown 8x in layer 0): with d_state 16 it recalled 0.96 at N=32 by the time its text
-# perplexity came down, leaving an expansion nothing to win at N <= 64. Both about 0.1M parameters.
+# GLA: two layers of 8 heads of 8x8 (expand_k 1): merging layer 0's into one head of 64x64 grows its state 8x
+# while layer 1 keeps the pretrained recall, as the paper expands a subset. With 4 heads of 16x16 (4x, as in
+# GLA-1.3B) the pretrained model already recalled 0.44 at N=64, LPT kept most of that, and the merge lost more
+# than the larger state won back in 1,500 steps; the earlier 1-layer tiny GLA (benchmarks/results/gla-1layer-
+# seed0) is measured in BENCHMARKS.md. Mamba2: two layers, d_state 8 (grown 8x in layer 0): with d_state 16 it
+# recalled 0.96 at N=32 by the time its text perplexity came down, leaving an expansion nothing to win at
+# N <= 64. Both about 0.1-0.2M parameters.
 CONFIGS = {
-    "gla": {"arch": "gla", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 1, "num_heads": 8,
+    "gla": {"arch": "gla", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "num_heads": 8,
             "expand_k": 1.0, "expand_v": 1.0, "use_short_conv": True, "conv_size": 4, "hidden_ratio": 2,
             "tie_word_embeddings": True, "fuse_norm": True},
     "mamba2": {"arch": "mamba2", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "d_state": 8,
@@ -43,10 +45,11 @@ PAIRS = (8, 16, 32, 64)
 
 
 # The pretraining seed that ships, per architecture (tools/pretrain_tiny.py --seed): pretraining seeds differ a
-# lot in how fast they leave the MQAR plateau, and the default should be one that did (BENCHMARKS.md).
-# The shipped models were drawn with the initialisation of commit 0802ad9 (before one init per full tensor,
-# the same at every layout): their pretrain.json commands reproduce them bit for bit at that commit.
-SHIPPED_SEED = {"gla": 0, "mamba2": 0}
+# lot in how fast they leave the MQAR plateau, and the default should be one that did (BENCHMARKS.md). Their
+# pretrain.json commands reproduce them bit for bit on the torch build and CPU they were made on; the
+# Mamba2 was drawn with the initialisation of commit 0802ad9 (before one init per full tensor, the same at
+# every layout) and reproduces at that commit.
+SHIPPED_SEED = {"gla": 1, "mamba2": 0}
 
 
 def pretrained_path(arch: str, seed: Optional[int] = None) -> Path:

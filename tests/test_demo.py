@@ -12,15 +12,16 @@ from tests.train_helpers import ROOT
 
 
 def test_main_job_default_gla_short(tmp_path):
-    """The README's command as written (the default: the tiny GLA), 6 steps: its 8 heads merge into one."""
+    """The README's command as written (the default: the tiny GLA), 6 steps: layer 0's 8 heads merge into
+one, layer 1 keeps its 8."""
     r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--steps", "6", "--out", str(tmp_path),
                         "eval.mqar_n=32", "data.micro_batch=4", "data.global_batch=4"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env=dict(os.environ, PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {line[:30].strip(): line[30:].split() for line in r.stdout.splitlines() if line[:30].strip()}
-    assert rows["recurrent state (floats/seq)"] == ["512", "4,096", "4,096"]   # 8 x 8x8 -> one 64x64
-    assert rows["parameters"] == ["105,608", "105,664", "105,664"]              # + the tiled output norm
+    assert rows["recurrent state (floats/seq)"] == ["1,024", "4,608", "4,608"]   # layer 0: 8 x 8x8 -> one 64x64
+    assert rows["parameters"] == ["178,256", "178,312", "178,312"]              # + the tiled output norm
     pretrained, expanded, _ = (float(v) for v in rows["MQAR accuracy, N=8"])
     assert pretrained > 0.9 and expanded < pretrained    # the shipped model recalls; the merge costs recall
     assert (tmp_path / "gla" / "statex" / "eval.json").exists()

@@ -34,7 +34,7 @@ def test_same_flags_same_weights_and_a_record(tmp_path):
     record = json.loads((a / "pretrain.json").read_text())
     assert record["argv"][:4] == ["--steps", "3", "--tokens", "512"] and record["final"]["step"] == 3
     assert set(record["final"]["mqar"]) == {"8", "16", "32", "64"} and record["final"]["ppl"] > 1
-    assert load_model(a).config.num_heads == [2]             # heads per layer
+    assert load_model(a).config.num_heads == [2, 2]          # heads per layer
     assert not list(tmp_path.glob("*.tmp*"))                      # written atomically, nothing left over
 
 
