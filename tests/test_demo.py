@@ -13,7 +13,7 @@ from tests.train_helpers import ROOT
 
 def test_main_job_default_gla_short(tmp_path):
     """The README's command as written (the default: the tiny GLA), 6 steps: layer 0's 8 heads merge into
-one, layer 1 keeps its 8."""
+    one, layer 1 keeps its 8."""
     r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--steps", "6", "--out", str(tmp_path),
                         "eval.mqar_n=32", "data.micro_batch=4", "data.global_batch=4"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT,
