@@ -1,22 +1,31 @@
 """The prepared check for one lent GPU (run through benchmarks/gpu.sh): one PASS / FAIL / SKIP line per item,
 then a summary; on a machine without CUDA the CUDA items say "skipped: no GPU" and the rest run on the CPU.
+The whole check, builds included, has 6 minutes (``--budget``): an item that would not fit in what is left
+is skipped with its reason, and every figure goes to ``$OUT/gpu_bench.json``.
 
 Items:
 - kernels-*: the CUDA dispatch (fla chunk_gla, mamba_ssm mamba_chunk_scan_combined, causal_conv1d_fn) against
   the PyTorch paths on the same GPU inputs, fp32 and bf16, outputs, final states and every input gradient.
-  GLA at GLA-340M heads (4 x 128 x 256) and a merged 1-head layer of GLA-1.3B (key dim 1024, value 2048).
-  The reference runs in fp32 on the same (for bf16: bf16-rounded) inputs, so the error is the kernel's own.
-  Bounds, max|a - b| / max|b|: fp32 1e-2 (Triton's fp32 dots run in TF32, 10-bit mantissa, on Hopper),
-  bf16 5e-2 (bf16 inputs to the dots, 8-bit mantissa, fp32 accumulation); the measured errors are printed.
-- ds-bf16-step: `torchrun --nproc_per_node 1 -m statex_dist.train` in bf16 (DeepSpeed's bf16 optimizer over
-  NCCL on a GPU, gloo on the CPU): every collective of a step, the evaluation and a checkpoint; a CPU
-  tensor handed to NCCL fails it.
+  Each item forces its kernel (``STATEX_KERNELS``): a kernel that does not import is a FAIL, never PyTorch
+  compared with PyTorch. GLA at GLA-340M heads (4 x 128 x 256) and a merged 1-head layer of GLA-1.3B (key
+  dim 1024, value 2048). The reference runs in fp32 on the same (for bf16: bf16-rounded) inputs, so the error
+  is the kernel's own. Bounds, max|a - b| / max|b|: fp32 1e-2 (Triton's fp32 dots run in TF32, 10-bit
+  mantissa, on Hopper), bf16 5e-2 (bf16 inputs to the dots, 8-bit mantissa, fp32 accumulation); the
+  measured errors are printed.
+- train-gla, train-mamba2: the product itself, ``NPROC=1 bash launch/train.sh configs/cpu-ARCH-tiny.yaml``
+  through DeepSpeed's launcher, 3 bf16 steps of the tiny model with its StateX-expanded layer 0 (GLA heads
+  merged; Mamba2 d_state 16 -> 64), evaluation and a checkpoint, kernels forced on CUDA
+  (``STATEX_KERNELS=kernel``). It fails unless the run's first line names the device, the backend (NCCL on
+  a GPU), bf16 and the kernel of every op the model uses. The Mamba2 run waits for the causal_conv1d build.
 - throughput-*: GLA-340M and Mamba2-370m shapes, 4K context, bf16, forward + backward + AdamW: tokens/s and
   MFU (statex_dist.training.flops against the card's dense bf16 peak).
 - memory-GLA-1.3B-64K: one training step at 64K context with activation checkpointing: peak memory.
 - generate-export: a StateX export of a GLA (layer 0 merged to 1 head, so the remote code), loaded with
   AutoModelForCausalLM(trust_remote_code=True) on the device: its logits against load_model's (the fla
   kernels on CUDA), and greedy generate with the recurrent cache equal to generate over the whole prefix.
+
+The items that need causal_conv1d's CUDA extension (built by gpu.sh meanwhile, for this GPU only) run last,
+in a process of their own that imports the built extension (``--phase conv``).
 """
 from __future__ import annotations
 
@@ -96,31 +105,7 @@ def kernels_ssd(dtype):
 
 
 def kernels_conv(dtype):
-    """causal_conv1d_fn needs its CUDA extension, built by gpu.sh from the carried source: in a fresh process."""
-    marker = CONV_BUILD / "status"
-    deadline = T0 + 340   # gpu.sh gives the build 330 s from the start
-    while not marker.exists() and time.time() < deadline:
-        time.sleep(2)
-    status = marker.read_text().strip() if marker.exists() else "still building"
-    if status != "ok":
-        return None, f"skipped: causal_conv1d_cuda not built ({status})"
-    proc = subprocess.run([sys.executable, __file__, "--conv-check", str(dtype).split(".")[-1]], capture_output=True,
-                          text=True, timeout=300)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("CONV ")]
-    if proc.returncode or not line:
-        return False, (proc.stderr or proc.stdout)[-800:]
-    return _verdict(json.loads(line[-1][5:]), dtype)
-
-
-def _conv_check(dtype_name: str) -> None:
-    import importlib.util
-    dtype = getattr(torch, dtype_name)
-    sys.path.insert(0, str(next((CONV_BUILD / "src").glob("causal_conv1d-*"))))   # its Python package
-    spec = importlib.util.spec_from_file_location("causal_conv1d_cuda", CONV_BUILD / "causal_conv1d_cuda.so")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules["causal_conv1d_cuda"] = mod
-    os.environ["STATEX_KERNELS"] = "causal_conv1d"   # forced: an import failure is an error, not the fallback
+    """causal_conv1d_fn (the extension gpu.sh built, imported by the --phase conv process) against F.conv1d."""
     from statex_dist.ops import causal_conv1d, causal_conv1d_torch
     torch.manual_seed(0)
     B, T, D, W = 2, 1000, 2304, 4   # Mamba2-370m's conv channels: d_inner + 2 * d_state
@@ -135,7 +120,21 @@ def _conv_check(dtype_name: str) -> None:
             return out if final else (out,)
         e = compare(lambda **t: run(causal_conv1d, **t), lambda **t: run(causal_conv1d_torch, **t), inputs, dtype)
         errs.update({f"{label}:{k}": v for k, v in e.items()})
-    print("CONV " + json.dumps(errs))
+    return _verdict(errs, dtype)
+
+
+def conv_build_status(deadline: float) -> str:
+    """"ok" once gpu.sh's build of causal_conv1d_cuda is done, waiting for it until ``deadline``."""
+    marker = CONV_BUILD / "status"
+    while CUDA and not marker.exists() and time.time() < deadline:
+        time.sleep(2)
+    return marker.read_text().strip() if marker.exists() else "still building"
+
+
+def conv_env() -> dict:
+    """PYTHONPATH entries that make the built extension and its Python package importable as installed."""
+    src = next((CONV_BUILD / "src").glob("causal_conv1d-*"))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(CONV_BUILD), str(src), os.environ.get("PYTHONPATH")]))}
 
 
 def build_conv(src_tar: str) -> None:
@@ -163,20 +162,35 @@ def build_conv(src_tar: str) -> None:
         raise
 
 
-def ds_bf16_step(workdir: Path):
-    from tests.train_helpers import GLA, make_shards, overrides
+# what the first line of a run must name, per architecture, on a GPU (kernels forced) and on the CPU
+FIRST_LINE = {
+    "gla": {True: ["backend nccl", "dtype bf16", "gla=fla"], False: ["dtype bf16", "gla=torch"]},
+    "mamba2": {True: ["backend nccl", "dtype bf16", "ssd=mamba_ssm", "conv1d=causal_conv1d"],
+               False: ["dtype bf16", "ssd=torch", "conv1d=torch"]},
+}
+
+
+def train_product(arch: str, workdir: Path, timeout: float):
+    """``NPROC=1 bash launch/train.sh configs/cpu-ARCH-tiny.yaml`` for 3 bf16 steps, kernels forced on CUDA."""
+    from tests.train_helpers import make_shards
     shards = make_shards(workdir / "data")
-    ov = overrides(GLA, shards, workdir / "run", steps=3, **{"model.dtype": "bf16", "data.valid": str(shards)})
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
-                           "29517", "-m", "statex_dist.train", *ov], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=400)
-    done = [ln for ln in proc.stdout.splitlines() if "done:" in ln]
-    backend = "nccl" if CUDA else "gloo"
-    if proc.returncode or not done:
+    ov = [f"data.train={shards}", f"data.valid={shards}", "data.seq_len=64", f"logging.dir={workdir / arch}",
+          "model.dtype=bf16", "schedule.total_steps=3", "schedule.warmup_steps=1", "checkpoint.every=3",
+          "eval.tasks=[ppl]", "logging.every=1"]
+    if arch == "gla":
+        ov.append("model.config.use_short_conv=false")   # fla alone: it need not wait for the conv build
+    env = dict(os.environ, NPROC="1", MASTER_PORT=str(29517 + len(arch)), PYTHON=sys.executable,
+               STATEX_KERNELS="kernel" if CUDA else "auto")
+    proc = subprocess.run(["bash", "launch/train.sh", f"configs/cpu-{arch}-tiny.yaml", *ov], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    said = [ln.split("] ", 1)[1] for ln in proc.stdout.splitlines() if ln.startswith("[statex-dist] ")]
+    if proc.returncode or not said or not said[-1].startswith("done:"):
         return False, f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1200:]}"
-    ckpt = list((workdir / "run" / "checkpoints").glob("step*"))
-    return bool(ckpt), f"{backend}: {done[-1].split('] ')[-1]}; checkpoint {ckpt[0].name if ckpt else 'missing'}"
+    missing = [w for w in FIRST_LINE[arch][CUDA] if w not in said[0]]
+    ckpt = sorted((workdir / arch / "checkpoints").glob("step*"))
+    if missing or not ckpt:
+        return False, f"first line {said[0]!r} lacks {missing}" if missing else "no checkpoint written"
+    return True, f"{said[0]} -> {said[-1]}; checkpoint {ckpt[-1].name}"
 
 
 def _gla_config(size: str):
@@ -254,60 +268,105 @@ def generate_export(workdir: Path):
         f"the whole prefix; logits vs load_model {err:.1e} (bound {TOL[torch.float32]:.0e})")
 
 
-def items(workdir: Path):
-    """(name, needs CUDA, thunk) in running order; the conv build runs meanwhile, so conv comes late."""
-    out = []
-    for dt in (torch.float32, torch.bfloat16):
-        tag = str(dt).split(".")[-1]
-        out += [(f"kernels-gla-{tag}", True, lambda dt=dt: kernels_gla(dt)),
-                (f"kernels-ssd-{tag}", True, lambda dt=dt: kernels_ssd(dt))]
-    out += [("ds-bf16-step", False, lambda: ds_bf16_step(workdir / "ds")),
-            ("throughput-GLA-340M", True, lambda: throughput("GLA-340M")),
-            ("throughput-Mamba2-370m", True, lambda: throughput("Mamba2-370m")),
-            ("memory-GLA-1.3B-64K", True, memory_gla_64k),
-            ("generate-export", False, lambda: generate_export(workdir))]
-    out += [(f"kernels-conv-{str(dt).split('.')[-1]}", True, lambda dt=dt: kernels_conv(dt))
-            for dt in (torch.float32, torch.bfloat16)]
-    return out
+def forced(library: str, thunk):
+    """``thunk`` with ``STATEX_KERNELS=library``: the dispatch raises rather than use the PyTorch path."""
+    def run(workdir, left):
+        before = os.environ.get("STATEX_KERNELS")
+        os.environ["STATEX_KERNELS"] = library
+        try:
+            return thunk()
+        finally:
+            os.environ.pop("STATEX_KERNELS") if before is None else os.environ.update(STATEX_KERNELS=before)
+    return run
+
+
+# (name, needs CUDA, seconds it needs on a GPU (a guess, for the budget), thunk(workdir, seconds left)),
+# in running order; the conv phase runs in its own process once the extension is built
+def items(phase: str):
+    tags = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+    if phase == "main":
+        out = [(f"kernels-{op}-{tags[dt]}", True, 30, forced(lib, lambda f=f, dt=dt: f(dt)))
+               for dt in tags for op, lib, f in (("gla", "fla", kernels_gla), ("ssd", "mamba_ssm", kernels_ssd))]
+        return out + [
+            ("train-gla", False, 60, lambda w, left: train_product("gla", w, left)),
+            ("generate-export", False, 30, lambda w, left: generate_export(w)),
+            ("throughput-GLA-340M", True, 40, lambda w, left: throughput("GLA-340M")),
+        ]
+    if phase == "conv":
+        return [(f"kernels-conv-{tags[dt]}", True, 20, forced("causal_conv1d", lambda dt=dt: kernels_conv(dt)))
+                for dt in tags] + [
+            ("train-mamba2", False, 60, lambda w, left: train_product("mamba2", w, left)),
+            ("throughput-Mamba2-370m", True, 50, lambda w, left: throughput("Mamba2-370m")),
+            ("memory-GLA-1.3B-64K", True, 60, lambda w, left: memory_gla_64k()),
+        ]
+    raise ValueError(phase)
+
+
+def run_items(phase: str, workdir: Path, deadline: float, only) -> dict:
+    results = {}
+    for name, needs_cuda, need_s, thunk in items(phase):
+        if only and name not in only:
+            continue
+        t0, left = time.time(), deadline - time.time()
+        if needs_cuda and not CUDA:
+            ok, detail = None, "skipped: no GPU"
+        elif CUDA and left < need_s:
+            ok, detail = None, f"skipped: needs about {need_s} s, {left:.0f} s left of the check's budget"
+        else:
+            try:
+                ok, detail = thunk(workdir, left)
+            except Exception as e:   # one item's failure is its line, not the end of the check
+                ok, detail = False, f"{type(e).__name__}: {e}"[:600]
+                traceback.print_exc(file=sys.stderr)
+        verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
+        results[name] = {"verdict": verdict, "detail": detail, "seconds": round(time.time() - t0, 1)}
+        print(f"{verdict} {name}: {detail} [{time.time() - t0:.0f} s]", flush=True)
+    return results
+
+
+def conv_phase(workdir: Path, deadline: float, only) -> dict:
+    """The items that need causal_conv1d's extension: in a process that imports the build (or, on the CPU,
+    where they run without it), after waiting for gpu.sh's build until shortly before the deadline."""
+    status = conv_build_status(deadline - 60)
+    if CUDA and status != "ok":
+        skipped = {name: {"verdict": "SKIP", "detail": f"skipped: causal_conv1d_cuda not built ({status})",
+                          "seconds": 0} for name, *_ in items("conv") if not only or name in only}
+        for name, r in skipped.items():
+            print(f"SKIP {name}: {r['detail']}", flush=True)
+        return skipped
+    env = dict(os.environ, **(conv_env() if CUDA else {}))
+    out = workdir / "conv.json"
+    cmd = [sys.executable, __file__, "--phase", "conv", "--deadline", str(deadline), "--json", str(out)]
+    subprocess.run(cmd + (["--only", *only] if only else []), env=env, timeout=max(deadline - time.time(), 1) + 30)
+    return json.loads(out.read_text()) if out.exists() else {"conv-phase": {
+        "verdict": "FAIL", "detail": "the conv phase's process wrote no results", "seconds": 0}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="item names to run (default: all)")
-    ap.add_argument("--conv-check", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", type=float, default=345, help="seconds for the whole check, from gpu.sh's start")
+    ap.add_argument("--phase", default="main", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)
     ap.add_argument("--build-conv", metavar="SDIST", help="build causal_conv1d_cuda from its source and exit")
     args = ap.parse_args()
-    if args.conv_check:
-        _conv_check(args.conv_check)
-        return 0
     if args.build_conv:
         build_conv(args.build_conv)
         return 0
-    if CUDA:   # mamba_ssm's __init__ imports its selective-scan extension, absent from the carried wheel
-        from tests.mamba_cpu import stub_extensions
-        stub_extensions("selective_scan_cuda")
-    t_start = time.time()
-    results = {}
+    started = float(os.environ.get("STATEX_GPU_CHECK_START", T0))
+    deadline = args.deadline or started + args.budget
     with tempfile.TemporaryDirectory() as tmp:
-        for name, needs_cuda, thunk in items(Path(tmp)):
-            if args.only and name not in args.only:
-                continue
-            t0 = time.time()
-            if needs_cuda and not CUDA:
-                ok, detail = None, "skipped: no GPU"
-            else:
-                try:
-                    ok, detail = thunk()
-                except Exception as e:   # one item's failure is its line, not the end of the check
-                    ok, detail = False, f"{type(e).__name__}: {e}"[:600]
-                    traceback.print_exc(file=sys.stderr)
-            verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
-            results[name] = {"verdict": verdict, "detail": detail, "seconds": round(time.time() - t0, 1)}
-            print(f"{verdict} {name}: {detail} [{time.time() - t0:.0f} s]", flush=True)
+        if args.phase == "conv":
+            results = run_items("conv", Path(tmp), deadline, args.only)
+            Path(args.json).write_text(json.dumps(results))
+            return 0
+        results = run_items("main", Path(tmp), deadline, args.only)
+        results.update(conv_phase(Path(tmp), deadline, args.only))
     counts = {v: sum(r["verdict"] == v for r in results.values()) for v in ("PASS", "FAIL", "SKIP")}
     device = torch.cuda.get_device_name() if CUDA else "no GPU (CPU rehearsal)"
     print(f"SUMMARY: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped on {device} "
-          f"in {time.time() - t_start:.0f} s", flush=True)
+          f"in {time.time() - started:.0f} s", flush=True)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_bench.json").write_text(json.dumps({"device": device, **results}, indent=1))
     return 1 if counts["FAIL"] else 0

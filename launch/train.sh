@@ -7,7 +7,7 @@
 #
 # Environment:
 #   NPROC=N          processes on this machine: GPUs on a GPU machine (default: all of them), gloo
-#                    processes on the CPU (default: 1)
+#                    processes on the CPU (default: 1); parallel.device=auto|cuda|cpu picks which
 #   HOSTFILE=PATH    multi-node: a DeepSpeed hostfile ("host slots=8" per line); NUM_NODES=n picks the
 #                    first n hosts. Every node needs the same repo path and .venv, passwordless ssh from
 #                    this node (pdsh or ssh), and a filesystem shared by all nodes for logging.dir and
@@ -32,7 +32,9 @@ done
 if [ "${DEBUG:-0}" = 1 ]; then
   exec "$PY" -m statex_dist.train "$@"
 fi
-DS="$(dirname "$PY")/deepspeed"
+# DeepSpeed's launcher as a module of $PY: the `deepspeed` script is absent where the packages were installed
+# with --target (benchmarks/gpu.sh) and the same code runs either way
+DS=("$PY" -m deepspeed.launcher.runner)
 args=()
 if [ -n "${HOSTFILE:-}" ]; then
   args+=(--hostfile "$HOSTFILE")
@@ -40,12 +42,10 @@ if [ -n "${HOSTFILE:-}" ]; then
   [ -n "${MASTER_ADDR:-}" ] && args+=(--master_addr "$MASTER_ADDR")
   args+=(--master_port "${MASTER_PORT:-29500}")
 else
-  if [ -z "${NPROC:-}" ]; then
-    NPROC=$("$PY" -c "import torch; print(max(torch.cuda.device_count(), 1))")
-  fi
+  # every check that needs no peers (device, kernels, source, shards, layout, resume point) once, in one
+  # line, before the launcher starts processes that would each print the same error; it answers the
+  # process count: NPROC, else one per GPU of parallel.device (several machines: each rank checks its own)
+  NPROC=$(env -u WORLD_SIZE ${NPROC:+WORLD_SIZE="$NPROC"} "$PY" -m statex_dist.train "$@" --preflight | tail -n 1)
   args+=(--num_gpus "$NPROC" --master_port "${MASTER_PORT:-29500}")
-  # the run config checked once, in one line, before the launcher starts NPROC processes that would each
-  # print the same error (several machines: each rank checks its own world size)
-  WORLD_SIZE="$NPROC" "$PY" -m statex_dist.train "$@" --print-config > /dev/null
 fi
-exec "$DS" "${args[@]}" --module statex_dist.train "$@"
+exec "${DS[@]}" "${args[@]}" --module statex_dist.train "$@"

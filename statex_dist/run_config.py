@@ -30,7 +30,7 @@ class ModelSection:
     source: str = ""             # HF folder or sharded checkpoint, or "scratch" (then `config` below)
     config: Optional[dict] = None  # model config (arch, sizes) for source=scratch
     gate_bias_init: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None  # scratch GLA: gate bias U(lo, hi)
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU, fp32 on the CPU (parallel.device)
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ExpansionSection:
 
 @dataclass
 class ParallelSection:
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: cuda when torch can use a GPU (statex_dist/parallel/device.py)
     tp: Positive = 1
     pp: Positive = 1
     zero_stage: Literal[0, 1, 2, 3] = 1  # DeepSpeed ZeRO stage

@@ -36,29 +36,15 @@ class Run:
 
     # --- set-up, in the order a run takes it ---------------------------------------------------------
     def _check(self) -> None:
-        from statex_dist.data import check_shards
-        from statex_dist.parallel.validate import check_parallel_sizes
-        from statex_dist.training import checkpoints
-        from statex_dist.training.initial_weights import weight_source
-        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
-        self.source = weight_source(cfg)
-        self.model_config = self.source.config
-        check_parallel_sizes(self.model_config, tp, pp, int(os.environ.get("WORLD_SIZE", "1")))
-        train_shards = check_shards(cfg.data.train)
-        if cfg.parallel.sequence_parallel and tp > 1:
-            from statex_dist.parallel.sequence import check_seq_len
-            check_seq_len(train_shards.seq_len, tp)
-        if cfg.data.valid:
-            check_shards(cfg.data.valid)
-        self.ckpt_dir = Path(cfg.checkpoint.dir or Path(cfg.logging.dir) / "checkpoints")
-        self.resume = checkpoints.resume_point(cfg.checkpoint.resume, self.ckpt_dir)
-        self.meta = checkpoints.read_meta(self.resume) if self.resume is not None else None
-        if self.meta is not None:
-            diff = checkpoints.config_differences(self.meta["model_config"], self.model_config.to_dict())
-            if diff:
-                raise ValueError(
-                    f"{self.resume}: a checkpoint of another model than this run's ({'; '.join(diff)}); point "
-                    f"model.source / expansion at the same model or set checkpoint.resume=none")
+        from statex_dist.training.preflight import preflight
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.checked = preflight(self.cfg, self.world)
+        c = self.checked
+        self.device, self.dtype, self.source, self.model_config = c.device, c.dtype, c.source, c.model_config
+        self.ckpt_dir, self.resume, self.meta = c.ckpt_dir, c.resume, c.meta
+        if self.device.type == "cpu":
+            # DeepSpeed picks its accelerator from what it finds (CUDA when present), not from this run's choice
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
     def _groups(self) -> None:
         from megatron.core import parallel_state as ps
@@ -66,7 +52,7 @@ class Run:
         from statex_dist.parallel import state
         from statex_dist.parallel.deepspeed_mpu import ensure_deepspeed_comm
         from statex_dist.training import checkpoints
-        if "RANK" in os.environ and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        if "RANK" in os.environ and "LOCAL_RANK" in os.environ and self.device.type == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if "RANK" not in os.environ:
             os.environ.setdefault("LOCAL_RANK", "0")  # debug mode: DeepSpeed asks for it even in a world of one
@@ -76,6 +62,7 @@ class Run:
         self.rank = dist.get_rank()
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.stage = ps.get_pipeline_model_parallel_rank()
+        self.log(self.checked.first_line(self.cfg, dist.get_world_size(), dist.get_backend()))
         # DeepSpeed's own files restore only the layout that wrote them (see _restore)
         m = self.meta
         self.same_layout = bool(m is not None and m.get("deepspeed", True) and (
@@ -103,8 +90,8 @@ class Run:
             ShardedCheckpoint(self.resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
         else:
             fill(model, self.source, self.tp_rank, tp)
-        if torch.cuda.is_available():
-            model.cuda()
+        if self.device.type == "cuda":
+            model.cuda()  # the current device, set per local rank in _groups
         return model
 
     def _engine(self, model) -> None:
@@ -118,7 +105,6 @@ class Run:
             self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
         opt = optim.adamw(model, cfg.optimizer)
         sched = optim.scheduler(opt, cfg.schedule, cfg.optimizer.lr)
-        self.dtype = ds_setup.dtype_of(cfg)
         self.ds_config = ds_setup.deepspeed_config(cfg, self.dp, self.dtype)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
@@ -175,7 +161,7 @@ class Run:
     # --- steps ------------------------------------------------------------------------------------
     def _micro(self):
         b = next(self.batches)
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = self.device.type  # "cuda": the current device
         return b["input_ids"].to(dev), b["labels"].to(dev)
 
     def train_step(self) -> float:
@@ -200,8 +186,8 @@ class Run:
     def train(self) -> dict:
         cfg = self.cfg
         tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-        self.log(f"{self.model_config.arch}: {self.source.description}; TP={cfg.parallel.tp} PP={cfg.parallel.pp} "
-                 f"DP={self.dp} ZeRO-{cfg.parallel.zero_stage}; {self.gas} micro-batches/step; "
+        self.log(f"{self.model_config.arch}: {self.source.description}; {tokens_per_step:,} tokens/step in "
+                 f"{self.gas} micro-batch{'es' if self.gas > 1 else ''} per DP rank; "
                  f"steps {self.step}..{cfg.schedule.total_steps}")
         losses = []
         t_last = time.time()
@@ -266,7 +252,7 @@ class Run:
         w.add_scalar("train/tokens_per_s_per_gpu", per_gpu, s)
         w.add_scalar("train/tokens_seen", tokens_per_step * s, s)
         w.add_scalar("train/model_tflops_per_gpu", flops / 1e12, s)
-        if torch.cuda.is_available():
+        if self.device.type == "cuda":
             w.add_scalar("train/memory_gb", torch.cuda.max_memory_allocated() / 1e9, s)
             peak = _peak_flops(self.dtype)
             if peak:
@@ -324,6 +310,8 @@ def parser() -> "argparse.ArgumentParser":
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved run config as YAML and exit without starting anything")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    # launch/train.sh, once before the launcher: every check that needs no peers; prints the process count
+    ap.add_argument("--preflight", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
@@ -339,6 +327,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             from statex_dist.run_config import dump
             print(dump(cfg), end="")
             return 0
+        if args.preflight:
+            return _preflight(args, cfg)
         run = Run(cfg)
     except EXPECTED as e:  # only set-up: an error inside the steps is a bug and keeps its traceback
         return fail("statex_dist.train", e)
@@ -349,6 +339,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ShardError, CheckpointWriteError) as e:  # met mid-run: a corrupt shard, a disk that filled up
         return fail("statex_dist.train", e)
     run.log(f"done: {out['step']} steps, final loss {out['losses'][-1]:.4f}" if out["losses"] else "done: 0 steps")
+    return 0
+
+
+def _preflight(args, cfg: RunConfig) -> int:
+    """The launcher's check: the process count on its last stdout line (``$NPROC``, else one per GPU)."""
+    from statex_dist.parallel.device import select
+    from statex_dist.training.preflight import preflight
+    world = os.environ.get("WORLD_SIZE", "")
+    if not world.isdigit():
+        world = select(cfg.parallel.device).processes
+        cfg = load_run_config(args.config, args.overrides, world=world)  # the batch rule for that many
+    preflight(cfg, int(world))
+    print(world)
     return 0
 
 

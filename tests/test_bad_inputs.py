@@ -181,6 +181,23 @@ def _pretrain_record(ctx: Ctx) -> Path:
     return d
 
 
+def _fake_nvidia_smi(ctx: Ctx) -> Path:
+    """A folder whose ``nvidia-smi`` lists one GPU and a driver, as on a GPU node whose torch is a CPU wheel."""
+    bin_dir = ctx.tmp / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text("#!/bin/sh\n"
+                   "if [ \"$1\" = -L ]; then echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'; exit 0; fi\n"
+                   "echo '| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4 |'\n")
+    exe.chmod(0o755)
+    return bin_dir
+
+
+def _nproc4(ctx: Ctx) -> list:
+    """Four processes through the launcher, on the good shards, batch sizes that fit DP=4."""
+    return ["DEBUG=0", "NPROC=4", "configs/cpu-gla-tiny.yaml", f"data.train={ctx.shards}", "data.micro_batch=1"]
+
+
 def _reshard(src, *extra, dst="dst"):
     return lambda ctx: ["--src", str(src(ctx) if callable(src) else src), "--dst", str(ctx.tmp / dst), *extra]
 
@@ -196,6 +213,24 @@ ROWS = [
                                                          "data.micro_batch=4"],
         "data.global_batch=4 (from configs/cpu-gla-tiny.yaml) is not a multiple of data.micro_batch x DP = 4 x 2 "
         "(from override data.micro_batch=4); expected a multiple of 8 (DP = WORLD_SIZE 2 / (TP 1 x PP 1))", cli=True),
+    # the device and the kernels: a GPU that torch cannot use, or a kernel that cannot load, is never a quiet
+    # CPU or PyTorch run
+    Row("train.sh", "device-cuda-without-gpu", lambda c: ["configs/cpu-gla-tiny.yaml", "parallel.device=cuda"],
+        f"parallel.device=cuda but torch cannot use a GPU here: torch {torch.__version__} is a CPU build, "
+        f"nvidia-smi finds no GPU driver; install the torch build", cli=True),
+    Row("train.sh", "gpus-listed-torch-cannot-use", lambda c: ["DEBUG=0", f"PATH={_fake_nvidia_smi(c)}:{os.environ['PATH']}",
+                                                               "configs/cpu-gla-tiny.yaml"],
+        "nvidia-smi lists 1 GPU(s) (GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)) but torch cannot use them: torch "
+        f"{torch.__version__} is a CPU build, the driver 550.54.15 offers CUDA 12.4; install the torch build", cli=True),
+    Row("train.sh", "kernel-forced-unavailable", lambda c: ["STATEX_KERNELS=kernel", "configs/cpu-mamba2-tiny.yaml"],
+        "causal_conv1d", cli=True),
+    # NPROC processes through the launcher: the checks that need no peers run once, before it starts them
+    Row("train.sh", "nproc-model-missing", lambda c: [*_nproc4(c), f"model.source={c.tmp}/no-model"],
+        f"{{tmp}}/no-model", cli=True),
+    Row("train.sh", "nproc-shards-missing", lambda c: [*_nproc4(c), f"data.train={c.tmp}/no-shards"],
+        f"{{tmp}}/no-shards", cli=True),
+    Row("train.sh", "nproc-tp-not-dividing", lambda c: [*_nproc4(c), "parallel.tp=3"],
+        "TP=3", cli=True),
     Row("train", "steps-out-of-range", lambda c: _train(c, "schedule.total_steps=0"),
         "schedule.total_steps=0 (from override schedule.total_steps=0): input should be greater than 0", out="run"),
     Row("train", "betas-out-of-range", lambda c: _train(c, "optimizer.betas=[0.9,1.5]"),

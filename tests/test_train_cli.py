@@ -40,6 +40,11 @@ def test_lr_typed_as_people_type_it(tmp_path, shards, arch):
     r = launch(f"configs/cpu-{arch}-tiny.yaml", "optimizer.lr=3e-4", *short(shards, tmp_path / "a", 1, 0))
     assert r.returncode == 0, r.stderr[-3000:]
     assert lr_logged(r.stdout) == pytest.approx(3e-4)   # warm-up of 1 step: the first step runs at lr
+    # the run's first line: device, backend, dtype, layout and the implementation of each op the model uses
+    first = next(ln for ln in r.stdout.splitlines() if ln.startswith("[statex-dist]"))
+    ops = {"gla": "gla=torch, conv1d=torch", "mamba2": "ssd=torch, conv1d=torch"}[arch]
+    assert (f"device cpu | backend gloo | dtype fp32 | TP=1 PP=1 DP=1 ZeRO-1 on 1 process | "
+            f"kernels: {ops} (STATEX_KERNELS=auto)") in first, first
     own = tmp_path / "mine.yaml"
     own.write_text((ROOT / "configs" / f"cpu-{arch}-tiny.yaml").read_text().replace("lr: 3.0e-3", "lr: 3e-4"))
     assert "lr: 3e-4" in own.read_text()

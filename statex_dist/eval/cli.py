@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", metavar="PATH", help="write eval.json, report.txt and PNG plots here")
     ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel processes (see above)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the loaded weights")
+    ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                    help="auto: cuda when torch can use a GPU (as the training config's parallel.device)")
     ap.add_argument("--seed", type=int, default=0, help="selects the fixed evaluation sets")
     ap.add_argument("--batch", type=positive_int, default=16, help="sequences per forward pass")
     ap.add_argument("--pairs", type=int_list, default=[8, 16, 32, 64], help="MQAR N values")
@@ -77,21 +79,24 @@ def evaluate_checkpoints(args) -> dict:
 
     from statex_dist import load_model
     from statex_dist.eval.suite import evaluate
+    from statex_dist.parallel.device import current
     cfg = eval_config(args)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     results = {}
     for name, path in zip(run_names(args.ckpt, args.name), args.ckpt):
         model = load_model(path, dtype=dtype)
-        if torch.cuda.is_available():
-            model = model.cuda()
+        if current().type == "cuda":
+            model = model.cuda()  # the current device, set per local rank in run()
         results[name] = evaluate(model, cfg)
         del model
     return results
 
 
 def check_inputs(args) -> None:
-    """Every path and name the evaluation will use, before any process group or model exists."""
+    """The device and every path and name the evaluation will use, before any process group or model exists."""
     from statex_dist.eval.suite import TASKS
+    from statex_dist.parallel.device import select
+    select(args.device)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
@@ -128,7 +133,8 @@ def run(argv=None) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world % args.tp:
         raise ValueError(f"{world} processes cannot form TP groups of {args.tp}; launch a multiple of --tp")
-    if launched and torch.cuda.is_available():
+    from statex_dist.parallel.device import current
+    if launched and current().type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     from megatron.core import parallel_state as ps
     created = not ps.model_parallel_is_initialized()
@@ -168,7 +174,8 @@ def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     import torch
-    if not torch.cuda.is_available():
+    from statex_dist.parallel.device import select
+    if select(build_parser().parse_args(argv).device).type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the workers share the cores
     code = main(argv)
     if code:

@@ -92,6 +92,11 @@ class GLAConfig(_Common):
         h = self.num_heads[layer]
         return h * (self.key_dim // h) * (self.value_dim // h)
 
+    @property
+    def kernel_ops(self) -> tuple[str, ...]:
+        """The ops of ``statex_dist.ops`` this model calls (a run resolves their kernels before starting)."""
+        return ("gla", "conv1d") if self.use_short_conv else ("gla",)
+
 
 @dataclass
 class Mamba2Config(_Common):
@@ -129,6 +134,11 @@ class Mamba2Config(_Common):
     def state_size(self, layer: int) -> int:
         """Recurrent state floats of one layer for one sequence: d_inner x d_state."""
         return self.d_inner * self.d_state[layer]
+
+    @property
+    def kernel_ops(self) -> tuple[str, ...]:
+        """The ops of ``statex_dist.ops`` this model calls (a run resolves their kernels before starting)."""
+        return ("ssd", "conv1d")
 
 
 ModelConfig = Union[GLAConfig, Mamba2Config]

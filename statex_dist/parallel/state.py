@@ -12,13 +12,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from megatron.core.model_parallel_config import ModelParallelConfig
 
+from statex_dist.parallel import device
+
 
 def _init_world() -> None:
     if dist.is_initialized():
         return
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=device.current().backend)
     else:
         # Debug mode: a world of one needs no rendezvous, so use an in-memory store (no port to pick).
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)

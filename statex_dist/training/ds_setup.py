@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 
 
-def dtype_of(run_cfg) -> torch.dtype:
+def dtype_of(run_cfg, device) -> torch.dtype:
+    """``model.dtype``; ``auto`` is the device's default (bf16 on GPUs, fp32 on the CPU)."""
     d = run_cfg.model.dtype
     if d == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return device.default_dtype
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[d]
 
 

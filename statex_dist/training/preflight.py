@@ -1,0 +1,73 @@
+"""Everything a run can check without peers, in one function: the device, the kernels, the weight source, the
+layout against the model, the shards, the resume point.
+
+The launcher runs it once before it starts any process (``python -m statex_dist.train --preflight``), so a
+bad input is one line rather than one line per rank; every rank runs it again as the first step of its
+``Run`` (it only reads configs and manifests).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from statex_dist.data import check_shards
+from statex_dist.ops import kernel_summary, resolve_kernels
+from statex_dist.parallel import device as devices
+from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.training import checkpoints
+from statex_dist.training.ds_setup import dtype_of
+from statex_dist.training.initial_weights import WeightSource, weight_source
+
+
+@dataclass
+class Preflight:
+    device: devices.Device
+    dtype: torch.dtype
+    kernels: dict[str, str]       # op -> the implementation it runs with on this device
+    source: WeightSource
+    train_shards: object           # the manifest check's summary (sequence length, shard count)
+    ckpt_dir: Path
+    resume: Optional[Path]         # the checkpoint the run continues from
+    meta: Optional[dict]           # its metadata
+
+    @property
+    def model_config(self):
+        return self.source.config
+
+    def first_line(self, run_cfg, world: int, backend: str) -> str:
+        """Device, backend, dtype, layout and kernels: the first line a run prints."""
+        p = run_cfg.parallel
+        dp = world // (p.tp * p.pp)
+        dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[self.dtype]
+        return (f"device {self.device.name} | backend {backend} | dtype {dtype} | TP={p.tp} PP={p.pp} DP={dp} "
+                f"ZeRO-{p.zero_stage} on {world} process{'es' if world > 1 else ''} | "
+                f"{kernel_summary(self.device.type, self.model_config.kernel_ops)}")
+
+
+def preflight(run_cfg, world: int) -> Preflight:
+    """The checks, in the order a run needs their answers; each error names the key or file and the fix."""
+    dev = devices.select(run_cfg.parallel.device)
+    source = weight_source(run_cfg)
+    model_config = source.config
+    kernels = resolve_kernels(dev.type, model_config.kernel_ops)
+    p = run_cfg.parallel
+    check_parallel_sizes(model_config, p.tp, p.pp, world)
+    train_shards = check_shards(run_cfg.data.train)
+    if p.sequence_parallel and p.tp > 1:
+        from statex_dist.parallel.sequence import check_seq_len
+        check_seq_len(train_shards.seq_len, p.tp)
+    if run_cfg.data.valid:
+        check_shards(run_cfg.data.valid)
+    ckpt_dir = Path(run_cfg.checkpoint.dir or Path(run_cfg.logging.dir) / "checkpoints")
+    resume = checkpoints.resume_point(run_cfg.checkpoint.resume, ckpt_dir)
+    meta = checkpoints.read_meta(resume) if resume is not None else None
+    if meta is not None:
+        diff = checkpoints.config_differences(meta["model_config"], model_config.to_dict())
+        if diff:
+            raise ValueError(
+                f"{resume}: a checkpoint of another model than this run's ({'; '.join(diff)}); point "
+                f"model.source / expansion at the same model or set checkpoint.resume=none")
+    return Preflight(dev, dtype_of(run_cfg, dev), kernels, source, train_shards, ckpt_dir, resume, meta)
