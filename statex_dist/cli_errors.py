@@ -2,8 +2,9 @@
 exit status 2, before any work. ``STATEX_DEBUG=1`` adds the traceback.
 
 The project's own errors (ConfigError, CheckpointError, DataError) are ValueErrors and name the key or file
-at fault, so a ValueError or an OSError (a path that is missing or cannot be read) is the user's input;
-anything else is a bug and keeps its traceback.
+at fault, so a ValueError or an OSError (a path that is missing or cannot be read) is the user's input, and
+so is a KernelUnavailable (the machine lacks a kernel the run needs; its message names the fix); anything else
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import sys
 import traceback
 from typing import Callable, Optional
 
+from statex_dist.ops._dispatch import KernelUnavailable
+
 EXIT_BAD_INPUT = 2
-EXPECTED = (ValueError, OSError)
+EXPECTED = (ValueError, OSError, KernelUnavailable)
 
 
 def debug() -> bool:

@@ -71,17 +71,16 @@ PRELUDE = textwrap.dedent(
 
 GLA_SCRIPT = PRELUDE + textwrap.dedent(
     '''
-    from statex_dist.ops import chunk_gla_torch, gla_attention
-    import statex_dist.ops.gla as gla_mod
+    from statex_dist.ops import _dispatch, chunk_gla_torch, gla_attention
 
     calls = []
-    chunk_gla, fused_recurrent_gla = gla_mod._fla_gla()
+    chunk_gla, fused_recurrent_gla = _dispatch.LOADERS["gla"]()
     def spy(name, f):
         def wrapped(*a, **k):
             calls.append(name)
             return f(*a, **k)
         return wrapped
-    gla_mod._fla_gla = lambda: (spy("chunk_gla", chunk_gla), spy("fused_recurrent_gla", fused_recurrent_gla))
+    _dispatch.LOADERS["gla"] = lambda: (spy("chunk_gla", chunk_gla), spy("fused_recurrent_gla", fused_recurrent_gla))
 
     report = {}
     torch.manual_seed(0)
@@ -108,9 +107,8 @@ SSD_SCRIPT = PRELUDE + textwrap.dedent(
     '''
     from tests.mamba_cpu import install
     install()  # mamba_ssm's CPU import workarounds, this process only
-    from statex_dist.ops import ssd_scan, ssd_scan_torch
-    import statex_dist.ops.ssd as ssd_mod
-    assert ssd_mod._mamba_chunk_scan_combined() is not None, "mamba_chunk_scan_combined did not import"
+    from statex_dist.ops import _dispatch, ssd_scan, ssd_scan_torch
+    assert _dispatch.kernel_for("ssd", "cpu") is not None, "mamba_chunk_scan_combined is not forced"
 
     report = {}
     torch.manual_seed(0)
@@ -133,9 +131,9 @@ CONV_SCRIPT = PRELUDE + textwrap.dedent(
     '''
     from tests.mamba_cpu import install
     install()  # causal_conv1d_fn -> causal_conv1d_ref, the package's own reference
-    import statex_dist.ops.conv as conv_mod
-    from statex_dist.ops import causal_conv1d, causal_conv1d_torch
-    assert conv_mod._causal_conv1d_fn() is not None, "causal_conv1d_fn did not import"
+    from causal_conv1d.causal_conv1d_interface import causal_conv1d_ref
+    from statex_dist.ops import _dispatch, causal_conv1d, causal_conv1d_torch
+    assert _dispatch.kernel_for("conv1d", "cpu") is causal_conv1d_ref, "causal_conv1d_fn is not the one patched"
 
     report = {}
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from statex_dist.ops import causal_conv1d, ssd_scan, ssd_scan_torch
+from statex_dist.ops import KernelUnavailable, _dispatch, causal_conv1d, ssd_scan, ssd_scan_torch
 
 # max|a - b| / max|b|; ours runs in fp32, the reference recurrence in fp64 on the same inputs
 RTOL = 1e-5
@@ -131,12 +131,16 @@ def test_dispatch_on_cpu(monkeypatch):
     assert torch.equal(ssd_scan(chunk_size=8, **tensors), expected)
     monkeypatch.setenv("STATEX_KERNELS", "torch")
     assert torch.equal(ssd_scan(chunk_size=8, **tensors), expected)
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
-    except Exception:
-        monkeypatch.setenv("STATEX_KERNELS", "mamba_ssm")  # forced but missing: an error, no fallback
-        with pytest.raises(RuntimeError):
-            ssd_scan(chunk_size=8, **tensors)
+
+    def missing():
+        raise ModuleNotFoundError("No module named 'triton'", name="triton")
+
+    monkeypatch.setitem(_dispatch.LOADERS, "ssd", missing)
+    monkeypatch.setattr(_dispatch, "_imported", {})  # forget an earlier test's import of the real kernel
+    monkeypatch.setattr(_dispatch, "_resolved", {})
+    monkeypatch.setenv("STATEX_KERNELS", "mamba_ssm")  # forced but missing: an error, no fallback
+    with pytest.raises(KernelUnavailable, match="No module named 'triton'"):
+        ssd_scan(chunk_size=8, **tensors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,3 +175,47 @@ def test_layers_and_cache_are_the_libraries_with_each_layers_shape(tmp_path, arc
     else:  # transformers' DynamicCache: [B, heads, head_dim, d_state] per layer
         assert [m.ssm_state_size for m in mixers] == [32, 16]
         assert [layer.recurrent_states[0].shape[-1] for layer in cache.layers] == [32, 16]
+
+
+NO_TRITON = """
+import json, sys
+sys.modules["triton"] = None  # what a client has where triton is missing: fla installed, its import failing
+from transformers import AutoModelForCausalLM
+import torch
+report = {}
+try:
+    AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+    report["gla"] = "loaded"
+except ImportError as e:
+    report["gla"] = str(e)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[2], trust_remote_code=True)
+with torch.no_grad():
+    report["mamba2"] = list(model(torch.zeros(1, 5, dtype=torch.long)).logits.shape)
+report["fla_imported"] = "fla.layers.gla" in sys.modules
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_export_without_triton_names_it(tmp_path):
+    """Where fla is installed but does not import (no triton, as on a client's CPU machine), a GLA export
+    relays fla's import error and its fix; a Mamba2 export, which needs no fla, still loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_fla_gla(tmp_path / "gla", vocab_size=VOCAB)
+    gla = export(tmp_path / "gla", tmp_path / "gla-x", "--expand-layers", "0", "--init", "merge")
+    make_hf_mamba2(tmp_path / "m2")
+    m2 = export(tmp_path / "m2", tmp_path / "m2-x", "--expand-layers", "0", "--d-state", "32")
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", NO_TRITON, str(gla), str(m2)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    report = json.loads(lines[-1][len("REPORT "):])
+    message = report["gla"]
+    assert "needs fla" in message and "triton" in message and "pip install triton" in message, message
+    assert "None in sys.modules" in message, message  # the underlying import error, relayed
+    assert report["mamba2"] == [1, 5, VOCAB] and not report["fla_imported"]

@@ -1,10 +1,10 @@
 """Depthwise causal 1-D convolution (Mamba2's short conv) on channels-last inputs, and its dispatch.
 
-The ``causal_conv1d`` package is CUDA-only (its import fails without the compiled extension), so the
-fallback is ``F.conv1d`` with left padding, or with the carried state prepended.
+The ``causal_conv1d`` package is CUDA-only (its import fails without the compiled extension); the PyTorch
+path is ``F.conv1d`` with left padding, or with the carried state prepended.
 
 Precision with bf16 activations: as causal_conv1d's CUDA kernel, which loads bf16 inputs and weights and
-sums the W taps, the bias and the SiLU in fp32, the fallback convolves in fp32 and rounds once, to x's
+sums the W taps, the bias and the SiLU in fp32, the PyTorch path convolves in fp32 and rounds once, to x's
 dtype, at the end (its reference ``causal_conv1d_ref`` convolves in the weight's dtype instead).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import kernel_choice, use_kernel
+from ._dispatch import kernel_for
 
 __all__ = ["causal_conv1d", "causal_conv1d_torch"]
 
@@ -55,14 +55,6 @@ def causal_conv1d_torch(
     return out
 
 
-def _causal_conv1d_fn():
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
-
-
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -73,12 +65,12 @@ def causal_conv1d(
 ):
     """Causal depthwise conv with the best available kernel. Arguments as :func:`causal_conv1d_torch`.
 
-    On CUDA with the ``causal_conv1d`` package: its ``causal_conv1d_fn`` (which takes [B, D, T]);
-    ``STATEX_KERNELS`` as in :mod:`statex_dist.ops._dispatch`.
+    On CUDA tensors the ``causal_conv1d`` package's ``causal_conv1d_fn`` (which takes [B, D, T]), on CPU
+    tensors :func:`causal_conv1d_torch`; ``STATEX_KERNELS`` as in :mod:`statex_dist.ops._dispatch`, whose
+    :class:`KernelUnavailable` is raised when the kernel is required and does not import.
     """
-    choice = kernel_choice("causal_conv1d")
-    kernel = None if choice == "torch" else _causal_conv1d_fn()
-    if not use_kernel(choice, kernel, x, "causal_conv1d"):
+    kernel = kernel_for("conv1d", x.device.type)
+    if kernel is None:
         return causal_conv1d_torch(x, weight, bias, activation, initial_state, return_final_state)
     # causal_conv1d_fn takes [B, D, T]; with states it wants the channels-last layout, which is
     # exactly the transpose of a contiguous [B, T, D] (and of a contiguous [B, W-1, D] state).

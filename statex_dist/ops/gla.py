@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import kernel_choice, use_kernel
+from ._dispatch import kernel_for
 
 __all__ = ["chunk_gla_torch", "gla_attention"]
 
@@ -132,14 +132,6 @@ def chunk_gla_torch(
     return o, (S if output_final_state else None)
 
 
-def _fla_gla():
-    try:
-        from fla.ops.gla import chunk_gla, fused_recurrent_gla
-    except Exception:  # fla missing or failing to import: the torch path serves
-        return None
-    return chunk_gla, fused_recurrent_gla
-
-
 def gla_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -151,14 +143,13 @@ def gla_attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GLA with the best available kernel; shapes as :func:`chunk_gla_torch`.
 
-    fla's ``chunk_gla`` on CUDA tensors when fla imports (``fused_recurrent_gla`` for T <= 64:
-    decoding and short prompts), else :func:`chunk_gla_torch`. ``STATEX_KERNELS`` (``torch``,
-    ``fla``, ``kernel``) as in :mod:`statex_dist.ops._dispatch`; ``fla`` on CPU tensors needs
-    ``TRITON_INTERPRET=1``.
+    fla's ``chunk_gla`` on CUDA tensors (``fused_recurrent_gla`` for T <= 64: decoding and short
+    prompts), :func:`chunk_gla_torch` on CPU tensors; ``STATEX_KERNELS`` (``torch``, ``fla``,
+    ``kernel``) as in :mod:`statex_dist.ops._dispatch`, whose :class:`KernelUnavailable` is raised when
+    fla is required and does not import. ``fla`` on CPU tensors needs ``TRITON_INTERPRET=1``.
     """
-    choice = kernel_choice("fla")
-    kernels = None if choice == "torch" else _fla_gla()
-    if not use_kernel(choice, kernels, q, "fla"):
+    kernels = kernel_for("gla", q.device.type)
+    if kernels is None:
         return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state)
     chunk_gla, fused_recurrent_gla = kernels
     if initial_state is not None:

@@ -4,10 +4,11 @@ Per batch b and head h (group gi = h // (H // G); state h_t is [P, N]):
 
     h_t = exp(dt_t * A) h_{t-1} + dt_t * x_t^T B_t,        y_t = h_t C_t + D x_t   (then * silu(z_t))
 
-mamba_ssm's ``mamba_chunk_scan_combined`` is Triton and needs CUDA (and ``import mamba_ssm`` itself
-needs its compiled extension); transformers' torch fallback repeats B and C over heads and builds
-[b, c, l, s, h] tensors. ``ssd_scan_torch`` keeps B/C per group (C B^T is computed once per group
-and shared by its heads) and only materialises the per-head [L, L] decay inside a chunk.
+mamba_ssm's ``mamba_chunk_scan_combined`` is Triton and needs CUDA or ``TRITON_INTERPRET=1`` (it imports
+without mamba_ssm's compiled extension: :func:`statex_dist.ops._dispatch._load_mamba_ssd`); transformers'
+PyTorch path repeats B and C over heads and builds [b, c, l, s, h] tensors. ``ssd_scan_torch`` keeps B/C
+per group (C B^T is computed once per group and shared by its heads) and only materialises the per-head
+[L, L] decay inside a chunk.
 
 Precision with bf16 activations: ``ssd_scan_torch`` upcasts x, dt, B, C (and A, D, z, dt_bias) to fp32
 and does every product and sum in fp32; y returns in x's dtype, the final state fp32. mamba_ssm's
@@ -24,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._dispatch import kernel_choice, use_kernel
+from ._dispatch import kernel_for
 
 __all__ = ["ssd_scan_torch", "ssd_scan"]
 
@@ -142,16 +143,6 @@ def ssd_scan_torch(
     return y
 
 
-def _mamba_chunk_scan_combined():
-    # A broad guard: importing the Triton module runs mamba_ssm/__init__, which imports the compiled
-    # selective-scan extension (missing on CPU-only builds), so the failure is not an ImportError only.
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception:
-        return None
-    return mamba_chunk_scan_combined
-
-
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -169,12 +160,12 @@ def ssd_scan(
 ):
     """SSD scan with the best available kernel. Arguments as :func:`ssd_scan_torch`.
 
-    mamba_ssm's Triton kernel on CUDA tensors when it imports, else :func:`ssd_scan_torch`;
-    ``STATEX_KERNELS`` (``torch``, ``mamba_ssm``, ``kernel``) as in :mod:`statex_dist.ops._dispatch`.
+    mamba_ssm's Triton kernel on CUDA tensors, :func:`ssd_scan_torch` on CPU tensors;
+    ``STATEX_KERNELS`` (``torch``, ``mamba_ssm``, ``kernel``) as in :mod:`statex_dist.ops._dispatch`,
+    whose :class:`KernelUnavailable` is raised when the kernel is required and does not import.
     """
-    choice = kernel_choice("mamba_ssm")
-    kernel = None if choice == "torch" else _mamba_chunk_scan_combined()
-    if not use_kernel(choice, kernel, x, "mamba_ssm"):
+    kernel = kernel_for("ssd", x.device.type)
+    if kernel is None:
         return ssd_scan_torch(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
             dt_limit=dt_limit, initial_states=initial_states, return_final_states=return_final_states,

@@ -35,13 +35,31 @@ try:  # only GLA exports need fla: a Mamba2 export loads without it
     from fla.modules.norm.layernorm import rms_norm_ref
     from fla.modules.norm.layernorm_gated import rms_norm_ref as gated_rms_norm_ref
     from fla.ops.gla.naive import naive_recurrent_gla
-except ImportError:
+    _FLA_ERROR = None
+# Any failure, not only ImportError: fla installed beside a broken dependency must not stop a Mamba2 export
+# from loading, and a GLA export reports the error itself (_fla_missing).
+except Exception as e:  # noqa: BLE001
+    _FLA_ERROR = e
     GatedLinearAttention = GatedMLP = RMSNorm = nn.Module
     FLAModel = FLAForCausalLM = PreTrainedModel
     FLAGenerationMixin = GenerationMixin
 
 
 # --- GLA ----------------------------------------------------------------------------------------------
+
+def _fla_missing(error: BaseException) -> str:
+    """Why fla does not import here and the fix: fla itself missing, or a dependency of it (triton, which fla
+    imports on every machine, CPU ones included)."""
+    missing = (getattr(error, "name", None) or "").split(".")[0]
+    if missing == "fla":
+        fix = "pip install flash-linear-attention"
+    elif missing:
+        fix = f"fla imports {missing}, so install it (pip install {missing})"
+    else:
+        fix = "pip install flash-linear-attention triton, or repair the failing one"
+    return (f"a StateX GLA export needs fla (flash-linear-attention), which does not import here "
+            f"({type(error).__name__}: {error}): {fix}")
+
 
 class StateXRMSNorm(RMSNorm):
     """fla's RMSNorm (fused with the residual add when asked); fla's reference on the CPU."""
@@ -159,8 +177,8 @@ class StateXGLAForCausalLM(FLAForCausalLM, FLAGenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
     def __init__(self, config: StateXGLAConfig):
-        if FLAModel is PreTrainedModel:
-            raise ImportError("a StateX GLA export needs fla: pip install flash-linear-attention")
+        if _FLA_ERROR is not None:
+            raise ImportError(_fla_missing(_FLA_ERROR)) from _FLA_ERROR
         super().__init__(config)
         self.model = StateXGLAModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
