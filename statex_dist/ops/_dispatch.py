@@ -61,8 +61,9 @@ def _load_mamba_ssd():
             module = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
         finally:
             # The bare package leaves again: kept, it would make a later ``import mamba_ssm`` succeed
-            # without Mamba1 / Mamba2 modules, and transformers would then take mamba_ssm's Triton
-            # functions for its Mamba2 on any device, CPU tensors included.
+            # without the names its __init__ exports, and transformers (which picks its Mamba2 kernels by
+            # whether ``import mamba_ssm`` works, whatever the device) would then run mamba_ssm's Triton
+            # functions on CPU tensors too.
             if sys.modules.get("mamba_ssm") is bare:
                 del sys.modules["mamba_ssm"]
         return module.mamba_chunk_scan_combined
@@ -93,8 +94,8 @@ OPS = {
               "pip install flash-linear-attention triton (both pinned in requirements.txt; bash install.sh "
               "installs them)"),
     "ssd": Op("mamba_ssm", "mamba_chunk_scan_combined", "ssd_scan_torch",
-              "pip install triton mamba-ssm (bash install.sh installs both; the Triton SSD needs no CUDA build "
-              "of mamba-ssm)"),
+              "bash install.sh, which installs triton and mamba-ssm with its build flags (requirements-cuda.txt; "
+              "the Triton SSD needs no CUDA build of mamba-ssm)"),
     "conv1d": Op("causal_conv1d", "causal_conv1d_fn", "causal_conv1d_torch",
                  "STATEX_CUDA_EXTRAS=1 bash install.sh, which builds causal-conv1d's CUDA extension (needs nvcc)"),
 }
