@@ -26,6 +26,10 @@ class CausalLM(nn.Module):
 
     No layer draws its own weights: ``init`` fills every shard from statex_dist.models.init (one scheme, the
     same full model at every layout); without it the weights are uninitialised, to be loaded.
+
+    Under bf16 the embedding and the LM head weight are computed in bf16 (a lookup, a matmul), the final
+    norm's weight in fp32; the cross entropy takes the logits upcast to fp32. The blocks' parameters: see
+    the block and mixer classes.
     """
     EMBEDDING = "embedding"   # attribute names of the subclass's architecture
     NORM = "norm"

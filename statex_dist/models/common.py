@@ -26,6 +26,9 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tor
 class RMSNorm(nn.Module):
     """Replicated RMSNorm (a block's pre-norm or the final norm). x [..., D] -> [..., D].
 
+    Computed in fp32 whatever the dtype of x and of the weight (a bf16 weight enters upcast, as in fla's and
+    mamba_ssm's norm kernels, which load it as fp32), and returned in x's dtype.
+
     ``sequence_parallel``: x is this rank's time slice [B, T / TP, D], so the weight's gradient is summed
     over TP (inside autograd: ZeRO's hooks see the full gradient).
     """

@@ -54,6 +54,23 @@ class GatedLinearAttention(nn.Module):
     o row-parallel, and the output RMSNorm spans ranks through an all-reduced sum of squares.
     x [B, T, D] -> [B, T, D]. With ``sequence_parallel`` x and the output are this rank's time slice
     [B, T / TP, D]: x is all-gathered in front of the projections, o_proj's output reduce-scattered.
+
+    Precision under bf16 training. DeepSpeed stores every parameter in bf16 (the fp32 master copy is the
+    optimizer's), as a bf16 fla model is stored. What the forward computes each one in
+    (``statex_dist.training.precision`` records it):
+
+    | parameter | computed in | where |
+    |---|---|---|
+    | ``q/k/v/g/o_proj.weight``, ``gk_proj.0.weight``, ``gk_proj.1.weight`` | bf16 | matmuls on bf16 activations |
+    | ``gk_proj.1.bias`` | bf16 | added inside the gate's linear layer; logsigmoid on the bf16 logits |
+    | ``q/k/v_conv1d.weight`` | fp32 | the short convolution sums its taps in fp32 |
+    | ``g_norm.weight`` | fp32 | the per-head RMSNorm in fp32 (all-reduced sum of squares included) |
+
+    This is fla's GLA layer: its gate is ``nn.Linear(gate_low_rank_dim, key_dim, bias=True)`` in the model's
+    dtype followed by ``F.logsigmoid`` on its output, and its norms (``RMSNorm``, ``FusedRMSNormGated``) load
+    the weight as fp32 inside the kernel. The gate's bias follows fla rather than an fp32 add, so that the
+    decays trained here are the ones fla computes from the exported weights; the scan then accumulates the
+    gates in fp32 (fla's ``chunk_local_cumsum`` as well).
     """
 
     def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
@@ -140,7 +157,10 @@ class GatedLinearAttention(nn.Module):
 
 class GLABlock(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). x [B, T, D] -> [B, T, D]
-    ([B, T / TP, D] with ``sequence_parallel``: norms and residual adds on this rank's tokens only)."""
+    ([B, T / TP, D] with ``sequence_parallel``: norms and residual adds on this rank's tokens only).
+
+    Under bf16: ``attn_norm.weight`` and ``mlp_norm.weight`` computed in fp32 (the RMSNorms run in fp32), the
+    MLP's weights in bf16, the residual stream bf16 (fla's blocks do the same)."""
 
     def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()

@@ -31,6 +31,23 @@ class Mamba2Mixer(nn.Module):
     dt = softplus(dt + dt_bias), skip D; gated RMSNorm norm(y * silu(z)) over groups of E / G; out_proj.
     With ``sequence_parallel`` x and the output are this rank's time slice [B, T / TP, D]: x is
     all-gathered in front of in_proj, out_proj's output reduce-scattered.
+
+    Precision under bf16 training. DeepSpeed stores every parameter in bf16 (the fp32 master copy is the
+    optimizer's), as Megatron's Float16Module and a bf16 mamba_ssm model do. What the forward computes each
+    one in (``statex_dist.training.precision`` records it):
+
+    | parameter | computed in | where |
+    |---|---|---|
+    | ``in_proj.weight``, ``out_proj.weight`` | bf16 | matmuls on bf16 activations |
+    | ``conv1d.weight``, ``conv1d.bias`` | fp32 | the convolution sums taps and bias in fp32 |
+    | ``dt_bias`` | fp32 | dt + dt_bias, softplus and clamp in fp32 |
+    | ``A_log`` | fp32 | A = -exp(A_log.float()) |
+    | ``D`` | fp32 | the skip term y + D x in fp32 |
+    | ``norm.weight`` | fp32 | the gated RMSNorm in fp32, its output rounded to bf16 |
+
+    These are mamba_ssm's upcasts (``A_log.float()`` in Mamba2.forward; its Triton kernels load dt_bias, D
+    and the norm weight as fp32) and Megatron's MambaMixer's (``A_log.float()``, ``dt_bias.float()``).
+    They are made here rather than left to the scan, so every scan path receives fp32 A, dt_bias and D.
     """
 
     def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
@@ -94,7 +111,7 @@ class Mamba2Mixer(nn.Module):
         out = ssd_scan(
             xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
             Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.cfg.chunk_size,
-            D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.cfg.dt_limit,
+            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.cfg.dt_limit,
             initial_states=initial_state, return_final_states=output_final_state)
         y, final_state = out if output_final_state else (out, None)
         y = self._gated_norm(y.reshape(B, T, E), z)
@@ -103,8 +120,13 @@ class Mamba2Mixer(nn.Module):
 
 
 class Mamba2Block(nn.Module):
-    """Pre-norm residual block x + mixer(norm(x)), the residual stream kept in fp32 when asked.
-    x [B, T, D] -> [B, T, D] ([B, T / TP, D] with ``sequence_parallel``)."""
+    """Pre-norm residual block x + mixer(norm(x)). x [B, T, D] -> [B, T, D] ([B, T / TP, D] with
+    ``sequence_parallel``).
+
+    ``norm.weight`` is computed in fp32 (the RMSNorm runs in fp32). With ``residual_in_fp32`` the add is
+    done in fp32 and its sum returned in x's dtype: under bf16 the stream between blocks is bf16, where
+    mamba_ssm's fused blocks carry an fp32 residual from block to block.
+    """
 
     def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
         super().__init__()
