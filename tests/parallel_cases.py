@@ -1,4 +1,5 @@
-"""Shared pieces of the multi-process tests: small model configs, reference weights, one SGD step."""
+"""Shared pieces of the multi-process tests: small model configs, reference weights, one SGD step, and the
+comparison of every rank's copies with one process."""
 from __future__ import annotations
 
 import torch
@@ -39,42 +40,52 @@ def batch(cfg, B: int = 4, T: int = 19, seed: int = 1):
     return ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
 
 
-def single_process(cfg, weights, ids, labels):
-    """Loss, full gradients and SGD-updated weights of the one-process model."""
+def single_process(cfg, weights, ids, labels, logits: bool = False):
+    """Loss, full gradients and SGD-updated weights of the one-process model; with ``logits`` also its
+    logits [B, T, V_pad] (the output layer's, padded columns included: zero weights give zero logits)."""
     from statex_dist.models import build_model, specs_for
     from statex_dist.parallel.weights import load_full
     model = build_model(cfg, init=False)
     load_full(model, weights, specs_for(cfg, 1))
+    captured = []
+    model.lm_head.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
     loss = model(ids, labels=labels)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     new = {n: (p - LR * p.grad).detach() for n, p in model.named_parameters()}
-    return loss.item(), grads, new
+    return (loss.item(), grads, new, captured[0]) if logits else (loss.item(), grads, new)
 
 
 def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
-    """One rank of a TP x DP run without a pipeline: returns (loss, full grads, full weights after SGD)."""
+    """One rank of a TP x DP run without a pipeline: this rank's own copies (tp_dp_step), on every rank."""
     from statex_dist.parallel import state
     state.initialize(tp, 1)
     out = tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel)
     state.destroy()
-    return out if rank == 0 else None
+    return out
 
 
 def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
-    """tp_dp_worker's work on groups that already exist: (loss, full grads, full weights after SGD)."""
+    """tp_dp_worker's work on groups that already exist: one forward and backward of this rank's rows of the
+    batch (its DP slice), gradients averaged over DP, one SGD step. Returns what this rank holds, nothing
+    gathered: its place (rank, tp_rank, tp, the rows it read), the DP-mean loss, the loss of its own rows,
+    the output layer's logits it computed (its vocabulary slice [n, T, V_pad / TP]), and its shards of every
+    gradient and of every weight after the step (under the model's names)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     from statex_dist.models import build_model, specs_for
-    from statex_dist.parallel.weights import gather_full, load_full
+    from statex_dist.parallel.weights import load_full
     cfg = config_from_dict(cfg_dict)
     specs = specs_for(cfg, tp)
     model = build_model(cfg, init=False, sequence_parallel=sequence_parallel)
     load_full(model, weights, specs)
+    captured = []
+    model.lm_head.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     n = ids.shape[0] // dp
-    loss = model(ids[dp_rank * n:(dp_rank + 1) * n], labels=labels[dp_rank * n:(dp_rank + 1) * n])
+    rows = (dp_rank * n, (dp_rank + 1) * n)
+    loss = model(ids[rows[0]:rows[1]], labels=labels[rows[0]:rows[1]])
     loss.backward()
     dpg = ps.get_data_parallel_group()
     for p in model.parameters():
@@ -82,12 +93,71 @@ def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
         p.grad /= dp
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss, group=dpg)
-    grads = gather_full(model, specs, lambda p: p.grad)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     with torch.no_grad():
         for p in model.parameters():
             p -= LR * p.grad
-    new = gather_full(model, specs)
-    return mean_loss.item() / dp, grads, new
+    new = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return {"rank": dist.get_rank(), "tp_rank": ps.get_tensor_model_parallel_rank(), "tp": tp, "rows": rows,
+            "loss": mean_loss.item() / dp, "own_loss": loss.item(), "logits": captured[0], "grads": grads,
+            "new": new}
+
+
+def compare_ranks(cfg, ref, labels, results, tol: float) -> dict:
+    """Every rank's own copies (tp_dp_step's results, one per rank) against the one-process reference ``ref``
+    (single_process(..., logits=True)), relative error (max |a - b| / max |b|) at most ``tol``: the DP-mean
+    loss; the loss of the rank's own rows (cross entropy of the reference's logits on those rows); its
+    logits against the same vocabulary slice of the reference's rows; its shard of every gradient and of
+    every weight after the step against the same slice of the full tensor (ShardSpec.shard). Rows past the
+    one-process tensor (TP vocabulary padding) must be exactly zero, and copies of one slice on several
+    ranks (DP replicas, TP-replicated tensors) bitwise equal. Fails with every disagreement listed by rank;
+    returns the largest error measured of each kind (loss, own-rows-loss, logits, grads, new) and where."""
+    import torch.nn.functional as F
+
+    from statex_dist.models import specs_for
+    from tests.conftest import rel_err
+    loss, grads, new, logits = ref
+    tp = results[0]["tp"]
+    specs = specs_for(cfg, tp)
+    bad, worst, copies = [], {}, {}
+
+    def check(rank, what, err):
+        kind = what.split(" ")[0]
+        if err >= worst.get(kind, (0.0,))[0]:
+            worst[kind] = (err, f"{what}, rank {rank}")
+        if not err <= tol:
+            bad.append(f"rank {rank}: {what} {err:.1e}")
+
+    assert sorted(r["rank"] for r in results) == list(range(len(results)))
+    for r in results:
+        rank, (a, b), tp_rank = r["rank"], r["rows"], r["tp_rank"]
+        check(rank, "loss", abs(r["loss"] - loss) / abs(loss))
+        own = F.cross_entropy(logits[a:b, :, :cfg.vocab_size].double().flatten(0, 1), labels[a:b].flatten()).item()
+        check(rank, "own-rows-loss", abs(r["own_loss"] - own) / abs(own))
+        local = r["logits"]
+        full = F.pad(logits[a:b], (0, local.shape[-1] * tp - logits.shape[-1]))
+        want = full.chunk(tp, dim=-1)[tp_rank]
+        check(rank, "logits", rel_err(local, want) if local.shape == want.shape else float("inf"))
+        for kind, ref_t in (("grads", grads), ("new", new)):
+            if set(r[kind]) != set(ref_t):
+                bad.append(f"rank {rank}: {kind} names differ: {sorted(set(r[kind]) ^ set(ref_t))}")
+                continue
+            for name, t in r[kind].items():
+                spec = specs[name]
+                want = spec.shard(spec.pad_rows(ref_t[name]), tp_rank, tp, name)
+                if t.shape != want.shape:
+                    bad.append(f"rank {rank}: {kind} {name} shape {list(t.shape)}, want {list(want.shape)}")
+                    continue
+                check(rank, f"{kind} {name}", rel_err(t, want))
+                padding = spec.shard(1 - spec.pad_rows(torch.ones_like(ref_t[name])), tp_rank, tp, name).bool()
+                if (t[padding] != 0).any():
+                    bad.append(f"rank {rank}: {kind} {name}: padded vocabulary rows are not zero")
+                key = (kind, name, tp_rank if spec.dim is not None else None)
+                first = copies.setdefault(key, (rank, t))
+                if not torch.equal(t, first[1]):
+                    bad.append(f"rank {rank}: {kind} {name} differs from rank {first[0]}'s copy")
+    assert not bad, f"{len(bad)} disagreements with one process (tol {tol:.0e}):\n" + "\n".join(bad)
+    return worst
 
 
 def pipeline_worker(rank, world, tp, pp, cfg_dict, weights, ids, labels, micro_batch, grad_accum, clip=0.0,

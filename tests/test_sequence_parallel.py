@@ -1,14 +1,15 @@
-"""Sequence parallelism (statex_dist.parallel.sequence) at TP=2 over gloo equals the single-process model:
-loss, every gradient gathered back to full shape, the weights after one SGD step (fp32, max relative
-error <= 1e-5); T not divisible by TP is refused; a training run with parallel.sequence_parallel=true
+"""Sequence parallelism (statex_dist.parallel.sequence) at TP=2 over gloo equals the single-process model on
+every rank: each rank's losses, logits, gradient shards and weight shards after one SGD step against the
+same slices of the one-process tensors (parallel_cases.compare_ranks; fp32, max relative error <= 1e-5, as
+in test_tensor_parallel.py); T not divisible by TP is refused; a training run with parallel.sequence_parallel=true
 gives the losses of the same run without it."""
 import math
 
 import pytest
 
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, batch, reference_weights, single_process, tp_dp_worker
-from tests.test_tensor_parallel import _compare
+from tests.parallel_cases import CASES, batch, compare_ranks, reference_weights, single_process, tp_dp_worker
+from tests.test_tensor_parallel import TOL
 from tests.train_helpers import GLA, make_shards, overrides
 
 T = 20  # a multiple of TP
@@ -34,8 +35,8 @@ def _collectives(rank, world):
 
 
 def _sp_worker(rank, world, cases, odd_ids):
-    """One set of TP=``world`` ranks for several cases (one start-up): each case's (loss, full grads, full
-    weights after SGD) with sequence parallelism, the error of a forward whose T does not split, and the
+    """One set of TP=``world`` ranks for several cases (one start-up): each case's results of this rank
+    (parallel_cases.tp_dp_step) with sequence parallelism, the error of a forward whose T does not split, and the
     collectives' errors (_collectives)."""
     from statex_dist.models.config import config_from_dict
     from statex_dist.models import build_model
@@ -56,13 +57,14 @@ def _sp_worker(rank, world, cases, odd_ids):
 
 @pytest.fixture(scope="module")
 def sp_runs(tmp_path_factory):
-    """References (one process) and TP=2 SP results of the default cases; every rank's T-error message."""
+    """References (one process: loss, grads, weights after SGD, logits; and the labels) and every rank's
+    TP=2 SP results of the default cases; every rank's T-error message."""
     refs, cases = {}, {}
     for name in DEFAULT:
         cfg = CASES[name]
         weights = reference_weights(cfg)
         ids, labels = batch(cfg, T=T)
-        refs[name] = single_process(cfg, weights, ids, labels)
+        refs[name] = single_process(cfg, weights, ids, labels, logits=True), labels
         cases[name] = (cfg.to_dict(), weights, ids, labels)
     odd = batch(CASES[DEFAULT[1]], B=1, T=7)[0]
     got = run_workers(_sp_worker, 2, cases, odd, tmp_path=tmp_path_factory.mktemp("sp"), timeout=300)
@@ -72,7 +74,8 @@ def sp_runs(tmp_path_factory):
 @pytest.mark.parametrize("case", DEFAULT)
 def test_sp_tp2_equals_single_process(sp_runs, case):
     refs, got = sp_runs
-    _compare(refs[case], got[0][case])
+    worst = compare_ranks(CASES[case], *refs[case], [rank_out[case] for rank_out in got], TOL)
+    print(f"\n{case} SP TP=2: max relative error " + "; ".join(f"{k} {e:.1e} ({w})" for k, (e, w) in worst.items()))
 
 
 @pytest.mark.slow
@@ -83,9 +86,11 @@ def test_sp_layouts_equal_single_process(tmp_path, case, tp, world):
     cfg = CASES[case]
     weights = reference_weights(cfg)
     ids, labels = batch(cfg, T=T)
-    ref = single_process(cfg, weights, ids, labels)
-    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, True, tmp_path=tmp_path)[0]
-    _compare(ref, got)
+    ref = single_process(cfg, weights, ids, labels, logits=True)
+    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, True, tmp_path=tmp_path)
+    worst = compare_ranks(cfg, ref, labels, got, TOL)
+    print(f"\n{case} SP TP={tp} on {world} ranks: max relative error " +
+          "; ".join(f"{k} {e:.1e} ({w})" for k, (e, w) in worst.items()))
 
 
 def test_time_collectives_along_dim_1(sp_runs):

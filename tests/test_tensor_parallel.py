@@ -1,26 +1,20 @@
-"""TP=2 and DP=2 x TP=2 over gloo equal the single-process model: loss, every gradient gathered back to
-full shape, and the weights after one SGD step (fp32, max relative error <= 1e-5)."""
-import dataclasses
+"""TP=2 and DP=2 x TP=2 over gloo equal the single-process model on every rank: each rank's loss (the
+DP mean, and that of its own rows), its logits (its vocabulary slice), its shard of every gradient and of
+every weight after one SGD step, each against the same slice of the one-process tensors; TP vocabulary
+padding exactly zero and replicas bitwise equal (parallel_cases.compare_ranks).
 
+Tolerance: max relative error (max |a - b| / max |b|, per tensor and rank) <= 1e-5 in fp32. The layouts sum
+the same terms in other orders (TP partial sums, DP all-reduces); measured on the default cases: losses
+<= 8e-8, logits <= 6.2e-7, weights after the step <= 5.7e-7, gradients <= 2.4e-6 (Mamba2's per-head
+dt_bias, A_log and D: each a sum over every position of the batch); sequence parallel gives the same
+figures. A wrong shard or a missing DP average is off by order 1 (an unaveraged DP=2 gradient is twice
+the reference)."""
 import pytest
 
-from tests.conftest import rel_err
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, batch, reference_weights, single_process, tp_dp_worker, trim_padding
+from tests.parallel_cases import CASES, batch, compare_ranks, reference_weights, single_process, tp_dp_worker
 
 TOL = 1e-5
-
-
-def _compare(ref, got):
-    loss, grads, new = ref
-    g_loss, g_grads, g_new = got
-    g_grads, g_new = trim_padding(g_grads, grads), trim_padding(g_new, new)
-    assert abs(g_loss - loss) <= TOL * abs(loss)
-    assert set(g_grads) == set(grads)
-    bad = {n: rel_err(g_grads[n], grads[n]) for n in grads if rel_err(g_grads[n], grads[n]) > TOL}
-    assert not bad, f"gradients differ: {bad}"
-    bad = {n: rel_err(g_new[n], new[n]) for n in new if rel_err(g_new[n], new[n]) > TOL}
-    assert not bad, f"weights after the step differ: {bad}"
 
 
 @pytest.mark.parametrize("case,tp,world", [
@@ -34,6 +28,8 @@ def test_tp_dp_equals_single_process(tmp_path, case, tp, world):
     cfg = CASES[case]
     weights = reference_weights(cfg)
     ids, labels = batch(cfg)
-    ref = single_process(cfg, weights, ids, labels)
-    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, tmp_path=tmp_path)[0]
-    _compare(ref, got)
+    ref = single_process(cfg, weights, ids, labels, logits=True)
+    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, tmp_path=tmp_path)
+    worst = compare_ranks(cfg, ref, labels, got, TOL)
+    print(f"\n{case} TP={tp} on {world} ranks: max relative error " +
+          "; ".join(f"{k} {e:.1e} ({where})" for k, (e, where) in worst.items()))
