@@ -112,6 +112,22 @@ def test_forcing_a_library_forces_its_op_only(monkeypatch):
     assert counts == {"gla": 1, "ssd": 1, "conv1d": 0}
 
 
+def test_one_op_on_its_pytorch_path(monkeypatch):
+    """A GPU without causal-conv1d's CUDA build: torch:causal_conv1d runs the conv in PyTorch and keeps the
+    scan's kernel, as the error's way out says; combined with a forced kernel, comma-separated."""
+    fake_loaders(monkeypatch, fail=("conv1d",))
+    with pytest.raises(KernelUnavailable, match="set STATEX_KERNELS=torch:causal_conv1d to run this op's PyTorch"):
+        resolve_kernels("cuda", ("ssd", "conv1d"))
+    monkeypatch.setenv("STATEX_KERNELS", "torch:causal_conv1d")
+    assert resolve_kernels("cuda", ("ssd", "conv1d")) == {"ssd": KERNELS["ssd"], "conv1d": "torch"}
+    assert kernel_summary("cuda", ("ssd", "conv1d")).endswith("conv1d=torch (STATEX_KERNELS=torch:causal_conv1d)")
+    monkeypatch.setenv("STATEX_KERNELS", "kernel, torch:causal_conv1d")
+    assert resolve_kernels("cpu") == {"gla": KERNELS["gla"], "ssd": KERNELS["ssd"], "conv1d": "torch"}
+    monkeypatch.setenv("STATEX_KERNELS", "torch:triton")
+    with pytest.raises(ValueError, match="'torch:triton' is not one of"):
+        resolve_kernels("cpu")
+
+
 def test_kernel_summary_line(monkeypatch):
     fake_loaders(monkeypatch)
     assert kernel_summary("cpu") == "kernels: gla=torch, ssd=torch, conv1d=torch (STATEX_KERNELS=auto)"

@@ -8,9 +8,13 @@
 - ``kernel``: the library kernels everywhere, CPU tensors included (Triton's under ``TRITON_INTERPRET=1``).
 - ``fla`` / ``mamba_ssm`` / ``causal_conv1d``: that library's kernel everywhere for its op; the other ops
   stay ``auto``.
+- ``torch:LIBRARY``: the PyTorch path for that library's op only (e.g. ``torch:causal_conv1d`` on a GPU
+  without causal-conv1d's CUDA build: the conv runs in PyTorch, the scans in their kernels).
+- several of these, comma-separated (``kernel,torch:causal_conv1d``).
 
-A kernel that is asked for and cannot be imported is an error that names the import error and the two ways
-out (install the kernel, or ``STATEX_KERNELS=torch``); the PyTorch path never stands in silently. Each
+A kernel that is asked for and cannot be imported is an error that names the import error and the ways out
+(install the kernel, or ``STATEX_KERNELS=torch:LIBRARY`` / ``torch``); the PyTorch path never stands in
+silently. Each
 library is imported at most once per process, on the first resolution that needs it, so the first call of an
 op runs what its hundredth does. A run prints :func:`kernel_summary` once before it starts.
 
@@ -110,17 +114,36 @@ _resolved: dict[tuple[str, str, str], object] = {}  # (op, device type, setting)
 def setting() -> str:
     """``STATEX_KERNELS``, validated (read on each call, so a test may change it)."""
     value = os.environ.get("STATEX_KERNELS", "auto").strip().lower() or "auto"
-    if value not in SETTINGS:
-        raise ValueError(f"STATEX_KERNELS={value!r}: expected one of {', '.join(SETTINGS)}")
+    _parse(value)
     return value
+
+
+def _parse(value: str) -> tuple[str, set[str], set[str]]:
+    """(the setting for every op: auto | torch | kernel, libraries forced, libraries on the PyTorch path)."""
+    base, forced, torch_only = "auto", set(), set()
+    for term in (t.strip() for t in value.split(",")):
+        if term in ("auto", "torch", "kernel"):
+            base = term
+        elif term in LIBRARIES:
+            forced.add(term)
+        elif term.startswith("torch:") and term[len("torch:"):] in LIBRARIES:
+            torch_only.add(term[len("torch:"):])
+        else:
+            raise ValueError(f"STATEX_KERNELS={value!r}: {term!r} is not one of {', '.join(SETTINGS)} or "
+                             f"torch:LIBRARY ({', '.join(LIBRARIES)}); several are comma-separated")
+    return base, forced, torch_only
 
 
 def _wants_kernel(op: str, device_type: str, value: str) -> tuple[bool, bool]:
     """(the kernel runs, it was forced) for ``op`` on ``device_type`` tensors under ``value``."""
-    if value == "torch":
+    base, forced, torch_only = _parse(value)
+    library = OPS[op].library
+    if library in torch_only:
         return False, False
-    if value == "kernel" or value == OPS[op].library:
+    if library in forced or base == "kernel":
         return True, True
+    if base == "torch":
+        return False, False
     return device_type == "cuda", False
 
 
@@ -141,7 +164,8 @@ def _unavailable(op: str, device_type: str, value: str, forced: bool, error: Bas
     why = (f"STATEX_KERNELS={value} makes {op} run {kernel} on {device_type} tensors" if forced
            else f"{op} on {device_type} tensors runs {kernel} under STATEX_KERNELS={value}")
     return (f"{why}, but it cannot be imported ({type(error).__name__}: {error}). Either install it: "
-            f"{o.install}; or set STATEX_KERNELS=torch to run the PyTorch path ({o.torch_path}) instead.")
+            f"{o.install}; or set STATEX_KERNELS=torch:{o.library} to run this op's PyTorch path "
+            f"({o.torch_path}) instead (STATEX_KERNELS=torch: every op's).")
 
 
 def kernel_for(op: str, device_type: str):
