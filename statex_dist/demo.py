@@ -50,9 +50,11 @@ def make_data(out: Path, samples: int, seq_len: int, seed: int, vocab_offset: in
 def run_data(arch: str, root: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
     """The arch's run config (before the run's own overrides) and the shards ``steps`` steps of it read,
     made once under ``root/data`` (every arm of a run with this root shares them)."""
+    from statex_dist.eval import EvalConfig
     from statex_dist.run_config import load_run_config
     cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
-    return cfg, make_data(root / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed, cfg.eval.vocab_offset)
+    offset = EvalConfig.from_run(cfg).vocab_offset  # the ids model.source learnt MQAR at
+    return cfg, make_data(root / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed, offset)
 
 
 def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False, seed: int = 0,
@@ -65,7 +67,7 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
     from statex_dist.statex import count_params, state_floats
     from statex_dist.train import Run
     t0 = time.time()
-    cfg, (train, valid) = run_data(arch, out.parent, steps, seed, overrides)
+    cfg, (train, valid) = run_data(arch, out.parent, steps, seed, (f"model.source={source}", *overrides))
     name = "lpt" if lpt else "statex"
     cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [
         f"model.source={source}", f"data.train={train}", f"data.valid={valid}", f"logging.dir={out / name}",

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import Field
 
+from statex_dist.eval.config import TASKS, EvalConfig
+
 # Types with their ranges: each field's annotation is what a value is converted to and checked against.
 Positive = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
@@ -87,15 +89,19 @@ class DataSection:
 
 @dataclass
 class EvalSection:
+    # The defaults are EvalConfig's (statex_dist/eval/config.py), which EvalConfig.from_run maps these keys onto.
     every: Count = 0             # 0: only at the end
-    tasks: list[Literal["ppl", "mqar", "passkey", "niah"]] = field(default_factory=lambda: ["ppl"])
-    batches: Positive = 8        # held-out micro-batches for perplexity
-    mqar_pairs: list[Positive] = field(default_factory=lambda: [8, 16, 32, 64])
-    mqar_n: Positive = 256       # sequences per pair count
-    vocab_offset: Count = 0      # where MQAR's 0-255 token block starts in the model's vocabulary
-    lengths: list[Positive] = field(default_factory=lambda: [256, 512, 1024, 2048])   # passkey / niah contexts
-    depths: list[Fraction] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    grid_n: Positive = 10        # examples per (length, depth) cell
+    # perplexity only: the one task cheap enough to repeat every `every` steps of a long run
+    tasks: list[Literal[TASKS]] = field(default_factory=lambda: ["ppl"])
+    batches: Positive = EvalConfig.ppl_batches  # held-out micro-batches for perplexity
+    mqar_pairs: list[Positive] = field(default_factory=lambda: list(EvalConfig.mqar_pairs))
+    mqar_n: Positive = EvalConfig.mqar_n         # sequences per pair count
+    # where MQAR's 0-255 token block starts in the model's vocabulary; null: the offset model.source was
+    # trained with (its pretrain.json), else 0
+    vocab_offset: Optional[Count] = None
+    lengths: list[Positive] = field(default_factory=lambda: list(EvalConfig.lengths))   # passkey / niah contexts
+    depths: list[Fraction] = field(default_factory=lambda: list(EvalConfig.depths))
+    grid_n: Positive = EvalConfig.grid_n         # examples per (length, depth) cell
 
 
 @dataclass

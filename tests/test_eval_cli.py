@@ -1,9 +1,13 @@
 """``python -m statex_dist.eval``: an fla GLA checkpoint and its TP=2 sharded copy (tools/reshard_expand.py)
-give the same numbers, at TP=1 and at TP=2 (two real processes); JSON, table and PNG plots are written."""
+give the same numbers, at TP=1 and at TP=2 (two real processes); JSON, table and PNG plots are written; the
+example of its --help scores what the shipped tiny GLA's pretrain.json records, at the MQAR vocabulary
+offset every copy of a checkpoint carries."""
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +19,7 @@ from statex_dist.eval import cli
 from statex_dist.eval.report import format_table, summary_line, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_GLA = ROOT / "statex_dist" / "pretrained" / "tiny-gla"
 SMALL = ["--tasks", "mqar,passkey,niah,ppl", "--pairs", "4,8", "--mqar-n", "16", "--lengths", "288,320",
          "--depths", "0,0.5,1", "--examples", "2", "--batch", "8", "--ppl-batches", "2", "--micro-batch", "2"]
 
@@ -95,3 +100,72 @@ def test_report_files(tmp_path):
     table = format_table(results)
     assert "before" in table and "0.690" in table and "3.5000" in table
     assert summary_line(results).startswith("before: mqar N8=0.69 N16=0.43")
+
+
+# --- the --help example, and the MQAR vocabulary offset of a checkpoint -------------------------------------
+
+def _example_command(out: Path) -> list[str]:
+    """EXAMPLE's command as printed, with its output folder under ``out``."""
+    argv = shlex.split(cli.EXAMPLE.split("example:", 1)[1].replace("\\\n", " "))
+    assert argv[:3] == ["python", "-m", "statex_dist.eval"], argv
+    argv[argv.index("--out") + 1] = str(out)
+    return [sys.executable, *argv[1:]]
+
+
+def test_help_example_scores_what_pretraining_recorded(tmp_path):
+    """The --help example on the shipped tiny GLA gives the MQAR accuracies of its pretrain.json (the main job's
+    "pretrained" column): the same evaluation sets and seed at the offset the model was trained with, read
+    from the checkpoint. At offset 0 it would score about 0 (keys and values land on the byte ids)."""
+    assert cli.EXAMPLE.strip() in cli.build_parser().format_help()
+    cmd = _example_command(tmp_path / "out")
+    assert "--vocab-offset" not in cmd and str(cmd[cmd.index("--ckpt") + 1]) == "statex_dist/pretrained/tiny-gla"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "eval.json").read_text())
+    got = res["runs"]["tiny-gla"]["mqar"]
+    assert res["meta"]["config"]["vocab_offset"] == {"tiny-gla": 258}
+    want = json.loads((TINY_GLA / "pretrain.json").read_text())["final"]["mqar"]
+    assert got and set(got) <= set(want), (got, want)  # only pair counts the record has
+    # the record's final evaluation is evaluate_mqar on the same 256 sequences per N with seed 0: the
+    # accuracies are equal, not close (tests/test_tiny.py allows 0.06 because it scores 64 of them)
+    assert got == {n: want[n] for n in got}
+    assert "passkey" in res["runs"]["tiny-gla"]
+
+
+def test_offset_travels_with_every_copy(ckpts, tmp_path, capsys):
+    """A sharded copy of the tiny GLA (what a training checkpoint's model/ folder is, its side files under
+    hf_files/) and its export back evaluate MQAR at offset 258 without --vocab-offset; each --ckpt at its own
+    offset (the random fla GLA beside it has no record: 0)."""
+    from statex_dist.checkpoint.side_files import keep_side_files
+    from statex_dist.eval import trained_vocab_offset
+    from statex_dist.reshard import run as reshard
+    reshard(["--src", str(TINY_GLA), "--dst", str(tmp_path / "sharded"), "--tp", "2"])
+    reshard(["--src", str(tmp_path / "sharded"), "--dst", str(tmp_path / "export"), "--format", "hf"])
+    assert keep_side_files(str(TINY_GLA), tmp_path / "run-ckpt" / "model") == ["pretrain.json"]  # training
+    for copy in ("sharded", "export", "run-ckpt/model"):
+        assert trained_vocab_offset(tmp_path / copy) == 258, copy
+    args = ["--tasks", "mqar", "--pairs", "8", "--mqar-n", "32", "--out"]
+    assert cli.main(["--ckpt", str(tmp_path / "sharded"), "--ckpt", str(ckpts / "hf"), *args,
+                     str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert res["meta"]["config"]["vocab_offset"] == {"sharded": 258, "hf": 0}
+    assert res["runs"]["sharded"]["mqar"]["8"] > 0.8
+    assert cli.main(["--ckpt", str(tmp_path / "sharded"), "--vocab-offset", "0", *args, str(tmp_path / "at0")]) == 0
+    at0 = json.loads((tmp_path / "at0" / "eval.json").read_text())
+    assert at0["runs"]["sharded"]["mqar"]["8"] < 0.2  # the flag wins over the record
+
+
+def test_damaged_pretrain_record(tmp_path, capsys):
+    """A pretrain.json that names no usable offset stops the evaluation before any model loads, naming the file;
+    --vocab-offset does without it."""
+    gla = tmp_path / "gla"
+    shutil.copytree(TINY_GLA, gla)
+    for text, says in (("{not json", "cannot read the pretraining record"),
+                       ('{"mqar_vocab_offset": -1}', "mqar_vocab_offset is -1")):
+        (gla / "pretrain.json").write_text(text)
+        assert cli.main(["--ckpt", str(gla), "--tasks", "mqar", "--pairs", "8", "--mqar-n", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{gla / 'pretrain.json'}: " in err and says in err, err
+    assert cli.main(["--ckpt", str(gla), "--tasks", "mqar", "--pairs", "8", "--mqar-n", "1",
+                     "--vocab-offset", "258"]) == 0

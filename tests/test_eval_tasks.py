@@ -217,3 +217,41 @@ def test_data_parallel_split_same_numbers(shards, tmp_path):
             assert _close(res[task]["nll"], one[task]["nll"])
         assert res["ppl"]["tokens"] == one["ppl"]["tokens"]
         assert _close(res["ppl"]["ppl"], one["ppl"]["ppl"])
+
+
+# --- the defaults, and the MQAR offset of a run -----------------------------------------------------------
+
+def _as_tuples(cfg) -> dict:
+    import dataclasses
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def test_run_section_and_cli_flags_default_to_eval_config():
+    """Left unset, the training YAML's eval section and the flags of python -m statex_dist.eval ask for
+    EvalConfig's defaults; a run differs only where it must (its tasks, its data section's shards and
+    micro-batch)."""
+    from statex_dist.eval import EvalConfig, cli
+    from statex_dist.run_config import RunConfig
+    default = _as_tuples(EvalConfig())
+    run = _as_tuples(EvalConfig.from_run(RunConfig()))
+    assert {k: v for k, v in run.items() if k not in ("tasks", "data", "micro_batch")} == \
+        {k: v for k, v in default.items() if k not in ("tasks", "data", "micro_batch")}
+    args = cli.build_parser().parse_args(["--ckpt", "x"])
+    assert args.vocab_offset is None  # per checkpoint
+    assert _as_tuples(cli.eval_config(args)) == default
+
+
+def test_run_evaluates_mqar_at_the_offset_of_its_source():
+    """eval.vocab_offset left unset is the offset model.source was trained with (the tiny models': 258);
+    a run from scratch uses 0, and a value in the config wins."""
+    from statex_dist import tiny
+    from statex_dist.eval import EvalConfig
+    from statex_dist.run_config import load_run_config
+    root = tiny.PRETRAINED.parents[1]
+    for arch in ("gla", "mamba2"):
+        path = root / "configs" / f"tiny-{arch}-statex.yaml"
+        cfg = load_run_config(path, [f"model.source={tiny.pretrained_path(arch)}"])
+        assert cfg.eval.vocab_offset is None and EvalConfig.from_run(cfg).vocab_offset == tiny.MQAR_OFFSET
+        set0 = load_run_config(path, [f"model.source={tiny.pretrained_path(arch)}", "eval.vocab_offset=0"])
+        assert EvalConfig.from_run(set0).vocab_offset == 0
+    assert EvalConfig.from_run(load_run_config(root / "configs" / "cpu-gla-tiny.yaml")).vocab_offset == 0

@@ -29,13 +29,15 @@ def test_stream_follows_the_mix():
 
 @pytest.mark.parametrize("arch", ["gla", "mamba2"])
 def test_shipped_model_recalls(arch):
-    """The shipped model loads with load_model and scores on MQAR what its pretrain.json records."""
+    """The shipped model loads with load_model and scores on MQAR what its pretrain.json records, at the
+    offset the record names (the one evaluations read)."""
     from statex_dist.api import load_model
-    from statex_dist.eval.mqar import evaluate_mqar
+    from statex_dist.eval.mqar import evaluate_mqar, trained_vocab_offset
     path = tiny.pretrained_path(arch)
     record = json.loads((path / "pretrain.json").read_text())
+    assert trained_vocab_offset(path) == tiny.MQAR_OFFSET
     model = load_model(path)
-    acc = evaluate_mqar(model, (8, 64), n=64, vocab_offset=tiny.MQAR_OFFSET)
+    acc = evaluate_mqar(model, (8, 64), n=64, vocab_offset=trained_vocab_offset(path))
     # 64 of the 256 sequences the record was measured on: within a few points of it
     for N in (8, 64):
         assert abs(acc[N] - record["final"]["mqar"][str(N)]) < 0.06, (N, acc, record["final"])

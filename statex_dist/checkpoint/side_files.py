@@ -1,6 +1,8 @@
 """The files of a Hugging Face folder that are not weights but belong with them: the tokenizer (lm-eval,
-``generate`` and ``AutoTokenizer`` need it), the generation config and the chat template. The one place
-that decides which files travel, for every path:
+``generate`` and ``AutoTokenizer`` need it), the generation config, the chat template and the pretraining
+record of tools/pretrain_tiny.py (``pretrain.json``: the MQAR vocabulary offset the model was trained with,
+which its evaluations use, statex_dist.eval.mqar.trained_vocab_offset). The one place that decides which
+files travel, for every path:
 
 - HF folder -> HF folder: copied beside the new weights;
 - HF folder -> sharded checkpoint: kept under ``hf_files/`` until the export back;
@@ -12,9 +14,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+PRETRAIN_RECORD = "pretrain.json"
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
               "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "generation_config.json",
-              "chat_template.jinja", "chat_template.json")
+              "chat_template.jinja", "chat_template.json", PRETRAIN_RECORD)
 SIDE_DIR = "hf_files"
 
 

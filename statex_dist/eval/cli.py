@@ -6,6 +6,9 @@ sharded checkpoint or a training checkpoint's ``model/`` folder). ``--tp N`` run
 processes: under torchrun (``torchrun --nproc_per_node W -m statex_dist.eval --tp N ...``, W a multiple of N,
 the W / N replicas splitting the work) it uses the launched processes; otherwise it starts N gloo (CPU) or
 NCCL (GPU) workers itself. Every rank computes; rank 0 prints and writes. The numbers equal TP=1's.
+MQAR runs at the vocabulary offset each checkpoint was trained with (the ``mqar_vocab_offset`` of the
+pretrain.json that tools/pretrain_tiny.py writes, and reshard, training checkpoints and exports carry), else 0,
+unless --vocab-offset names one.
 """
 from __future__ import annotations
 
@@ -15,49 +18,61 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 
 EXAMPLE = """example:
-  python -m statex_dist.eval --ckpt statex_dist/pretrained/tiny-gla --tasks mqar,passkey --pairs 4,8,16 \\
+  python -m statex_dist.eval --ckpt statex_dist/pretrained/tiny-gla --tasks mqar,passkey --pairs 8,16,32 \\
       --lengths 256,512 --out runs/eval-tiny-gla
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     from statex_dist.cli_errors import Parser, count, fraction_list, int_list, positive_int
+    from statex_dist.eval.config import TASKS, EvalConfig
+    d = EvalConfig  # every evaluation default lives there (also the training YAML's eval section reads it)
     ap = Parser(prog="python -m statex_dist.eval", description=__doc__, epilog=EXAMPLE)
     ap.add_argument("--ckpt", action="append", required=True, metavar="PATH",
                     help="checkpoint folder (repeat to compare runs)")
     ap.add_argument("--name", action="append", help="display name of each --ckpt, in order (default: folder name)")
-    ap.add_argument("--tasks", default="mqar,passkey,niah", help="comma-separated: mqar,passkey,niah,ppl")
+    ap.add_argument("--tasks", default=",".join(d.tasks), help=f"comma-separated: {','.join(TASKS)}")
     ap.add_argument("--data", metavar="PATH", help="held-out shard folder (tools/make_shards.py) for ppl")
     ap.add_argument("--out", metavar="PATH", help="write eval.json, report.txt and PNG plots here")
     ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel processes (see above)")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the loaded weights")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                     help="auto: cuda when torch can use a GPU (as the training config's parallel.device)")
-    ap.add_argument("--seed", type=int, default=0, help="selects the fixed evaluation sets")
-    ap.add_argument("--batch", type=positive_int, default=16, help="sequences per forward pass")
-    ap.add_argument("--pairs", type=int_list, default=[8, 16, 32, 64], help="MQAR N values")
-    ap.add_argument("--mqar-n", type=positive_int, default=256, help="MQAR sequences per N")
-    ap.add_argument("--vocab-offset", type=count, default=0, help="first id of the MQAR 0-255 block")
-    ap.add_argument("--lengths", type=int_list, default=[256, 512, 1024, 2048], help="passkey/NIAH lengths (tokens)")
-    ap.add_argument("--depths", type=fraction_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
-                    help="needle depths in [0, 1]")
-    ap.add_argument("--examples", type=positive_int, default=10, help="passkey/NIAH examples per (length, depth)")
-    ap.add_argument("--tokenizer", default="bytes", metavar="bytes|PATH",
+    ap.add_argument("--seed", type=int, default=d.seed, help="selects the fixed evaluation sets")
+    ap.add_argument("--batch", type=positive_int, default=d.batch, help="sequences per forward pass")
+    ap.add_argument("--pairs", type=int_list, default=list(d.mqar_pairs), help="MQAR N values")
+    ap.add_argument("--mqar-n", type=positive_int, default=d.mqar_n, help="MQAR sequences per N")
+    ap.add_argument("--vocab-offset", type=count, default=None,
+                    help="first id of the MQAR 0-255 block (default: per checkpoint, the offset it was trained "
+                         f"with as its pretrain.json records it, else {d.vocab_offset})")
+    ap.add_argument("--lengths", type=int_list, default=list(d.lengths), help="passkey/NIAH lengths (tokens)")
+    ap.add_argument("--depths", type=fraction_list, default=list(d.depths), help="needle depths in [0, 1]")
+    ap.add_argument("--examples", type=positive_int, default=d.grid_n, help="passkey/NIAH examples per (length, depth)")
+    ap.add_argument("--tokenizer", default=d.tokenizer, metavar="bytes|PATH",
                     help="'bytes' or a tokenizer folder (passkey, NIAH)")
-    ap.add_argument("--ppl-batches", type=positive_int, default=8, help="held-out micro-batches for ppl")
-    ap.add_argument("--micro-batch", type=positive_int, default=4, help="ppl sequences per forward pass")
+    ap.add_argument("--ppl-batches", type=positive_int, default=d.ppl_batches, help="held-out micro-batches for ppl")
+    ap.add_argument("--micro-batch", type=positive_int, default=d.micro_batch, help="ppl sequences per forward pass")
     return ap
 
 
-def eval_config(args):
-    from statex_dist.eval.suite import EvalConfig
-    return EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
-                      batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, vocab_offset=args.vocab_offset,
-                      lengths=args.lengths, depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer,
-                      data=args.data, ppl_batches=args.ppl_batches, micro_batch=args.micro_batch)
+def vocab_offset(args, ckpt: str) -> int:
+    """--vocab-offset, or the offset the checkpoint ``ckpt`` was trained with."""
+    from statex_dist.eval.mqar import trained_vocab_offset
+    return args.vocab_offset if args.vocab_offset is not None else trained_vocab_offset(ckpt)
+
+
+def eval_config(args, ckpt: Optional[str] = None):
+    """The evaluation the flags ask for; with ``ckpt``, at that checkpoint's MQAR vocabulary offset."""
+    from statex_dist.eval.config import EvalConfig
+    cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
+                     batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, lengths=args.lengths,
+                     depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer, data=args.data,
+                     ppl_batches=args.ppl_batches, micro_batch=args.micro_batch)
+    return cfg if ckpt is None else cfg.replace(vocab_offset=vocab_offset(args, ckpt))
 
 
 def run_names(ckpts: list[str], names) -> list[str]:
@@ -80,14 +95,13 @@ def evaluate_checkpoints(args) -> dict:
     from statex_dist import load_model
     from statex_dist.eval.suite import evaluate
     from statex_dist.parallel.device import current
-    cfg = eval_config(args)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     results = {}
     for name, path in zip(run_names(args.ckpt, args.name), args.ckpt):
         model = load_model(path, dtype=dtype)
         if current().type == "cuda":
             model = model.cuda()  # the current device, set per local rank in run()
-        results[name] = evaluate(model, cfg)
+        results[name] = evaluate(model, eval_config(args, path))
         del model
     return results
 
@@ -112,6 +126,8 @@ def check_inputs(args) -> None:
         if not is_sharded(c):  # a sharded checkpoint is verified against its manifest as it loads
             from statex_dist.checkpoint import read_hf_config
             read_hf_config(c)
+        if "mqar" in tasks:
+            vocab_offset(args, c)  # a damaged pretrain.json stops the run here, not after the first model
     if "ppl" in tasks:
         from statex_dist.data import check_shards
         check_shards(args.data)
@@ -155,8 +171,12 @@ def report(args, results: dict, seconds: float, world: int) -> None:
     print(format_table(results), flush=True)
     where = ""
     if args.out:
+        config = vars(eval_config(args))
+        if "mqar" in config["tasks"]:  # the offset of each checkpoint
+            config["vocab_offset"] = {n: vocab_offset(args, c) for n, c in zip(run_names(args.ckpt, args.name),
+                                                                                 args.ckpt)}
         meta = {"ckpt": args.ckpt, "tasks": args.tasks, "tp": args.tp, "world": world, "dtype": args.dtype,
-                "seed": args.seed, "seconds": round(seconds, 2), "config": vars(eval_config(args))}
+                "seed": args.seed, "seconds": round(seconds, 2), "config": config}
         paths = write_report(results, args.out, meta)
         where = f" -> {paths['json']}"
     print(f"eval: {summary_line(results)} (TP={args.tp}, {seconds:.1f}s){where}", flush=True)

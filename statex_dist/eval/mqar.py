@@ -8,11 +8,15 @@ A model that only learnt "some value comes next" scores 1/128 (or 1/N if it pick
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from statex_dist.eval.common import inference, logits_of, mix_seed, my_share, sum_over_ranks
+from statex_dist.eval.config import EvalConfig
 
 KEYS = range(1, 128)
 VALUES = range(128, 256)
@@ -20,6 +24,28 @@ PAD = 0
 IGNORE = -100
 # Evaluation sets are drawn from seeds no training stream of mqar_batch(seed=s) uses for small s.
 _EVAL_STREAM = 7_777
+# the key of the pretraining record (tools/pretrain_tiny.py) naming the offset its MQAR data used
+OFFSET_KEY = "mqar_vocab_offset"
+
+
+def trained_vocab_offset(checkpoint: Union[str, os.PathLike]) -> int:
+    """Where the model at ``checkpoint`` (an HF folder, a sharded checkpoint, a training checkpoint's
+    ``model/``) has its MQAR 0-255 block: the offset its pretraining record names, else 0."""
+    from statex_dist.checkpoint.side_files import PRETRAIN_RECORD, side_files_of
+    record = side_files_of(Path(checkpoint)) / PRETRAIN_RECORD  # reshard and training checkpoints carry it
+    if not record.is_file():
+        return EvalConfig.vocab_offset
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{record}: cannot read the pretraining record ({getattr(e, 'strerror', None) or e}); "
+                         f"it names the model's MQAR vocabulary offset: repair it, delete it or pass the "
+                         f"offset (--vocab-offset / eval.vocab_offset)") from None
+    offset = data.get(OFFSET_KEY, EvalConfig.vocab_offset) if isinstance(data, dict) else data
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"{record}: {OFFSET_KEY} is {offset!r}; expected an integer >= 0 in a JSON object (or "
+                         f"pass the offset: --vocab-offset / eval.vocab_offset)")
+    return offset
 
 
 def _generator(seed: Union[int, torch.Generator]) -> torch.Generator:
@@ -80,14 +106,16 @@ def mqar_batch(n_pairs: Union[int, Sequence[int]], batch: int, seed: Union[int, 
     return ids, labels
 
 
-def mqar_eval_set(n_pairs: int, n: int = 256, seed: int = 0, vocab_offset: int = 0):
+def mqar_eval_set(n_pairs: int, n: int = EvalConfig.mqar_n, seed: int = EvalConfig.seed,
+                  vocab_offset: int = EvalConfig.vocab_offset):
     """The fixed evaluation set for ``n_pairs``: (input_ids [n, 4N], labels [n, 4N])."""
     g = torch.Generator().manual_seed(mix_seed(_EVAL_STREAM, seed, n_pairs))
     return mqar_batch(n_pairs, n, g, vocab_offset=vocab_offset)
 
 
-def evaluate_mqar(model: torch.nn.Module, pairs: Sequence[int] = (8, 16, 32, 64), n: int = 256,
-                  batch: int = 64, seed: int = 0, vocab_offset: int = 0, dp_rank: int = 0, dp_size: int = 1,
+def evaluate_mqar(model: torch.nn.Module, pairs: Sequence[int] = EvalConfig.mqar_pairs,
+                  n: int = EvalConfig.mqar_n, batch: int = 64, seed: int = EvalConfig.seed,
+                  vocab_offset: int = EvalConfig.vocab_offset, dp_rank: int = 0, dp_size: int = 1,
                   dp_group=None) -> dict[int, float]:
     """Query accuracy (greedy argmax over the whole vocabulary) on ``n`` fixed sequences per N.
 

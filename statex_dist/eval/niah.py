@@ -19,6 +19,7 @@ import torch
 
 from statex_dist.data.synthetic import _lexicon
 from statex_dist.eval.common import encoder, mix_seed
+from statex_dist.eval.config import EvalConfig
 from statex_dist.eval.grid import evaluate_grid, insert_at_depth
 
 FACT = "the code of {key} is {value}. "
@@ -54,10 +55,10 @@ class NIAHTask:
         return insert_at_depth(filler, body, depth, facts) + question + answer, len(answer)
 
 
-def evaluate_niah(model: torch.nn.Module, lengths: Sequence[int] = (256, 512, 1024, 2048),
-                  depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n: int = 10, tokenizer="bytes",
-                  distractors: int = 3, batch: int = 8, seed: int = 0, dp_rank: int = 0, dp_size: int = 1,
-                  dp_group=None) -> dict:
+def evaluate_niah(model: torch.nn.Module, lengths: Sequence[int] = EvalConfig.lengths,
+                  depths: Sequence[float] = EvalConfig.depths, n: int = EvalConfig.grid_n,
+                  tokenizer=EvalConfig.tokenizer, distractors: int = EvalConfig.niah_distractors, batch: int = 8,
+                  seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None) -> dict:
     """NIAH accuracy over lengths x needle depths; same output as :func:`evaluate_passkey`."""
     task = NIAHTask(tokenizer, distractors, seed)
     return evaluate_grid(model, task.example, lengths, depths, n, batch, dp_rank, dp_size, dp_group)

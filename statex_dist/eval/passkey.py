@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from statex_dist.eval.common import encoder, mix_seed
+from statex_dist.eval.config import EvalConfig
 from statex_dist.eval.grid import evaluate_grid, insert_at_depth
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -49,10 +50,10 @@ class PasskeyTask:
         return ids, len(answer)
 
 
-def evaluate_passkey(model: torch.nn.Module, lengths: Sequence[int] = (256, 512, 1024, 2048),
-                     depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), n: int = 10, tokenizer="bytes",
-                     digits: int = 5, batch: int = 8, seed: int = 0, dp_rank: int = 0, dp_size: int = 1,
-                     dp_group=None) -> dict:
+def evaluate_passkey(model: torch.nn.Module, lengths: Sequence[int] = EvalConfig.lengths,
+                     depths: Sequence[float] = EvalConfig.depths, n: int = EvalConfig.grid_n,
+                     tokenizer=EvalConfig.tokenizer, digits: int = EvalConfig.passkey_digits, batch: int = 8,
+                     seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None) -> dict:
     """Passkey accuracy over lengths (tokens per example, answer included) x needle depths.
 
     Returns {"lengths", "depths", "accuracy", "token_accuracy", "nll"}, grids [len(lengths)][len(depths)]

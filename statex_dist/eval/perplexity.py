@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from statex_dist.eval.common import inference, logits_of, model_device, sum_over_ranks
+from statex_dist.eval.config import EvalConfig
 
 IGNORE = -100
 
@@ -38,8 +39,9 @@ def _batch_nll(model, ids: torch.Tensor, labels: torch.Tensor, use_labels: bool)
     return float(nll.double().sum()), tokens  # fp32 per token, summed in fp64
 
 
-def evaluate_ppl(model: torch.nn.Module, shard_dir, batches: int = 8, micro_batch: int = 4,
-                 dp_rank: int = 0, dp_size: int = 1, dp_group=None, use_labels: Optional[bool] = None) -> dict:
+def evaluate_ppl(model: torch.nn.Module, shard_dir, batches: int = EvalConfig.ppl_batches,
+                 micro_batch: int = EvalConfig.micro_batch, dp_rank: int = 0, dp_size: int = 1, dp_group=None,
+                 use_labels: Optional[bool] = None) -> dict:
     """Perplexity of ``model`` on the first ``batches`` micro-batches [micro_batch, seq_len] of ``shard_dir``.
 
     use_labels: compute the loss with ``model(ids, labels=labels)`` (default: when the forward takes

@@ -2,49 +2,14 @@
 then ``flatten`` / ``log_to_tensorboard`` for scalars."""
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-TASKS = ("mqar", "passkey", "niah", "ppl")
+from statex_dist.eval.config import TASKS, EvalConfig
 
-
-@dataclass
-class EvalConfig:
-    tasks: Sequence[str] = TASKS
-    seed: int = 0                   # selects the fixed evaluation sets
-    batch: int = 16                 # sequences per forward pass (mqar, passkey, niah)
-    # mqar
-    mqar_pairs: Sequence[int] = (8, 16, 32, 64)
-    mqar_n: int = 256               # sequences per N
-    vocab_offset: int = 0           # where the MQAR 0-255 block starts in the model's vocabulary
-    # passkey, niah
-    lengths: Sequence[int] = (256, 512, 1024, 2048)
-    depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    grid_n: int = 10                # examples per (length, depth) cell
-    tokenizer: Any = "bytes"
-    passkey_digits: int = 5
-    niah_distractors: int = 3
-    # ppl
-    data: Optional[str] = None      # held-out shard folder
-    ppl_batches: int = 8
-    micro_batch: int = 4
-
-    def replace(self, **kw) -> "EvalConfig":
-        return dataclasses.replace(self, **kw)
-
-    @classmethod
-    def from_run(cls, run_cfg, tasks: Optional[Sequence[str]] = None) -> "EvalConfig":
-        """The evaluations a training run asks for: its ``eval`` section, with the held-out shards and
-        micro-batch of its ``data`` section (the one place the run config's keys map onto these fields)."""
-        e, d = run_cfg.eval, run_cfg.data
-        return cls(tasks=tuple(e.tasks if tasks is None else tasks), data=d.valid or None, ppl_batches=e.batches,
-                   micro_batch=d.micro_batch, mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n,
-                   vocab_offset=e.vocab_offset, lengths=tuple(e.lengths), depths=tuple(e.depths),
-                   grid_n=e.grid_n)
+__all__ = ["TASKS", "EvalConfig", "check", "data_parallel", "evaluate", "flatten", "log_to_tensorboard"]
 
 
 def data_parallel() -> tuple[int, int, Any]:
