@@ -1,7 +1,7 @@
 """What mamba_ssm and causal_conv1d need to import and run on a CPU-only machine, for the interpreted tests
-(tests/test_ops_interpret.py) and benchmarks/gpu_bench.py; never used by the package.
+(tests/test_ops_interpret.py); never used by the package (whose dispatch imports mamba_ssm's Triton SSD
+without its compiled extension, statex_dist/ops/_dispatch.py).
 
-On a GPU without mamba_ssm's CUDA build, :func:`stub_extensions` ("selective_scan_cuda") is all it needs.
 On the CPU, call :func:`install` in a process of its own (it patches torch.cuda), before importing either library:
 - both packages import their compiled extensions (``selective_scan_cuda``, ``causal_conv1d_cuda``) at module
   level, absent from a *_SKIP_CUDA_BUILD install: empty stub modules stand in (nothing calls them below);

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from statex_dist.data import check_shards
+from statex_dist.eval.config import EvalConfig
 from statex_dist.ops import kernel_summary, resolve_kernels
 from statex_dist.parallel import device as devices
 from statex_dist.parallel.validate import check_parallel_sizes
@@ -61,6 +62,7 @@ def preflight(run_cfg, world: int) -> Preflight:
         check_seq_len(train_shards.seq_len, p.tp)
     if run_cfg.data.valid:
         check_shards(run_cfg.data.valid)
+    EvalConfig.from_run(run_cfg)  # reads the source's MQAR offset: a damaged record stops here, not at step N
     ckpt_dir = Path(run_cfg.checkpoint.dir or Path(run_cfg.logging.dir) / "checkpoints")
     resume = checkpoints.resume_point(run_cfg.checkpoint.resume, ckpt_dir)
     meta = checkpoints.read_meta(resume) if resume is not None else None
