@@ -3,9 +3,11 @@ real engine, fp32, GLA with a merged 1-head layer and Mamba2 with an expanded d_
 embeddings on both pipeline ends at PP=2).
 
 Each case trains 10 steps at one layout, saving at step 5, and resumes that checkpoint at another layout:
-- the resumed run's first save (before any step) holds, gathered to full shape, exactly the fp32 master
-  weights and both AdamW moments the first run saved (bitwise: they are copied, never recomputed);
-- its 5 steps give the first run's losses for steps 6..10 within 1e-5 relative: the data order does not
+- on every rank of the resumed run, the fp32 master weights and both AdamW moments the optimizer holds
+  after the resume (its TP slice, whole over its DP group) are exactly the same slice of those the first run
+  saved, and its first save (before any step) holds them gathered to full shape (bitwise: they are copied,
+  never recomputed);
+- on every rank its 5 steps give the first run's losses for steps 6..10 within 1e-5 relative: the data order does not
   depend on the layout (data/pipeline.py), and the layouts sum the same terms in other orders (see
   tests/test_engine_equality.py for the size of that rounding, ~1e-7). Moments that started afresh move the
   loss by ~5e-4 within 5 steps here (checked: the weights-only resume is far outside the bound).
@@ -33,19 +35,65 @@ def shards(tmp_path_factory):
     return aligned_shards(tmp_path_factory.mktemp("layout-data"))
 
 
-def resumed_worker(rank, world, overrides_list):
-    """Resume, save at once (the converted state), then train on: the losses and this rank's place."""
+def resumed_worker(rank, world, runs: list, restored: bool = True):
+    """Each run of ``runs`` (override lists) in turn in the same processes: resume, read the optimizer state
+    this rank holds (with ``restored``: each parameter's fp32 master and moments, its TP slice whole over
+    its DP group, keyed (kind, name)), save at once (the converted state), then train on. Per run: the
+    losses, the state read and this rank's place."""
+    from statex_dist.models.names import named_internal_parameters
     from statex_dist.parallel import state
     from statex_dist.run_config import load_run_config
     from statex_dist.train import Run
-    run = Run(load_run_config(None, overrides_list))
-    run.save()
-    out = run.train()
+    from statex_dist.training.optimizer_state import full_state
+    out = []
+    for overrides_list in runs:
+        run = Run(load_run_config(None, overrides_list))
+        held = {}
+        if restored:
+            for name, p in named_internal_parameters(run.module):
+                held.update({(k, name): t for k, t in full_state(run.engine, p).items()})
+        run.save()
+        losses = run.train()["losses"]
+        out.append({"losses": losses, "restored": held, "rank": rank, "tp_rank": run.tp_rank,
+                    "tp": run.cfg.parallel.tp})
     state.destroy()
-    return {"losses": out["losses"], "rank": rank}
+    return out
 
 
-def _optimizer(run_dir, step: int) -> dict:
+def check_restored(saved: dict, config, ranks: list, label: str) -> int:
+    """Every rank's optimizer state after a resume (resumed_worker's "restored") bitwise equal to the same
+    slice of the state ``saved`` (_optimizer) of the model ``config``, every saved tensor held by some rank.
+    Returns how many tensors were compared."""
+    from statex_dist.models import specs_for
+    n, held = 0, set()
+    for r in ranks:
+        specs = specs_for(config, r["tp"])
+        assert r["restored"], (label, r["rank"])
+        for (k, name), t in r["restored"].items():
+            spec = specs[name]
+            want = spec.shard(spec.pad_rows(saved[(k, name)]), r["tp_rank"], r["tp"], name)
+            assert t.shape == want.shape and torch.equal(t, want), (
+                f"{label}: rank {r['rank']} holds another {k} of {name} than the one saved (max |diff| "
+                f"{(t - want).abs().max().item() if t.shape == want.shape else 'shape'})")
+            n += 1
+            held.add((k, name))
+    assert held == set(saved), (label, set(saved) - held)
+    return n
+
+
+def check_losses(ranks: list, want: list, label: str) -> float:
+    """Every rank's losses after a resume (each reports the DP-mean loss) against ``want``, the
+    uninterrupted run's for the same steps, step by step within TOL; returns the largest relative error."""
+    errs = []
+    for r in ranks:
+        assert len(r["losses"]) == len(want), (label, r["rank"], r["losses"])
+        errs += [abs(a - b) / abs(b) for a, b in zip(r["losses"], want)]
+    assert max(errs) <= TOL, (label, errs)
+    return max(errs)
+
+
+def _optimizer(run_dir, step: int) -> tuple[dict, object]:
+    """The optimizer state a run saved at ``step``, full shape, keyed (kind, name); and the model config."""
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
     from statex_dist.training.optimizer_state import FOLDER, KEYS
     root = run_dir / "checkpoints" / f"step{step:08d}" / FOLDER
@@ -53,7 +101,7 @@ def _optimizer(run_dir, step: int) -> dict:
     for k in KEYS:
         ck = ShardedCheckpoint(root / k)
         out.update({(k, n): ck.get(n) for n in ck.names()})
-    return out
+    return out, ck.config
 
 
 @pytest.mark.parametrize("arch", ["gla", "mamba2"])
@@ -64,22 +112,20 @@ def test_resume_at_another_layout(tmp_path, shards, arch, case, capfd):
                         tmp_path=tmp_path / "wa", timeout=600)
     ref = first[0]["losses"]
     resume = tmp_path / "a" / "checkpoints" / "step00000005"
-    second = run_workers(resumed_worker, w2, run_overrides(arch, shards, tmp_path / "b", **o2, **{
-        "checkpoint.every": 5, "checkpoint.resume": str(resume)}), tmp_path=tmp_path / "wb", timeout=600)
+    second = [r[0] for r in run_workers(resumed_worker, w2, [run_overrides(arch, shards, tmp_path / "b", **o2, **{
+        "checkpoint.every": 5, "checkpoint.resume": str(resume)})], tmp_path=tmp_path / "wb", timeout=600)]
     out = capfd.readouterr().out
     assert "converted from" in out and "AdamW moments (step 5)" in out, out[-2000:]
 
-    saved, converted = _optimizer(tmp_path / "a", 5), _optimizer(tmp_path / "b", 5)
+    (saved, config), (converted, _) = _optimizer(tmp_path / "a", 5), _optimizer(tmp_path / "b", 5)
+    assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
+    n = check_restored(saved, config, second, case)
     assert saved.keys() == converted.keys()
     for key, t in saved.items():
         assert torch.equal(converted[key], t), (case, key)
-    assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
-    errs = []
-    for r in second:                                         # every rank reports the DP-mean loss
-        assert len(r["losses"]) == 5
-        errs.append(max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref[5:])))
-    print(f"\n{arch} {case}: max relative loss error over the 5 resumed steps {max(errs):.1e}")
-    assert max(errs) <= TOL, (case, errs)
+    err = check_losses(second, ref[5:], case)
+    print(f"\n{arch} {case}: {n} restored tensors equal to the saved ones on {len(second)} ranks; max relative "
+          f"loss error over the 5 resumed steps {err:.1e}")
 
 
 def test_weights_only_resume_is_outside_the_bound(tmp_path, shards):
@@ -90,9 +136,10 @@ def test_weights_only_resume_is_outside_the_bound(tmp_path, shards):
                         tmp_path=tmp_path / "wa", timeout=600)
     resume = tmp_path / "a" / "checkpoints" / "step00000005"
     shutil.rmtree(resume / "optimizer")
-    (second,) = run_workers(resumed_worker, 1, run_overrides("gla", shards, tmp_path / "b", **{
-        "parallel.zero_stage": 2, "checkpoint.every": 5, "checkpoint.resume": str(resume)}),
+    ((second,),) = run_workers(resumed_worker, 1, [run_overrides("gla", shards, tmp_path / "b", **{
+        "parallel.zero_stage": 2, "checkpoint.every": 5, "checkpoint.resume": str(resume)})], False,
         tmp_path=tmp_path / "wb", timeout=600)
+    assert len(second["losses"]) == 5
     err = max(abs(a - b) / abs(b) for a, b in zip(second["losses"], first[0]["losses"][5:]))
     assert err > 20 * TOL, err
 
@@ -117,30 +164,42 @@ def test_launch_resume_at_another_layout_says_so(tmp_path, arch):
 
 
 @pytest.mark.parametrize("arch", ["gla", "mamba2"])
-def test_reshard_tool_carries_the_optimizer_state(tmp_path, shards, arch):
-    """tools/reshard_expand.py on a training checkpoint's step folder with --tp 2 writes the weights and the
-    optimizer state at TP=2; checkpoint.resume=DST continues at TP=2 with the moments exactly as saved and
-    the uninterrupted run's losses."""
+def test_tp1_checkpoint_resumes_at_tp2(tmp_path, shards, arch, capfd):
+    """A TP=1 run's step-5 checkpoint continued at TP=2 in two ways, one after the other in the same two
+    processes: resumed directly (converted in the run), and through tools/reshard_expand.py --tp 2 (which
+    writes the weights and the optimizer state at TP=2). Each way, on both ranks: the fp32 master weights
+    and AdamW moments held after the resume are the rank's slice of those saved, bitwise; the first save
+    holds them exactly; the 5 steps' losses are the uninterrupted run's for steps 6..10 within 1e-5."""
     import subprocess
     import sys
 
     from tests.train_helpers import ROOT
     first = run_workers(engine_worker, 1, run_overrides(arch, shards, tmp_path / "a", **{"checkpoint.every": 5}),
                         tmp_path=tmp_path / "wa", timeout=600)
-    dst = tmp_path / "tp2"
-    r = subprocess.run([sys.executable, "tools/reshard_expand.py", "--src", str(tmp_path / "a" / "checkpoints" /
-                        "step00000005"), "--dst", str(dst), "--tp", "2"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    src, dst = tmp_path / "a" / "checkpoints" / "step00000005", tmp_path / "tp2"
+    r = subprocess.run([sys.executable, "tools/reshard_expand.py", "--src", str(src), "--dst", str(dst), "--tp", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(sharded TP=2 x PP=1, with the optimizer state)" in r.stdout, r.stdout
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
     assert ShardedCheckpoint(dst / "optimizer" / "exp_avg").tp == 2
-    second = run_workers(resumed_worker, 2, run_overrides(arch, shards, tmp_path / "b", **{
-        "parallel.tp": 2, "checkpoint.every": 5, "checkpoint.resume": str(dst)}), tmp_path=tmp_path / "wb",
-        timeout=600)
-    saved, converted = _optimizer(tmp_path / "a", 5), _optimizer(tmp_path / "b", 5)
-    assert saved.keys() == converted.keys()
-    assert all(torch.equal(converted[k], t) for k, t in saved.items())
-    for rk in second:
-        err = max(abs(a - b) / abs(b) for a, b in zip(rk["losses"], first[0]["losses"][5:]))
-        assert err <= TOL, err
+    capfd.readouterr()
+    ways = {"direct": src, "reshard-tool": dst}
+    per_rank = run_workers(resumed_worker, 2, [run_overrides(arch, shards, tmp_path / way, **{
+        "parallel.tp": 2, "checkpoint.every": 5, "checkpoint.resume": str(ck)}) for way, ck in ways.items()],
+        tmp_path=tmp_path / "wb", timeout=600)
+    out = capfd.readouterr().out
+    assert (f"resumed from {src} at step 5: converted from TP=1 PP=1 DP=1 ZeRO-1 to TP=2 PP=1 DP=1 ZeRO-1: "
+            f"weights, fp32 master weights and AdamW moments (step 5)") in out, out[-3000:]
+    saved, config = _optimizer(tmp_path / "a", 5)
+    assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
+    for i, way in enumerate(ways):
+        ranks = [r[i] for r in per_rank]
+        n = check_restored(saved, config, ranks, way)
+        converted, _ = _optimizer(tmp_path / way, 5)
+        assert saved.keys() == converted.keys()
+        for key, t in saved.items():
+            assert torch.equal(converted[key], t), (way, key)
+        err = check_losses(ranks, first[0]["losses"][5:], way)
+        print(f"\n{arch} TP=1 -> TP=2 {way}: {n} restored tensors equal to the saved ones on 2 ranks; max "
+              f"relative loss error over the 5 resumed steps {err:.1e}")
