@@ -1,14 +1,16 @@
-"""TP=2 and DP=2 x TP=2 over gloo equal the single-process model on every rank: each rank's loss (the
+"""TP=2 and DP=2 x TP=2 (TP=4 in the slow set) over gloo equal the single-process model on every rank: each rank's loss (the
 DP mean, and that of its own rows), its logits (its vocabulary slice), its shard of every gradient and of
 every weight after one SGD step, each against the same slice of the one-process tensors; TP vocabulary
 padding exactly zero and replicas bitwise equal (parallel_cases.compare_ranks).
 
-Tolerance: max relative error (max |a - b| / max |b|, per tensor and rank) <= 1e-5 in fp32. The layouts sum
-the same terms in other orders (TP partial sums, DP all-reduces); measured on the default cases: losses
-<= 8e-8, logits <= 6.2e-7, weights after the step <= 5.7e-7, gradients <= 2.4e-6 (Mamba2's per-head
-dt_bias, A_log and D: each a sum over every position of the batch); sequence parallel gives the same
-figures. A wrong shard or a missing DP average is off by order 1 (an unaveraged DP=2 gradient is twice
-the reference)."""
+Tolerance: relative error <= 1e-5 in fp32, per tensor and rank: max |a - b| over the rank's slice divided by
+max |b| over the whole one-process tensor. The layouts sum the same terms in other orders (TP partial sums,
+DP all-reduces); measured over every case here and in test_sequence_parallel.py (slow ones included):
+losses <= 1.2e-7, logits <= 6.2e-7, weights after the step <= 5.1e-7, gradients <= 1.5e-6 (Mamba2's
+per-head A_log and dt_bias: each a sum over every position of the batch). Divided by the slice's own max
+instead, a TP=4 rank's few heads of dt_bias gave 9.3e-6, too near the bound for CPUs that round otherwise.
+A wrong shard or a missing DP average is off by order 1 (an unaveraged DP=2 gradient is twice the
+reference)."""
 import pytest
 
 from tests.dist_utils import run_workers
