@@ -1,7 +1,7 @@
-"""TP=2 and DP=2 x TP=2 (TP=4 in the slow set) over gloo equal the single-process model on every rank: each rank's loss (the
-DP mean, and that of its own rows), its logits (its vocabulary slice), its shard of every gradient and of
-every weight after one SGD step, each against the same slice of the one-process tensors; TP vocabulary
-padding exactly zero and replicas bitwise equal (parallel_cases.compare_ranks).
+"""TP=2 and DP=2 x TP=2 (TP=4 in the slow set) over gloo equal the single-process model on every rank: each
+rank's loss (the DP mean, and that of its own rows), its logits (its vocabulary slice), its shard of every
+gradient and of every weight after one SGD step, each against the same slice of the one-process tensors;
+TP vocabulary padding exactly zero and replicas bitwise equal (parallel_cases.compare_ranks).
 
 Tolerance: relative error <= 1e-5 in fp32, per tensor and rank: max |a - b| over the rank's slice divided by
 max |b| over the whole one-process tensor. The layouts sum the same terms in other orders (TP partial sums,
