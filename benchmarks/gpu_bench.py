@@ -194,7 +194,7 @@ def train_product(arch: str, workdir: Path, timeout: float):
 
 
 def _gla_config(size: str):
-    from statex_dist.models.config import GLAConfig
+    from statex_dist.archs.gla.config import GLAConfig
     hidden, layers = {"340M": (1024, 24), "1.3B": (2048, 24)}[size]
     return GLAConfig(vocab_size=32000, hidden_size=hidden, num_layers=layers, num_heads=4)
 
@@ -224,7 +224,7 @@ def _train_steps(cfg, T: int, batch: int, steps: int, checkpointing: bool = Fals
 
 
 def throughput(label: str, T: int = 4096, batch: int = 4, steps: int = 3):
-    from statex_dist.models.config import Mamba2Config
+    from statex_dist.archs.mamba2.config import Mamba2Config
     from statex_dist.training.flops import train_flops_per_token
     cfg = _gla_config("340M") if label == "GLA-340M" else Mamba2Config(
         vocab_size=50288, hidden_size=1024, num_layers=48, d_state=128, headdim=64, tie_word_embeddings=True)

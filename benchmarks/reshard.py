@@ -34,12 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from statex_dist.checkpoint.atomic import new_digest  # noqa: E402
-from statex_dist.checkpoint.fla_gla import FlaGLA  # noqa: E402
+from statex_dist.archs.gla.fla_format import FlaGLA  # noqa: E402
 from statex_dist.checkpoint.hf_export import write_hf  # noqa: E402
 from statex_dist.checkpoint.stream_writer import BLOCK_BYTES, file_bytes  # noqa: E402
-from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2  # noqa: E402
+from statex_dist.archs.mamba2.transformers_format import TransformersMamba2  # noqa: E402
 from statex_dist.checkpoint.hf_load import checkpoint_shape  # noqa: E402
-from statex_dist.models.config import GLAConfig, Mamba2Config  # noqa: E402
+from statex_dist.archs.gla.config import GLAConfig  # noqa: E402
+from statex_dist.archs.mamba2.config import Mamba2Config  # noqa: E402
 from statex_dist.models import specs_for  # noqa: E402
 
 GLA_13B = GLAConfig(vocab_size=32000, hidden_size=2048, num_layers=24, num_heads=4, tie_word_embeddings=False)

@@ -4,7 +4,7 @@ expansion) on the tiny models, over pretraining seeds.
 For each architecture and seed, the tiny model pretrained with that seed (the embedded one for its seed; others
 are pretrained by tools/pretrain_tiny.py on first use, rerunning the embedded model's recorded commands, and
 cached under runs/pretrained/) is post-trained once per arm by the main job (statex_dist.demo): LPT, and StateX
-with every init mode of the architecture (``statex_dist.statex.plan.INITS``; the first is the paper's default),
+with every init mode of the architecture (``archs.get(arch).expansion.modes``; the first is the paper's default),
 all with the same steps, shards, order and learning rate. The learning rate, one per architecture for every
 arm, is the best of ``--lrs`` for LPT on the first seed (mean MQAR accuracy at N = 32 and 64): the baseline gets
 its best rate, and StateX is not tuned. Reported: MQAR accuracy per number of pairs and held-out perplexity,
@@ -30,8 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from statex_dist.statex.plan import INITS  # noqa: E402  (after the path: runs from a checkout)
-from statex_dist.tiny import GATE_BIAS, PAIRS  # noqa: E402
+from statex_dist import archs  # noqa: E402  (after the path: runs from a checkout)
+from statex_dist.tiny import PAIRS  # noqa: E402
 
 JUDGED = (32, 64)   # where the tiny models' small states run out
 
@@ -81,8 +81,9 @@ def post_train(arch: str, seed: int, arm: str, lr: float, steps: int, out: Path,
                 f"logging.dir={root / arch / tag}", f"checkpoint.dir={root / arch / tag / 'checkpoints'}"]
         if arm != "lpt":
             sets.append(f"expansion.init={arm}")
-        if arch == "gla" and arm == "reinit":   # the new layer's gate bias drawn as pretraining drew it
-            sets.append(f"expansion.gate_bias_init=[{GATE_BIAS[0]}, {GATE_BIAS[1]}]")
+        gate_bias = archs.get(arch).tiny.init_options.get("gate_bias")
+        if gate_bias and arm == "reinit":   # the new layer's gate bias drawn as pretraining drew it (GLA)
+            sets.append(f"expansion.gate_bias_init=[{gate_bias[0]}, {gate_bias[1]}]")
         _run([sys.executable, "-m", "statex_dist.demo", "--arch", arch, "--source", str(source), "--seed", str(seed),
               "--steps", str(steps), "--threads", "1", "--out", str(root), "--json", str(res), *sets]
              + (["--lpt"] if arm == "lpt" else []), out / f"{tag}.log")
@@ -156,9 +157,9 @@ def plot(agg: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", nargs="+", choices=sorted(INITS), default=["gla", "mamba2"])
+    ap.add_argument("--archs", nargs="+", choices=sorted(archs.ARCHS), default=list(archs.ARCHS))
     ap.add_argument("--modes", nargs="+", default=None,
-                    help="StateX init modes to run (default: every mode of each arch, statex.plan.INITS)")
+                    help="StateX init modes to run (default: every mode of each arch, its expansion.modes)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=1000, help="post-training steps per arm")
     ap.add_argument("--lrs", nargs="+", type=float, default=[3e-3, 1e-2, 3e-2],
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     out, dst = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     dst.mkdir(parents=True, exist_ok=True)
-    arms = {a: [m for m in INITS[a] if args.modes is None or m in args.modes] for a in args.archs}
+    arms = {a: [m for m in archs.get(a).expansion.modes if args.modes is None or m in args.modes] for a in args.archs}
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         keys = [(a, s) for a in args.archs for s in args.seeds]
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
     command = "python benchmarks/statex_vs_lpt.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for a in args.archs:
         rec = record.setdefault(a, {"runs": {}})
-        rec["paper_default"] = INITS[a][0]
+        rec["paper_default"] = archs.get(a).expansion.modes[0]
         if len(args.lrs) > 1:       # a sweep: its choice is the lr the study's table is judged at
             rec["lr"], rec["sweep"] = lr[a], {f"{x:g}": sweep[(a, x)] for x in args.lrs}
         rec["runs"][f"{lr[a]:g}"] = {"command": command, "seeds": args.seeds, "steps": args.steps,

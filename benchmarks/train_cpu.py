@@ -21,7 +21,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from statex_dist.models.config import GLAConfig, Mamba2Config  # noqa: E402
+from statex_dist.archs.gla.config import GLAConfig  # noqa: E402
+from statex_dist.archs.mamba2.config import Mamba2Config  # noqa: E402
 from statex_dist.models import build_model  # noqa: E402
 
 VOCAB, HIDDEN, LAYERS = 8192, 256, 8

@@ -90,6 +90,7 @@ def _ranged(kind: type, metavar: str, ok: Callable, what: str):
 positive_int = _ranged(int, "INT", lambda v: v >= 1, "an integer >= 1")
 count = _ranged(int, "INT", lambda v: v >= 0, "an integer >= 0")
 positive_float = _ranged(float, "FLOAT", lambda v: v > 0, "a number > 0")
+fraction_below_one = _ranged(float, "FLOAT", lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def int_list(s: str) -> list[int]:

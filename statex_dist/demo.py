@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from statex_dist import archs
 from statex_dist.tiny import PAIRS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def study_lines(arch: str, mode: Optional[str], lr: float) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["gla", "mamba2"], default="gla")
+    ap.add_argument("--arch", choices=sorted(archs.ARCHS), default=archs.DEFAULT)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lpt", action="store_true", help="post-train without expansion (the LPT baseline)")
     ap.add_argument("--source", default=None, help="pretrained model (default: the embedded tiny model)")

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from statex_dist import archs
 from statex_dist.checkpoint.atomic import atomic_dir
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_export import write_hf
@@ -29,6 +30,14 @@ EXAMPLE = """example:
       --gla-heads 1 --init merge --tp 2
   python tools/reshard_expand.py --src runs/tiny-gla-x --dst runs/tiny-gla-x-hf --format hf
 """
+
+
+def _expansions() -> list:
+    """One architecture's Expansion per plan option that sizes the expanded layers (one flag each)."""
+    out = {}
+    for a in archs.ARCHS.values():
+        out.setdefault(a.expansion.option, a.expansion)
+    return list(out.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expand-every", type=positive_int, metavar="K",
                    help="expand layers 0, K, 2K, ... (default K=6 when another expansion flag is given)")
     g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
-    ap.add_argument("--gla-heads", type=positive_int, help="GLA only: heads of each expanded layer (default 1)")
-    ap.add_argument("--d-state", type=positive_int,
-                    help="Mamba2 only: d_state of each expanded layer, larger than the current one (default 4x)")
-    ap.add_argument("--init", help="GLA: reinit|merge (default reinit); Mamba2: reinit|copy|zero|preserve "
-                                   "(default reinit)")
+    for expansion in _expansions():   # each architecture's size of an expanded layer (--gla-heads, --d-state)
+        ap.add_argument(expansion.flag, type=positive_int, help=expansion.option_help)
+    init_help = "; ".join(f"{a.label}: {'|'.join(a.expansion.modes)} (default {a.expansion.modes[0]})"
+                          for a in archs.ARCHS.values())
+    ap.add_argument("--init", help=init_help)
     ap.add_argument("--seed", type=int, default=0, help="seed of the re-initialised tensors")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "keep"], default="keep", help="dtype of the written tensors")
     ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
@@ -74,20 +83,21 @@ def check_paths(src: str, dst: str) -> None:
 
 
 def make_plan(args, config) -> Optional[ExpansionPlan]:
-    wanted = any(v is not None for v in (args.expand_every, args.expand_layers, args.gla_heads, args.d_state,
-                                         args.init))
+    sizes = {e.option: getattr(args, e.option) for e in _expansions()}
+    wanted = any(v is not None for v in (args.expand_every, args.expand_layers, *sizes.values(), args.init))
     if not wanted:
         return None
-    if config.arch == "gla" and args.d_state is not None:
-        raise ValueError("--d-state applies to Mamba2 checkpoints; this is a GLA checkpoint (use --gla-heads)")
-    if config.arch != "gla" and args.gla_heads is not None:
-        raise ValueError("--gla-heads applies to GLA checkpoints; this is a Mamba2 checkpoint (use --d-state)")
+    arch = archs.of(config)
+    for other in archs.ARCHS.values():
+        if other.expansion.option != arch.expansion.option and sizes[other.expansion.option] is not None:
+            raise ValueError(f"{other.expansion.flag} applies to {other.label} checkpoints; this is a {arch.label} "
+                             f"checkpoint (use {arch.expansion.flag})")
     try:
         layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None
     except ValueError:
         raise ValueError(f"--expand-layers {args.expand_layers!r}: expected comma-separated layer indices") from None
-    return ExpansionPlan.for_model(config, every=args.expand_every, layers=layers, gla_heads=args.gla_heads,
-                                   d_state=args.d_state, init=args.init, seed=args.seed)
+    return ExpansionPlan.for_model(config, every=args.expand_every, layers=layers, init=args.init, seed=args.seed,
+                                   **sizes)
 
 
 def training_checkpoint(folder: Path) -> bool:

@@ -42,7 +42,7 @@ class ExpansionSection:
     layers: Optional[list[Count]] = None
     gla_heads: Positive = 1
     d_state: Optional[Positive] = None
-    init: str = "reinit"         # checked against the architecture's modes (statex_dist.statex.plan.INITS)
+    init: str = "reinit"         # checked against the architecture's modes (archs.get(arch).expansion.modes)
     seed: int = 0
     gate_bias_init: Optional[Annotated[list[float], Field(min_length=2, max_length=2)]] = None
 
@@ -76,7 +76,7 @@ class ScheduleSection:
 
 @dataclass
 class DataSection:
-    train: str = ""              # folder of webdataset shards made by tools/make_shards.py
+    train: str = ""              # shard folder (tools/make_shards.py), http(s):// or pipe:CMD one, or blend "0.7 A 0.3 B"
     valid: str = ""              # held-out shards for perplexity (optional)
     seq_len: Positive = 65536
     micro_batch: Positive = 1

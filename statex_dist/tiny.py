@@ -1,7 +1,10 @@
 """The embedded tiny models: their shapes, the recall + text data they learn from, and how they were made.
 
 ``tools/pretrain_tiny.py`` trains them (once, on the CPU) and writes them under ``statex_dist/pretrained/``;
-the main job (``statex_dist.demo``) and ``benchmarks/statex_vs_lpt.py`` start from them.
+the main job (``statex_dist.demo``) and ``benchmarks/statex_vs_lpt.py`` start from them. Each architecture's
+recipe (shapes, shipped seed, initialisation options) is its own: ``statex_dist/archs/<name>/tiny.py``. The
+shipped seed is one that left the MQAR plateau early (pretraining seeds differ a lot in how fast they do;
+BENCHMARKS.md); its pretrain.json command reproduces it bit for bit on the torch build and CPU it was made on.
 
 Data. Most steps are MQAR (statex_dist.eval.mqar: query-only loss, ids 1-255 = the byte tokenizer's
 bytes); one step in ``text_every`` is byte-level synthetic text (statex_dist.data.synthetic) so the model
@@ -18,6 +21,8 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from statex_dist import archs
+
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 BYTE_VOCAB = 258  # statex_dist.data.tokenizer.ByteTokenizer: 256 bytes, EOS 256, PAD 257
 # MQAR's 256 ids get a block of their own after the bytes: with ids shared with text, MQAR keys (1-127)
@@ -26,36 +31,18 @@ BYTE_VOCAB = 258  # statex_dist.data.tokenizer.ByteTokenizer: 256 bytes, EOS 256
 MQAR_OFFSET = BYTE_VOCAB
 VOCAB = MQAR_OFFSET + 256
 
-# GLA: two layers of 8 heads of 8x8 (expand_k 1): merging layer 0's into one head of 64x64 grows its state 8x
-# while layer 1 keeps the pretrained recall, as the paper expands a subset. With 4 heads of 16x16 (4x, as in
-# GLA-1.3B) the pretrained model already recalled 0.44 at N=64, LPT kept most of that, and the merge lost more
-# than the larger state won back in 1,500 steps; the earlier 1-layer tiny GLA (benchmarks/results/gla-1layer-
-# seed0) is measured in BENCHMARKS.md. Mamba2: two layers, d_state 8 (grown 8x in layer 0): with d_state 16 it
-# recalled 0.96 at N=32 by the time its text perplexity came down, leaving an expansion nothing to win at
-# N <= 64. Both about 0.1-0.2M parameters.
-CONFIGS = {
-    "gla": {"arch": "gla", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "num_heads": 8,
-            "expand_k": 1.0, "expand_v": 1.0, "use_short_conv": True, "conv_size": 4, "hidden_ratio": 2,
-            "tie_word_embeddings": True, "fuse_norm": True},
-    "mamba2": {"arch": "mamba2", "vocab_size": VOCAB, "hidden_size": 64, "num_layers": 2, "d_state": 8,
-               "headdim": 16, "expand": 2, "chunk_size": 64, "tie_word_embeddings": True},
-}
-GATE_BIAS = (1.0, 4.0)  # GLA gate bias U(1, 4): forget gates near 1 at the start, a long initial memory
 PAIRS = (8, 16, 32, 64)
 
 
-# The pretraining seed that ships, per architecture (tools/pretrain_tiny.py --seed): pretraining seeds differ a
-# lot in how fast they leave the MQAR plateau, and the default should be one that did (BENCHMARKS.md). Their
-# pretrain.json commands reproduce them bit for bit on the torch build and CPU they were made on; the
-# Mamba2 was drawn with the initialisation of commit 0802ad9 (before one init per full tensor, the same at
-# every layout) and reproduces at that commit.
-SHIPPED_SEED = {"gla": 1, "mamba2": 0}
+def model_config(arch: str) -> dict:
+    """The model config dict of the tiny ``arch`` (its shapes: ``archs.get(arch).tiny``; the tasks' vocabulary)."""
+    return {"arch": arch, "vocab_size": VOCAB, **archs.get(arch).tiny.config}
 
 
 def pretrained_path(arch: str, seed: Optional[int] = None) -> Path:
     """The tiny model of ``arch`` pretrained with ``seed`` (default: the shipped one, in the package); other
     seeds live under runs/pretrained/ once tools/pretrain_tiny.py (or benchmarks/statex_vs_lpt.py) made them."""
-    if seed is None or seed == SHIPPED_SEED[arch]:
+    if seed is None or seed == archs.get(arch).tiny.shipped_seed:
         return PRETRAINED / f"tiny-{arch}"
     return PRETRAINED.parent.parent / "runs" / "pretrained" / f"tiny-{arch}-seed{seed}"
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from statex_dist.models.config import GLAConfig, Mamba2Config, config_from_dict
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.mamba2.config import Mamba2Config
+from statex_dist.models.config import config_from_dict
 
 LR = 0.5
 

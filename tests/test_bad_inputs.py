@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -160,6 +161,52 @@ def _bytes(ctx: Ctx, name: str, data: bytes) -> Path:
     return ctx.tmp / name
 
 
+def _lines(n: int, bad: bytes = b"") -> bytes:
+    return b"".join(b'{"text": "document %d of a corpus"}\n' % i for i in range(n)) + bad
+
+
+def _cut_gzip(ctx: Ctx) -> list:
+    import gzip
+    data = gzip.compress(_lines(2000))
+    return [str(_bytes(ctx, "cut.jsonl.gz", data[:len(data) // 2])), "-o", str(ctx.tmp / "out"), "--quiet"]
+
+
+def _bad_zst_line(ctx: Ctx) -> list:
+    import zstandard
+    data = zstandard.ZstdCompressor().compress(_lines(40, b'{"text": 7}\n'))
+    ok = zstandard.ZstdCompressor().compress(_lines(40))
+    # the bad file among good ones, tokenised by two processes: the error crosses from the pool the same
+    return [str(_bytes(ctx, "a.jsonl.zst", ok)), str(_bytes(ctx, "c.jsonl.zst", data)), "-o", str(ctx.tmp / "out"),
+            "--seq-len", "8", "--quiet", "--workers", "2"]
+
+
+def _parquet(ctx: Ctx, column="body", name="p.parquet") -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({column: ["a document", "another one"]}), ctx.tmp / name)
+    return ctx.tmp / name
+
+
+def _megatron(ctx: Ctx, damage: str) -> list:
+    import struct
+    ids = np.arange(40, dtype=np.uint16)
+    idx = (b"MMIDIDX\x00\x00" + struct.pack("<QBQQ", 1, 8, 2, 3) + np.array([20, 20], np.int32).tobytes() +
+           np.array([0, 40], np.int64).tobytes() + np.array([0, 1, 2], np.int64).tobytes())
+    if damage == "header":
+        idx = b"NOTANIDX!" + idx[9:]
+    _bytes(ctx, "m.idx", idx)
+    _bytes(ctx, "m.bin", ids.tobytes()[:-6] if damage == "bin" else ids.tobytes())
+    return [str(ctx.tmp / "m"), "-o", str(ctx.tmp / "out"), "--seq-len", "8"]
+
+
+def _arrow_missing(ctx: Ctx) -> list:
+    d = ctx.tmp / "hf"
+    d.mkdir()
+    (d / "dataset_info.json").write_text("{}")
+    (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    return [str(d), "-o", str(ctx.tmp / "out")]
+
+
 def _broken_config(ctx: Ctx) -> Path:
     d = _gla(ctx)
     (d / "config.json").write_text("{'model_type': 'gla'")
@@ -269,6 +316,14 @@ ROWS = [
     Row("train", "shards-tar-missing-member", lambda c: _train(c, shards=_drop_member(c)),
         "shard-000000.tar does not hold the 8 samples of ['mask.u8', 'tokens.u16'] that"),
     Row("train", "shards-zero-byte", lambda c: _train(c, shards=_zero_byte(c)), "shard-000000.tar is 0 bytes"),
+    Row("train", "blend-not-pairs", lambda c: _train(c, shards=f"0.7 {c.shards} {c.shards}"),
+        "/shards': expected weights and folders alternating, 'W1 PATH1 W2 PATH2 ...'"),
+    Row("train", "blend-mixes-kinds", lambda c: _train(c, shards=f"0.7 {c.shards} 0.3 {c.tasks}"),
+        "/tasks has loss_mask True, "),
+    Row("train", "server-unreachable", lambda c: _train(c, shards="http://127.0.0.1:9/shards"),
+        "http://127.0.0.1:9/shards/manifest.json: cannot be fetched ("),
+    Row("train", "pipe-without-placeholder", lambda c: _train(c, shards="pipe:cat shards/manifest.json"),
+        "data folder 'pipe:cat shards/manifest.json': a pipe: command needs {} where the file name goes"),
     # --- tools/reshard_expand.py --------------------------------------------------------------------------
     Row("reshard", "src-missing", _reshard(lambda c: c.tmp / "nothing"), "--src {tmp}/nothing: does not exist",
         out="dst", cli=True),
@@ -316,6 +371,32 @@ ROWS = [
     Row("make_shards", "output-holds-input", lambda c: [str(_corpus(c, "data/corpus")), "-o", str(c.tmp / "data"),
                                                         "--overwrite"],
         "output folder {tmp}/data holds the input {tmp}/data/corpus/"),
+    Row("make_shards", "gzip-truncated", _cut_gzip,
+        "cut.jsonl.gz: corrupt gz data near compressed byte", out="out"),
+    Row("make_shards", "zst-line-not-text", _bad_zst_line,
+        "c.jsonl.zst:41: 'text' is int, not a string, at byte 1430", out="out"),
+    Row("make_shards", "json-array-broken", lambda c: [str(_bytes(c, "a.json", b'[{"text": "one"}, {"text": "tw')),
+                                                       "-o", str(c.tmp / "out"), "--seq-len", "2", "--quiet"],
+        "a.json: item 1 of the JSON array is not JSON", out="out"),
+    Row("make_shards", "parquet-no-column", lambda c: [str(_parquet(c)), "-o", str(c.tmp / "out")],
+        "p.parquet: no column 'text' (columns: ['body']); pass --text-field", out="out"),
+    Row("make_shards", "parquet-not-parquet", lambda c: [str(_bytes(c, "x.parquet", b"PAR1 not really")), "-o",
+                                                         str(c.tmp / "out")],
+        "x.parquet: not a readable parquet file", out="out"),
+    Row("make_shards", "megatron-bad-header", lambda c: _megatron(c, "header"),
+        "m.idx: not a Megatron-LM index", out="out"),
+    Row("make_shards", "megatron-bin-short", lambda c: _megatron(c, "bin"),
+        "m.bin: 74 bytes, {tmp}/m.idx describes 40 tokens of uint16 (80 bytes): the pair does not match", out="out"),
+    Row("make_shards", "megatron-idx-missing", lambda c: [str(_bytes(c, "n.bin", b"\0" * 8)), "-o", str(c.tmp / "out")],
+        "a Megatron-LM indexed dataset needs both {tmp}/n.bin and {tmp}/n.idx; {tmp}/n.idx does not exist", out="out"),
+    Row("make_shards", "datasets-file-missing", _arrow_missing,
+        "hf/data-00000-of-00001.arrow listed in {tmp}/hf/state.json is missing", out="out"),
+    Row("make_shards", "max-tokens-below-a-sample", lambda c: [str(_corpus(c)), "-o", str(c.tmp / "out"),
+                                                               "--seq-len", "64", "--max-tokens", "10"],
+        "--max-tokens 10 is fewer than seq_len + 1 = 65: no sample", out="out"),
+    Row("make_shards", "valid-fraction-out-of-range", lambda c: [str(_corpus(c)), "-o", str(c.tmp / "out"),
+                                                                 "--valid-fraction", "1.5"],
+        "argument --valid-fraction: expected a number in [0, 1), got '1.5'", out="out"),
     # --- tools/pretrain_tiny.py -------------------------------------------------------------------------
     Row("pretrain", "steps-out-of-range", lambda c: ["--steps", "0", "--out", str(c.tmp / "out")],
         "argument --steps: expected an integer >= 1, got '0'", out="out", cli=True),

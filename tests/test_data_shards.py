@@ -135,22 +135,33 @@ def test_atomic_refusal_and_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]        # no temporary folder left
 
 
-def test_failure_leaves_nothing(tmp_path):
+def test_failure_leaves_no_output(tmp_path, monkeypatch):
+    """A bad file stops the run before any output folder exists; the pieces tokenised before it stay in the
+    work folder, and the run after the fix reuses them."""
     good = write_corpus(tmp_path / "in", n_files=1, docs_per_file=30)[0]
     bad = tmp_path / "in" / "bad.jsonl"
     bad.write_text(good.read_text() + '{"txt": "no text field"}\n')
-    with pytest.raises(DataError, match=rf"{bad}:31: not a JSON object with a 'text' field"):
+    with pytest.raises(DataError, match=rf"{bad}:31: not a JSON object with a 'text' field.*1 pieces tokenised so "
+                                        rf"far are kept in {tmp_path}/.out.make_shards"):
         make_shards([good, bad], tmp_path / "out", ShardOptions(seq_len=8, samples_per_shard=4), progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.make_shards", "in"]
+    kept = sorted((tmp_path / ".out.make_shards" / "pieces").glob("*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["docs"] == 30
+    bad.write_text(good.read_text())
+    from statex_dist.data import writer
+    calls, real = [], writer._tokenise_piece
+    monkeypatch.setattr(writer, "_tokenise_piece", lambda *a: calls.append(a[0].path) or real(*a))
+    make_shards([good, bad], tmp_path / "out", ShardOptions(seq_len=8, samples_per_shard=4), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"] and calls == [str(bad)]
     short = tmp_path / "short.jsonl"
     short.write_text('{"text": "tiny"}\n')
     with pytest.raises(DataError, match=r"5 tokens in 1 documents, fewer than seq_len \+ 1 = 9"):
-        make_shards([short], tmp_path / "out", ShardOptions(seq_len=8), progress=False)
+        make_shards([short], tmp_path / "o2", ShardOptions(seq_len=8), progress=False)
     with pytest.raises(MissingDataError, match="input .*nope.jsonl does not exist"):
-        make_shards([tmp_path / "nope.jsonl"], tmp_path / "out", ShardOptions(), progress=False)
+        make_shards([tmp_path / "nope.jsonl"], tmp_path / "o2", ShardOptions(), progress=False)
     with pytest.raises(MissingDataError, match="tokenizer folder .*no-tok does not exist"):
-        make_shards([good], tmp_path / "out", ShardOptions(tokenizer=str(tmp_path / "no-tok")), progress=False)
-    assert not (tmp_path / "out").exists()
+        make_shards([good], tmp_path / "o2", ShardOptions(tokenizer=str(tmp_path / "no-tok")), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "short.jsonl"]
 
 
 def test_cli_summary_and_refusal(tmp_path):

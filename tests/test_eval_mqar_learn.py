@@ -8,7 +8,7 @@ from statex_dist.eval import evaluate_mqar, mqar_batch
 
 
 def test_tiny_gla_learns_mqar():
-    from statex_dist.models.config import GLAConfig
+    from statex_dist.archs.gla.config import GLAConfig
     from statex_dist.models import build_model
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steps of a few ms: one thread is faster than two

@@ -36,7 +36,7 @@ class KeyValueOracle(nn.Module):
 
 
 def small_gla(vocab=258, seed=0):
-    from statex_dist.models.config import GLAConfig
+    from statex_dist.archs.gla.config import GLAConfig
     from statex_dist.models import build_model
     torch.manual_seed(seed)
     return build_model(GLAConfig(vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2, use_short_conv=True))

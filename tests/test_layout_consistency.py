@@ -1,5 +1,5 @@
 """The layouts are the one source of the split rules: every parameter the models build, on every TP rank, has
-the local shape and TP attributes its ShardSpec gives (``models/*_layout.py``), at TP 1, 2 and 4 for both
+the local shape and TP attributes its ShardSpec gives (``archs/<name>/layout.py``), at TP 1, 2 and 4 for both
 architectures: head-sharded and value-sharded GLA layers (a value-sharded 1-head layer whose key dim TP does
 not divide: q and k are replicated there), Mamba2 with ngroups < TP and ngroups = TP, per-layer d_state,
 tied and untied heads; the one-module models and the pipeline stages alike.
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from statex_dist.models.config import GLAConfig, Mamba2Config
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.mamba2.config import Mamba2Config
 from tests.dist_utils import run_workers
 
 CONFIGS = {

@@ -163,8 +163,8 @@ MAMBA_MODEL_SCRIPT = PRELUDE + textwrap.dedent(
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
     from statex_dist.api import load_model
     from statex_dist.checkpoint.hf_export import write_hf
-    from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
-    from statex_dist.models.config import Mamba2Config
+    from statex_dist.archs.mamba2.config import Mamba2Config
+    from statex_dist.archs.mamba2.mamba_ssm_format import MambaSSM
     from statex_dist.models import specs_for
     from tests.parallel_cases import reference_weights
 
@@ -232,7 +232,7 @@ def test_causal_conv1d_dispatch_against_reference():
 
 
 def test_mamba_ssm_model_loads_our_checkpoint():
-    """A checkpoint written in mamba_ssm's format (statex_dist.checkpoint.mamba_ssm_format), loaded into
+    """A checkpoint written in mamba_ssm's format (statex_dist.archs.mamba2.mamba_ssm_format), loaded into
     mamba_ssm's own MambaLMHeadModel (Triton SSD, gated norm and fused add-norm, interpreted): its logits
     equal load_model's (the PyTorch paths)."""
     report = run_interpreted(MAMBA_MODEL_SCRIPT, kernels="torch", timeout=600)

@@ -11,14 +11,14 @@ def test_mamba2_heads_not_divisible():
 
 
 def test_mamba2_groups_and_tp():
-    from statex_dist.models.config import Mamba2Config
+    from statex_dist.archs.mamba2.config import Mamba2Config
     cfg = Mamba2Config(vocab_size=10, hidden_size=96, num_layers=2, d_state=8, headdim=16, ngroups=3)
     with pytest.raises(ValueError, match=r"ngroups 3 and TP must divide one another; TP sizes that work: \[1, 3, 6, 12\]"):
         check_parallel_sizes(cfg, tp=2)
 
 
 def test_gla_value_width_not_divisible():
-    from statex_dist.models.config import GLAConfig
+    from statex_dist.archs.gla.config import GLAConfig
     cfg = GLAConfig(vocab_size=10, hidden_size=48, num_layers=1, num_heads=[1], expand_k=1.0)
     with pytest.raises(ValueError, match=r"TP=5: layers.0.attn.v_proj.weight has a block of width 48 along dim 0 "
                                          r"that TP splits and does not divide; TP sizes that work for this model: "
@@ -30,7 +30,8 @@ def test_rules_are_the_layouts():
     """The check reads the ShardSpecs: a value-sharded 1-head GLA layer replicates q and k, so a key dim
     that TP does not divide is fine there; Mamba2's B/C channels (ngroups x d_state) split over TP, so a
     d_state that TP does not divide is refused, naming the tensor."""
-    from statex_dist.models.config import GLAConfig, Mamba2Config
+    from statex_dist.archs.gla.config import GLAConfig
+    from statex_dist.archs.mamba2.config import Mamba2Config
     check_parallel_sizes(GLAConfig(vocab_size=10, hidden_size=32, num_layers=1, num_heads=[1], expand_k=0.375,
                                    intermediate_size=64), tp=4)        # key dim 12: replicated
     cfg = Mamba2Config(vocab_size=10, hidden_size=64, num_layers=2, d_state=[8, 12], headdim=16, ngroups=1)

@@ -3,7 +3,7 @@ weights (and the tiled output-norm weight); a partial merge equals fla with thos
 import pytest
 import torch
 
-from statex_dist.checkpoint.fla_gla import FlaGLA
+from statex_dist.archs.gla.fla_format import FlaGLA
 from statex_dist.models import build_model
 from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor
 from tests.conftest import rel_err

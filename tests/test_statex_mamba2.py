@@ -5,7 +5,7 @@ import torch
 from transformers import Mamba2Config as HFMamba2Config
 from transformers import Mamba2ForCausalLM as HFMamba2
 
-from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
+from statex_dist.archs.mamba2.transformers_format import TransformersMamba2
 from statex_dist.models import build_model
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config, expand_tensor
 from tests.conftest import rel_err

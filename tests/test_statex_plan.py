@@ -1,7 +1,8 @@
 """StateX layer choice, plan validation and expand_config (configs only, no tensors)."""
 import pytest
 
-from statex_dist.models.config import GLAConfig, Mamba2Config
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config
 
 

@@ -1,7 +1,8 @@
 """Parameter and recurrent-state counts from configs (shapes only, no model is built)."""
 import math
 
-from statex_dist.models.config import GLAConfig, Mamba2Config
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.models import specs_for
 from statex_dist.statex import ExpansionPlan, choose_layers, count_params, expand_config, state_floats, summary
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from statex_dist.models.config import GLAConfig, Mamba2Config
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.models import specs_for
 from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor, expand_tensors
 

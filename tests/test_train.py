@@ -111,7 +111,7 @@ def test_bad_config_fails_before_any_process_group(tmp_path, shards):
 
 
 def test_freeze_unexpanded_trains_only_expanded_layers():
-    from statex_dist.models.config import GLAConfig
+    from statex_dist.archs.gla.config import GLAConfig
     from statex_dist.models import build_model
     from statex_dist.training.optim import freeze_unexpanded, param_groups
     cfg = GLAConfig(vocab_size=64, hidden_size=32, num_layers=3, num_heads=[1, 4, 4], expanded_layers=[0])

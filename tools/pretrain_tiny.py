@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from statex_dist import tiny
+from statex_dist import archs, tiny
 from statex_dist.models.config import config_from_dict
 
 
@@ -26,29 +26,27 @@ def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
     # the model stack (megatron-core) is imported where it is used: --help and a bad flag answer at once
     from statex_dist.models import build_model, specs_for
     from statex_dist.models.init import init_tensor
-    config = config_from_dict({**tiny.CONFIGS[arch], **overrides})
+    config = config_from_dict({**tiny.model_config(arch), **overrides})
+    # the recipe's options (GLA's gate bias, Mamba2's A = 1..nheads), then the flags given. Mamba2: a small
+    # A (--a-range) gives a long memory without weakening the writes (dt * B x) as a small dt (--dt-range) does
+    options = dict(archs.get(arch).tiny.init_options)
+    options.update({k: tuple(v) for k, v in (("dt_range", dt_range), ("a_range", a_range)) if v})
     model = build_model(config, init=False)
     specs = specs_for(config, 1)
-    gate = tiny.GATE_BIAS if arch == "gla" else None
-    # Mamba2: a small A (--a-range) gives a long memory without weakening the writes (dt * B x) as a small
-    # dt (--dt-range) does
-    ranges = {"dt_range": tuple(dt_range)} if dt_range else {}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, gate, a_range=a_range, **ranges))
+            p.copy_(init_tensor(name, tuple(specs[name].shape), config, seed, **options))
     return config, model
 
 
 def save(model, config, out: Path, record: dict) -> None:
     from statex_dist.checkpoint.atomic import atomic_dir
-    from statex_dist.checkpoint.fla_gla import FlaGLA
     from statex_dist.checkpoint.hf_export import write_hf
-    from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
     from statex_dist.models import specs_for
     from statex_dist.parallel.weights import gather_full
     specs = specs_for(config, 1)
     full = gather_full(model, specs)
-    fmt = FlaGLA if config.arch == "gla" else TransformersMamba2
+    fmt = archs.of(config).default_format
     with atomic_dir(out, overwrite=True) as tmp:
         write_hf(tmp, fmt, config, ((n, full[n]) for n in specs), {n: torch.float32 for n in specs})
         (tmp / "pretrain.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -63,8 +61,10 @@ EXAMPLE = """example:
 def parser():
     from statex_dist.cli_errors import Parser, count, positive_float, positive_int
     ap = Parser(prog="pretrain_tiny.py", description=__doc__, epilog=EXAMPLE)
-    ap.add_argument("--arch", choices=sorted(tiny.CONFIGS), default="gla", help="which tiny model (statex_dist.tiny)")
-    ap.add_argument("--seed", type=int, default=0, help="init and data seed (statex_dist.tiny.SHIPPED_SEED ships)")
+    ap.add_argument("--arch", choices=sorted(archs.ARCHS), default=archs.DEFAULT,
+                    help="which tiny model (statex_dist.tiny)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="init and data seed (each architecture's tiny.shipped_seed ships: statex_dist/archs/<name>/tiny.py)")
     ap.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps")
     ap.add_argument("--lr", type=positive_float, default=3e-3,
                     help="peak lr, cosine to lr/10 after 100 warm-up steps")
@@ -106,7 +106,7 @@ def model_overrides(sets: list[str], arch: str) -> dict:
             raise ValueError(f"--set {kv!r}: the value is not JSON (a number, true/false, a quoted string or a "
                              f"list)") from None
     try:
-        config_from_dict({**tiny.CONFIGS[arch], **out})
+        config_from_dict({**tiny.model_config(arch), **out})
     except (TypeError, ValueError) as e:
         raise ValueError(f"--set {' '.join(sets)}: {e}") from None
     return out

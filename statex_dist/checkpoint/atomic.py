@@ -42,13 +42,31 @@ def atomic_dir(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, dst)
+
+
+def move_into_place(src: Path, dst: Path) -> None:
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is swapped out by rename and deleted last."""
     old = None
     if dst.exists():
         old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dst, old)
-    os.replace(tmp, dst)
+    os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """``path`` holds ``data`` whole or keeps what it held: written beside it, then renamed over it. No fsync:
+    this guards against a killed process (the rename is atomic), not against a power cut."""
+    path = Path(path)
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_digest():

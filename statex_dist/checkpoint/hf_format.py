@@ -1,13 +1,19 @@
-"""What a Hugging Face checkpoint format must say: how its config.json maps to ours, and its tensor names.
+"""What a Hugging Face checkpoint format must say: how its config.json maps to ours, its tensor names, and
+how its weights file is written.
 
-Each format (fla GLA, mamba_ssm Mamba2, transformers Mamba2) is a subclass in a file of its own. The
-per-layer StateX shapes travel in extra config.json keys (``statex_*``) that the stock classes ignore.
+Each format (fla GLA, mamba_ssm Mamba2, transformers Mamba2) is a subclass in its architecture's folder
+(``statex_dist/archs/<name>/*_format.py``). The per-layer StateX shapes travel in extra config.json keys
+(``statex_*``) that the stock classes ignore.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
+import torch
+
+from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.models.config import ModelConfig
 
 
@@ -26,11 +32,15 @@ EXPANDED_KEY = "statex_expanded_layers"
 
 
 class HFFormat:
-    """Base: subclasses set ``name``, ``arch``, ``prefix`` and implement the three methods."""
+    """Base: subclasses set ``name``, ``arch``, ``prefix``, ``description`` and implement the three methods."""
     name: str = ""
     arch: str = ""
+    description = ""    # how a reader tells it, in the message for a folder no format matches
     weights_file = "model.safetensors"
     per_layer_key = ""  # the config.json key of the per-layer StateX shape (heads or d_state of each layer)
+    # the format an export whose layers differ is written in instead, when the remote code does not read
+    # this one's names (statex_dist.checkpoint.remote_code); None: this one
+    remote_code_format: Optional[type["HFFormat"]] = None
 
     @classmethod
     def read_per_layer(cls, cfg: dict, uniform: int, layers: int) -> list[int]:
@@ -75,3 +85,21 @@ class HFFormat:
     def optional(cls, hf_name: str, config: ModelConfig) -> bool:
         """Checkpoint tensors that may be present and are not model parameters (tied copies, buffers)."""
         return False
+
+    @classmethod
+    def write_weights(cls, folder: Path, config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+                      dtypes: dict[str, torch.dtype], shapes: dict[str, tuple[int, ...]],
+                      progress: Optional[Callable] = None) -> None:
+        """Stream full tensors (internal names, in ``shapes``' order, each of its checkpoint shape there)
+        into ``folder / weights_file`` under this format's names, each cast to its ``dtypes`` entry."""
+        entries = [(cls.hf_names(n, config)[0], dtypes[n], shape) for n, shape in shapes.items()]
+        writer = StreamingSafetensorsWriter(folder / cls.weights_file, entries, {"format": "pt"})
+        try:
+            for name, t in tensors:
+                writer.write(cls.hf_names(name, config)[0], t.to(dtypes[name]))
+                if progress is not None:
+                    progress(name, t)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise

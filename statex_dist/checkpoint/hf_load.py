@@ -7,17 +7,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from statex_dist import archs
 from statex_dist.checkpoint.errors import CheckpointError, MissingCheckpointError
-from statex_dist.checkpoint.fla_gla import FlaGLA
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.checkpoint.mamba_ssm_format import MambaSSM
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
-from statex_dist.checkpoint.transformers_mamba2 import TransformersMamba2
 from statex_dist.models.config import ModelConfig
 from statex_dist.parallel.sharding import ShardSpec
-
-FORMATS: tuple[type[HFFormat], ...] = (FlaGLA, TransformersMamba2, MambaSSM)
-VOCAB_TENSORS = ("embeddings.weight", "embedding.weight", "lm_head.weight")
 
 
 def detect_format(folder: str | os.PathLike) -> tuple[type[HFFormat], dict]:
@@ -27,13 +22,13 @@ def detect_format(folder: str | os.PathLike) -> tuple[type[HFFormat], dict]:
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass the checkpoint's directory")
     cfg = read_json(folder / "config.json")
-    for fmt in FORMATS:
+    for fmt in archs.FORMATS:
         if fmt.matches(cfg):
             return fmt, cfg
+    known = [f.description for f in archs.FORMATS]
     raise CheckpointError(
         f"{folder / 'config.json'}: unknown architecture (model_type={cfg.get('model_type')!r}, "
-        f"architectures={cfg.get('architectures')}); supported: fla GLA (model_type 'gla'), transformers Mamba2 "
-        f"(model_type 'mamba2') and mamba_ssm Mamba2 (d_model / n_layer / ssm_cfg)")
+        f"architectures={cfg.get('architectures')}); supported: {', '.join(known[:-1])} and {known[-1]}")
 
 
 def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConfig]:
@@ -50,7 +45,7 @@ def checkpoint_shape(config: ModelConfig, name: str) -> tuple[int, ...]:
     """A tensor's shape in a checkpoint file: its full shape without the vocabulary's TP padding."""
     from statex_dist.models import specs_for
     shape = specs_for(config, 1)[name].shape
-    if name in VOCAB_TENSORS:
+    if name in archs.of(config).vocab_tensors:
         return (config.checkpoint_vocab_size(),) + shape[1:]
     return shape
 

@@ -17,9 +17,9 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from statex_dist import archs
 from statex_dist.checkpoint.atomic import MANIFEST, verify_manifest, write_manifest
 from statex_dist.checkpoint.errors import CheckpointError
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.checkpoint.tensor_files import SafetensorsFile
 from statex_dist.models.config import ModelConfig, config_from_dict
@@ -88,10 +88,12 @@ def balanced_bounds(weights: list[int], parts: int) -> list[int]:
     return sorted(bounds)[:parts] + [len(weights)]
 
 
-def stage_of(spec: ShardSpec, stages: list[list[int]], name: str) -> int:
+def stage_of(spec: ShardSpec, stages: list[list[int]], name: str, embedding: str) -> int:
+    """The pipeline stage that holds parameter ``name``: its layer's, the first for the embedding
+    (``embedding``: its parameter name), else the last."""
     if spec.layer is not None:
         return next(s for s, layers in enumerate(stages) if spec.layer in layers)
-    if name in ("embeddings.weight", "embedding.weight"):
+    if name == embedding:
         return 0
     return len(stages) - 1
 
@@ -109,11 +111,12 @@ def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str
     """
     specs = specs_for(config, tp)
     stages = stage_of_layers(config, pp)
+    embedding = f"{archs.of(config).embedding}.weight"
     (folder / "weights").mkdir(parents=True, exist_ok=True)
     entries: dict[tuple[int, int], list] = {}
     where = {}
     for name, spec in specs.items():
-        s = stage_of(spec, stages, name)
+        s = stage_of(spec, stages, name, embedding)
         where[name] = s
         for r in range(tp):
             entries.setdefault((r, s), []).append((name, dtypes[name], spec.local_shape(tp)))
@@ -194,7 +197,7 @@ class ShardedCheckpoint:
     def get(self, name: str) -> torch.Tensor:
         """The full tensor at its checkpoint shape (TP padding of the vocab removed)."""
         t = self.padded(name)
-        if name in VOCAB_TENSORS:
+        if name in archs.of(self.config).vocab_tensors:
             t = t[: self.config.checkpoint_vocab_size()]
         return t
 

@@ -11,9 +11,10 @@ from typing import Optional
 
 import torch
 
+from statex_dist import archs
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.checkpoint.hf_load import FORMATS, check_tensor, checkpoint_shape, find_tensor, read_hf_config
+from statex_dist.checkpoint.hf_load import check_tensor, checkpoint_shape, find_tensor, read_hf_config
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
 from statex_dist.models import specs_for
 
@@ -56,20 +57,18 @@ def open_source(path: str | os.PathLike):
     return HFSource(path)
 
 
-DEFAULT_FORMAT = {"gla": "fla-gla", "mamba2": "transformers-mamba2"}   # an export of a model with no HF origin
-
-
 def hf_origin(src) -> tuple[type[HFFormat], Optional[dict]]:
     """The Hugging Face format and config.json an export of ``src`` (an HF folder or a sharded checkpoint,
     which records its origin in its manifest) writes back: the source's own, else the architecture's
-    default format with a fresh config."""
+    default format (its first) with a fresh config."""
     if isinstance(src, HFSource):
         return src.fmt, src.hf_config
-    return hf_format_named(src.hf_format_name or DEFAULT_FORMAT[src.config.arch]), src.hf_config
+    fmt = hf_format_named(src.hf_format_name) if src.hf_format_name else archs.of(src.config).default_format
+    return fmt, src.hf_config
 
 
 def hf_format_named(name: str) -> type[HFFormat]:
-    for fmt in FORMATS:
+    for fmt in archs.FORMATS:
         if fmt.name == name:
             return fmt
-    raise CheckpointError(f"unknown Hugging Face format {name!r}; known: {[f.name for f in FORMATS]}")
+    raise CheckpointError(f"unknown Hugging Face format {name!r}; known: {[f.name for f in archs.FORMATS]}")

@@ -42,16 +42,38 @@ def sample_field(dtype_name: str) -> str:
     return _DTYPES[dtype_name][1]
 
 
+def numpy_dtype(dtype_name: str) -> np.dtype:
+    return np.dtype(_DTYPES[dtype_name][0])
+
+
+def write_manifest(folder: Path, *, seq_len: int, dtype: str, tokenizer: dict, shards: list[dict],
+                   total_tokens: int, loss_mask: bool = False, **extra) -> dict:
+    """Write ``folder/manifest.json`` (by rename) and return it: the fields every reader needs, then ``extra``
+    (what the writer records about itself: documents, inputs, options, a task's parameters)."""
+    from statex_dist.checkpoint.atomic import atomic_write
+    manifest = {"format": FORMAT, "seq_len": seq_len, "sample_tokens": seq_len + 1, "token_dtype": dtype,
+                "sample_field": sample_field(dtype), **({"loss_mask": True} if loss_mask else {}),
+                "tokenizer": tokenizer, "total_samples": sum(s["samples"] for s in shards),
+                "total_tokens": total_tokens, **extra, "shards": shards}
+    atomic_write(Path(folder) / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
 def encode_tokens(window: np.ndarray, dtype_name: str) -> bytes:
     return np.ascontiguousarray(window, dtype=_DTYPES[dtype_name][0]).tobytes()
 
 
 @dataclass(frozen=True)
 class ShardInfo:
-    path: Path
+    path: Path          # a remote.Location for a folder on a server
     samples: int
     bytes: int
     sha256: str
+
+    @property
+    def url(self) -> str:
+        """What the reader opens: the local path, an http(s) URL or a pipe: command."""
+        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -188,23 +210,31 @@ def _check_layout(shard: ShardInfo, m: Manifest, mpath: Path) -> None:
 def check_shards(shard_dir, verify_hashes: bool = False, layout: bool = True) -> Manifest:
     """Read ``shard_dir/manifest.json`` and check that every shard file is there with its recorded size.
 
-    Touches only local files (no collective), so a training job calls it before creating process groups:
-    a rank that lacks the data fails at once instead of leaving its peers waiting in a collective.
+    Performs no collective, so a training job calls it before creating process groups: a rank that lacks
+    the data fails at once instead of leaving its peers waiting in a collective. A folder on a server
+    (``remote.py``: http(s)://, pipe:) is checked by its manifest alone; its samples as they are decoded.
     ``layout`` also checks each tar against the manifest (:func:`_check_layout`: a few reads a shard);
     ``verify_hashes`` compares each shard's sha256 (reads every byte).
     """
     if not str(shard_dir or ""):
         raise MissingDataError("no shard folder given (data.train, data.valid or --data); make one with "
                                "tools/make_shards.py")
-    folder = Path(shard_dir)
-    if not folder.is_dir():
-        raise MissingDataError(f"shard folder {folder} does not exist; create it with tools/make_shards.py")
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise MissingDataError(f"{mpath} is missing: {folder} is not a shard folder written by "
-                               f"tools/make_shards.py (or the write did not finish)")
+    from statex_dist.data import remote
+    if remote.is_remote(shard_dir):
+        folder = remote.folder(str(shard_dir))
+        mpath = folder / MANIFEST
+        text = remote.fetch(mpath)
+    else:
+        folder = Path(shard_dir)
+        if not folder.is_dir():
+            raise MissingDataError(f"shard folder {folder} does not exist; create it with tools/make_shards.py")
+        mpath = folder / MANIFEST
+        if not mpath.is_file():
+            raise MissingDataError(f"{mpath} is missing: {folder} is not a shard folder written by "
+                                   f"tools/make_shards.py (or the write did not finish)")
+        text = mpath.read_bytes()
     try:
-        raw = json.loads(mpath.read_text())
+        raw = json.loads(text)
         if raw.get("format") != FORMAT:
             raise DataError(f"{mpath}: format {raw.get('format')!r}, expected {FORMAT!r}")
         tok = raw["tokenizer"]
@@ -222,6 +252,8 @@ def check_shards(shard_dir, verify_hashes: bool = False, layout: bool = True) ->
     if sum(s.samples for s in shards) != m.total_samples:
         raise DataError(f"{mpath}: shard sample counts add up to {sum(s.samples for s in shards)}, "
                         f"total_samples says {m.total_samples}")
+    if remote.is_remote(shard_dir):  # streamed: each sample is checked as it is decoded
+        return m
     for s in shards:
         if not s.path.is_file():
             raise MissingDataError(f"shard {s.path} listed in {mpath} is missing")

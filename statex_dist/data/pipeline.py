@@ -27,6 +27,13 @@ none). Reader ``v`` skips its samples below ``k * G``: whole epochs by arithmeti
 counts (no reading), the rest read again and dropped before decoding; at most one epoch's share of one
 reader per reader. Exact resume needs the same shards, seed, V, global batch and shuffle buffer (any change
 is refused with the field named); DP size, micro-batch and workers may change.
+
+Blends (``statex_dist/data/blend.py``). Several folders at weights: every folder is read by the same ``V``
+virtual readers, each with its own epochs; blended reader ``v`` takes its samples from the folders' readers
+``v`` in the blend's fixed sequence. So the global order, the DP split and the resume are those of one folder,
+and a folder's skip on resume is a count that the weights give.
+
+Remote folders (``statex_dist/data/remote.py``): the same readers stream the tars from the server.
 """
 from __future__ import annotations
 
@@ -40,9 +47,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from statex_dist.data import errors
+from statex_dist.data import errors, remote
+from statex_dist.data.blend import Blend, Chooser, check_blend, counts_before
 from statex_dist.data.errors import DataError, ShardError
-from statex_dist.data.format import Manifest, check_shards
+from statex_dist.data.format import Manifest
 
 POSITION_VERSION = 2
 MAX_AUTO_READERS = 64
@@ -61,33 +69,40 @@ class _Every:
 
 def _shard_error(exn: Exception) -> bool:
     """webdataset handler: name the shard file. webdataset appends the url to ``args`` once it knows it."""
-    url = next((a for a in reversed(exn.args) if isinstance(a, str) and a.endswith(".tar")), None)
-    if isinstance(exn, ShardError) or url is None:
+    if isinstance(exn, ShardError):  # its message is whole; webdataset appended the stream and url to args
+        raise ShardError(exn.args[0]) from None
+    url = next((a for a in reversed(exn.args) if isinstance(a, str) and ".tar" in a), None)
+    if url is None:
         raise exn
     raise ShardError(f"shard {url} is corrupt or unreadable ({type(exn).__name__}: {exn.args[0]}); "
                      f"re-create it with tools/make_shards.py") from exn
 
 
 class _Plan:
-    """The global order: which shards virtual reader ``v`` reads in each epoch, and which of its samples
-    fall in which step. The same on every rank and at every layout."""
+    """The global order: which shards virtual reader ``v`` reads in each epoch of each folder ``d`` of the
+    blend, and which of its samples fall in which step. The same on every rank and at every layout."""
 
-    def __init__(self, m: Manifest, readers: int, seed: int, global_batch: int):
-        self.m, self.V, self.seed, self.G = m, readers, seed, global_batch
+    def __init__(self, blend: Blend, readers: int, seed: int, global_batch: int):
+        self.blend, self.V, self.seed, self.G = blend, readers, seed, global_batch
+        self.ms = blend.manifests
 
-    def order(self, epoch: int) -> list[int]:
-        """All shard indices in epoch order."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.m.shards)).tolist()
+    @property
+    def m(self) -> Manifest:
+        return self.ms[0]
 
-    def reader_shards(self, epoch: int, v: int) -> list[int]:
-        return self.order(epoch)[v::self.V]
+    def order(self, epoch: int, d: int = 0) -> list[int]:
+        """All shard indices of folder ``d`` in epoch order."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.ms[d].shards)).tolist()
 
-    def reader_samples(self, epoch: int, v: int) -> int:
-        return sum(self.m.shards[i].samples for i in self.reader_shards(epoch, v))
+    def reader_shards(self, epoch: int, v: int, d: int = 0) -> list[int]:
+        return self.order(epoch, d)[v::self.V]
 
-    def shuffle_seed(self, epoch: int, v: int) -> int:
-        key = f"{self.seed}/{epoch}/{v}".encode()
-        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+    def reader_samples(self, epoch: int, v: int, d: int = 0) -> int:
+        return sum(self.ms[d].shards[i].samples for i in self.reader_shards(epoch, v, d))
+
+    def shuffle_seed(self, epoch: int, v: int, d: int = 0) -> int:
+        key = f"{self.seed}/{epoch}/{v}" + (f"/{d}" if d else "")
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
     def before(self, step: int, v: int) -> int:
         """Samples of reader ``v`` in the steps before ``step``: the ``i`` with ``i * V + v < step * G``."""
@@ -96,7 +111,7 @@ class _Plan:
 
 def _check_counts(src, m: Manifest, urls: list[str]):
     """Pass samples through; fail naming the shard when one holds fewer / more samples than the manifest."""
-    expected = {str(s.path): s.samples for s in m.shards}
+    expected = {s.url: s.samples for s in m.shards}
     seen: dict[str, int] = {}
     for s in src:
         url = s["__url__"]
@@ -127,29 +142,44 @@ class _ReaderStream(IterableDataset):
         self.plan, self.readers, self.W, self.buffer = plan, readers, workers, shuffle_buffer // plan.V
         self.start_step, self.epochs, self.start_epoch = start_step, epochs, start_epoch
 
-    def _epoch_samples(self, epoch: int, v: int):
+    def _epoch_samples(self, epoch: int, v: int, d: int):
         import webdataset as wds
+        remote.install()
         p = self.plan
-        mine = [str(p.m.shards[i].path) for i in p.reader_shards(epoch, v)]
+        m = p.ms[d]
+        mine = [m.shards[i].url for i in p.reader_shards(epoch, v, d)]
         ds = wds.WebDataset(mine, handler=_shard_error, shardshuffle=False, empty_check=False,
                             nodesplitter=_Every(0, 1), workersplitter=_Every(0, 1))
-        ds = ds.compose(lambda src: _check_counts(src, p.m, mine))
+        ds = ds.compose(lambda src: _check_counts(src, m, mine))
         if self.buffer > 1:
-            ds = ds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(p.shuffle_seed(epoch, v)))
+            ds = ds.shuffle(self.buffer, initial=self.buffer, rng=random.Random(p.shuffle_seed(epoch, v, d)))
         return ds
 
-    def _samples(self, v: int, skip: int) -> Iterator[tuple]:
-        """(tokens [T+1], loss mask [T] or None, sample key, epoch) of reader ``v``, after its first ``skip``."""
+    def _folder_samples(self, v: int, skip: int, d: int) -> Iterator[tuple]:
+        """(tokens [T+1], loss mask [T] or None, sample key, epoch, d) of folder ``d``'s reader ``v``, after its
+        first ``skip``."""
         p, e = self.plan, self.start_epoch
+        m = p.ms[d]
         end = None if self.epochs is None else self.start_epoch + self.epochs
         while end is None or e < end:
-            n = p.reader_samples(e, v)
+            n = p.reader_samples(e, v, d)
             if skip >= n:          # a whole epoch already consumed: skip it without reading
                 skip, e = skip - n, e + 1
                 continue
-            for s in islice(iter(self._epoch_samples(e, v)), skip, None):
-                yield p.m.decode(s), p.m.decode_mask(s), int(s["__key__"]), e
+            for s in islice(iter(self._epoch_samples(e, v, d)), skip, None):
+                yield m.decode(s), m.decode_mask(s), int(s["__key__"]), e, d
             skip, e = 0, e + 1
+
+    def _samples(self, v: int, skip: int) -> Iterator[tuple]:
+        """Blended reader ``v`` after its first ``skip`` samples (one folder: that folder's reader)."""
+        weights = self.plan.blend.weights
+        if len(weights) == 1:
+            yield from self._folder_samples(v, skip, 0)
+            return
+        streams = [self._folder_samples(v, n, d) for d, n in enumerate(counts_before(weights, skip))]
+        chooser = Chooser(weights, skip)
+        while True:
+            yield next(streams[chooser.next()])
 
     def __iter__(self):
         info = get_worker_info()
@@ -184,12 +214,13 @@ def _collate(chunk) -> dict:
     if not chunk:
         return {"n": 0}
     items = [it for _, it in chunk]
-    out = {"tokens": np.stack([t for t, _, _, _ in items]),                               # [n, T+1]
+    out = {"tokens": np.stack([it[0] for it in items]),                                   # [n, T+1]
            "g": np.array([g for g, _ in chunk], dtype=np.int64),
-           "index": np.array([i for _, _, i, _ in items], dtype=np.int64),
-           "epoch": np.array([e for _, _, _, e in items], dtype=np.int64)}
+           "index": np.array([it[2] for it in items], dtype=np.int64),
+           "epoch": np.array([it[3] for it in items], dtype=np.int64),
+           "source": np.array([it[4] for it in items], dtype=np.int64)}
     if items[0][1] is not None:
-        out["mask"] = np.stack([m for _, m, _, _ in items])                                # [n, T] bool
+        out["mask"] = np.stack([it[1] for it in items])                                    # [n, T] bool
     return out
 
 
@@ -217,7 +248,7 @@ class ShardLoader:
     position after the batches handed out so far.
     """
 
-    def __init__(self, manifest: Manifest, plan: _Plan, dp_rank: int, dp_size: int, micro_batch: int,
+    def __init__(self, manifest: Blend, plan: _Plan, dp_rank: int, dp_size: int, micro_batch: int,
                  workers: int, shuffle_buffer: int, start_epoch: int, steps: int, partial: int,
                  epochs: Optional[int], return_index: bool):
         self.manifest, self.plan, self.dp_rank, self.dp_size = manifest, plan, dp_rank, dp_size
@@ -267,6 +298,8 @@ class ShardLoader:
             batch["labels"][~torch.from_numpy(raw["mask"])] = -100
         if self.return_index:
             batch["index"], batch["epoch"] = torch.from_numpy(raw["index"]), torch.from_numpy(raw["epoch"])
+            if len(self.plan.ms) > 1:
+                batch["source"] = torch.from_numpy(raw["source"])  # which folder of the blend
         self.batches += 1
         self.epoch = max(self.epoch, int(raw["epoch"].max()))
         return batch
@@ -337,7 +370,8 @@ def build_loader(shard_dir, dp_rank: int, dp_size: int, micro_batch: int, seed: 
                  virtual_readers: Optional[int] = None) -> ShardLoader:
     """The micro-batch stream of data-parallel rank ``dp_rank`` of ``dp_size`` (see the module docstring).
 
-    shard_dir:       a folder written by ``tools/make_shards.py`` (checked now, before any reading).
+    shard_dir:       a folder written by ``tools/make_shards.py`` (checked now, before any reading), an
+                     http(s):// or pipe: location of one, or a blend "W1 FOLDER1 W2 FOLDER2 ..." (blend.py).
     micro_batch:     B, samples per batch; each batch is ``{"input_ids", "labels"}``, LongTensor ``[B, T]``.
     seed, epoch:     the data order: ``epoch`` is the first epoch of a fresh stream; with ``position`` the
                      saved stream continues and ``epoch`` is not used.
@@ -364,18 +398,22 @@ def build_loader(shard_dir, dp_rank: int, dp_size: int, micro_batch: int, seed: 
         raise DataError(f"global_batch {G} is not a multiple of micro_batch {micro_batch} x dp_size {dp_size}")
     # the tars' layout is checked by the entry points before any process group exists (statex_dist.train,
     # statex_dist.eval); each sample read here is checked as it is decoded
-    m = check_shards(shard_dir, layout=False)
-    V = auto_readers(m) if virtual_readers is None else virtual_readers
+    blend = check_blend(shard_dir, layout=False)
+    V = min(auto_readers(m) for m in blend.manifests) if virtual_readers is None else virtual_readers
     if V < 1:
         raise DataError(f"data.virtual_readers must be >= 1, got {V}")
-    _check_split(m, V, virtual_readers is None, dp_size, workers)
-    plan = _Plan(m, V, seed, G)
+    for m in blend.manifests:
+        _check_split(m, V, virtual_readers is None, dp_size, workers)
+    if epochs is not None and len(blend.manifests) > 1:
+        raise DataError("epochs= counts passes over one folder; a blend is an infinite stream (read its folders "
+                        "one at a time for an evaluation pass)")
+    plan = _Plan(blend, V, seed, G)
     start_epoch, steps, partial = epoch, 0, 0
     if position is not None:
         if epochs is not None:
             raise DataError("position= resumes the infinite training stream; it cannot be combined with epochs=")
         start_epoch, steps, partial = _restore(
             position, {"seed": seed, "virtual_readers": V, "global_batch": G, "shuffle_buffer": shuffle_buffer,
-                       "shards": m.fingerprint}, {"dp_size": dp_size, "micro_batch": micro_batch})
-    return ShardLoader(m, plan, dp_rank, dp_size, micro_batch, workers, shuffle_buffer, start_epoch, steps,
+                       "shards": blend.fingerprint}, {"dp_size": dp_size, "micro_batch": micro_batch})
+    return ShardLoader(blend, plan, dp_rank, dp_size, micro_batch, workers, shuffle_buffer, start_epoch, steps,
                        partial, epochs, return_index)

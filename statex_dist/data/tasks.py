@@ -4,7 +4,6 @@ recall exactly as the embedded tiny models were pretrained (``statex_dist.tiny``
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -74,14 +73,10 @@ def write_task_shards(out_dir, samples: int, seq_len: int, pairs: Sequence[int] 
                               fmt.MASK_FIELD: mask[i].numpy().astype(np.uint8).tobytes()})
         finally:
             writer.close()
-        shards = shard_table(tmp, samples, samples_per_shard)
-        manifest = {
-            "format": fmt.FORMAT, "seq_len": seq_len, "sample_tokens": seq_len + 1, "token_dtype": dtype,
-            "sample_field": field, "loss_mask": True,
-            "tokenizer": tokenizer_entry(tok, vocab),
-            "total_samples": samples, "total_tokens": int(mask.sum()), "shards": shards,
-            "task": {"kind": "mqar+text", "pairs": list(pairs), "weights": list(weights) if weights else None,
-                     "text_fraction": text_fraction, "seed": seed, "vocab_offset": vocab_offset, "text_samples": int(is_text.sum())},
-        }
-        (tmp / fmt.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        manifest = fmt.write_manifest(
+            tmp, seq_len=seq_len, dtype=dtype, tokenizer=tokenizer_entry(tok, vocab),
+            shards=shard_table(tmp, samples, samples_per_shard), total_tokens=int(mask.sum()), loss_mask=True,
+            task={"kind": "mqar+text", "pairs": list(pairs), "weights": list(weights) if weights else None,
+                  "text_fraction": text_fraction, "seed": seed, "vocab_offset": vocab_offset,
+                  "text_samples": int(is_text.sum())})
     return manifest

@@ -66,6 +66,12 @@ class HFTokenizer:
         self.fingerprint = h.hexdigest()
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        backend = getattr(self.tok, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            # the Rust tokenizer's batch call without offsets, what the transformers call runs inside, minus
+            # building a BatchEncoding: the same ids at about twice the speed
+            return [np.asarray(e.ids, dtype=np.int64) for e in backend.encode_batch_fast(list(texts),
+                                                                                          add_special_tokens=False)]
         ids = self.tok(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [np.asarray(x, dtype=np.int64) for x in ids]
 

@@ -1,7 +1,7 @@
-"""The language model around a stack of recurrent blocks, one class for both architectures: embedding ->
+"""The language model around a stack of recurrent blocks, one class for every architecture: embedding ->
 blocks -> final norm -> LM head (vocab-parallel, optionally tied). Each architecture names its embedding and
 final norm as its own checkpoints do (fla GLA: ``embeddings`` / ``norm``; Mamba2: ``embedding`` /
-``norm_f``), so parameter names match the layouts (``models/*_layout.py``) without a renaming table."""
+``norm_f``), so parameter names match the layouts (``archs/<name>/layout.py``) without a renaming table."""
 from __future__ import annotations
 
 from typing import Optional

@@ -2,89 +2,49 @@
 
 Each tensor comes from its own generator, seeded by (seed, name) (statex_dist.statex.tensors.generator), and
 is drawn at its full checkpoint shape; a rank keeps its shard. So every TP x PP layout holds the same model,
-bit for bit, and no rank draws what it does not hold. One scheme per architecture, the source library's:
-
-GLA, as fla 0.6's ``FLAPreTrainedModel._init_weights`` for ``GLAForCausalLM``:
-  every Linear and Conv1d weight (q/k/v/g/o, the low-rank gate gk_proj.0/1, the MLP, the short convs, an
-  untied LM head) and the embedding ~ N(0, 0.02); biases (gk_proj.1.bias) 0; norm weights 1.
-  ``gate_bias=(lo, hi)`` instead draws gk_proj.1.bias ~ U(lo, hi) (a long initial memory).
-Mamba2, as mamba_ssm 2.3's ``Mamba2`` inside ``MambaLMHeadModel`` (no MLP):
-  in_proj W ~ U(-1/sqrt(D), 1/sqrt(D)) (nn.Linear's default); conv1d weight and bias ~ U(-1/sqrt(W), 1/sqrt(W))
-  (nn.Conv1d's default, fan-in = kernel width W); out_proj W ~ U(-1/sqrt(E), 1/sqrt(E)) / sqrt(num_layers)
-  (mamba_ssm's rescale_prenorm_residual, one residual per layer); dt ~ exp(U(log dt_min, log dt_max)),
-  floored at 1e-4, stored as dt_bias = dt + log(-expm1(-dt)) (the inverse of softplus); A_log = log(A),
-  A ~ U(1, 16) (``A_init_range``); D 1; norm weights 1; embedding ~ N(0, 0.02); an untied LM head
-  ~ U(-1/sqrt(D), 1/sqrt(D)).
+bit for bit, and no rank draws what it does not hold. One scheme per architecture, the source library's
+(``archs.of(config).init_tensor``: statex_dist/archs/<name>/init.py).
 """
 from __future__ import annotations
 
-import math
-import re
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
-from statex_dist.checkpoint.hf_load import VOCAB_TENSORS
+from statex_dist import archs
 from statex_dist.models.config import ModelConfig
 from statex_dist.parallel.weights import copy_shards
-from statex_dist.statex.tensors import default_bound, generator, uniform
-
-A_INIT_RANGE = (1.0, 16.0)   # mamba_ssm's Mamba2 default
-DT_RANGE = (1e-3, 0.1)       # mamba_ssm's (dt_min, dt_max)
-
-_MAMBA_UNIFORM = re.compile(r"layers\.\d+\.mixer\.(in_proj\.weight|out_proj\.weight|conv1d\.weight|conv1d\.bias)")
 
 
-def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: int = 0,
-                gate_bias: Optional[tuple[float, float]] = None, dt_range: tuple[float, float] = DT_RANGE,
-                a_range: Optional[tuple[float, float]] = A_INIT_RANGE) -> torch.Tensor:
-    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape`` (module docstring).
+def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: int = 0, **options) -> torch.Tensor:
+    """The initial fp32 value of parameter ``name`` (internal name) with full shape ``shape``.
 
-    Mamba2 only: ``dt_range`` is mamba_ssm's (dt_min, dt_max); ``a_range`` its ``A_init_range`` (A drawn from
-    U(lo, hi)); ``a_range=None`` gives transformers' Mamba2 init instead, A = 1..H.
+    ``options``: the architecture's (``init_options``: GLA ``gate_bias``; Mamba2 ``dt_range``, ``a_range``);
+    ValueError for one it does not take.
     """
-    gen = generator(seed, name)
-    like = torch.empty(0)
-    if name.endswith(("norm.weight", "norm_f.weight", ".D")):
-        return torch.ones(shape)
-    if name.endswith(".bias") and config.arch == "gla":
-        return uniform(shape, *gate_bias, gen, like) if gate_bias and name.endswith("gk_proj.1.bias") \
-            else torch.zeros(shape)
-    if config.arch == "gla" or name in ("embeddings.weight", "embedding.weight"):
-        return torch.randn(shape, generator=gen) * 0.02
-    if name.endswith("mixer.A_log"):
-        if a_range is None:
-            return torch.log(torch.arange(1, shape[0] + 1, dtype=torch.float32))
-        return torch.log(uniform(shape, *a_range, gen, like))
-    if name.endswith("mixer.dt_bias"):
-        lo, hi = (math.log(x) for x in dt_range)
-        dt = torch.exp(torch.rand(shape, generator=gen) * (hi - lo) + lo).clamp(min=1e-4)
-        return dt + torch.log(-torch.expm1(-dt))
-    if _MAMBA_UNIFORM.fullmatch(name) or name == "lm_head.weight":
-        fan_in = config.d_conv if ".conv1d." in name else shape[1]
-        b = default_bound(fan_in)
-        if name.endswith("out_proj.weight"):
-            b /= math.sqrt(config.num_layers)
-        return uniform(shape, -b, b, gen, like)
-    raise KeyError(f"{name}: no initialisation for this Mamba2 parameter")
+    arch = archs.of(config)
+    unknown = sorted(set(options) - set(arch.init_options))
+    if unknown:
+        raise ValueError(f"the {arch.name} initialisation takes the options {list(arch.init_options)}, not {unknown}")
+    return arch.init_tensor(name, shape, config, seed, **options)
 
 
-def fresh_weights(config: ModelConfig, seed: int = 0, gate_bias: Optional[tuple[float, float]] = None,
-                  **ranges) -> Callable[[str], torch.Tensor]:
+def fresh_weights(config: ModelConfig, seed: int = 0, **options) -> Callable[[str], torch.Tensor]:
     """name -> its initial full tensor at checkpoint shape (vocab tensors: ``checkpoint_vocab_size`` rows)."""
     from statex_dist.models import specs_for
     specs = specs_for(config, 1)
+    vocab = archs.of(config).vocab_tensors
 
     def get(name: str) -> torch.Tensor:
         shape = tuple(specs[name].shape)
-        if name in VOCAB_TENSORS:
+        if name in vocab:
             shape = (config.checkpoint_vocab_size(),) + shape[1:]
-        return init_tensor(name, shape, config, seed, gate_bias, **ranges)
+        return init_tensor(name, shape, config, seed, **options)
     return get
 
 
 def initialize(model: torch.nn.Module, config: ModelConfig, seed: int = 0) -> None:
-    """Draw a one-module model's weights (this process's TP shard) from the scheme above."""
+    """Draw a one-module model's weights (this process's TP shard) from the architecture's scheme."""
     from statex_dist.models import specs_for
     from statex_dist.parallel import state
     tp = state.tp_size()

@@ -1,4 +1,4 @@
-"""What the two layouts (``gla_layout.py``, ``mamba2_layout.py``) share: a causal LM's parameters are its
+"""What every architecture's layout (``archs/<name>/layout.py``) shares: a causal LM's parameters are its
 vocab-parallel embedding, each block's (``layers.i.`` + the block's own names), the final norm and, untied,
 a vocab-parallel LM head."""
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""GLA and Mamba2 as a DeepSpeed ``PipelineModule``: the model as a flat list of stage pieces.
+"""Any architecture's model (GLA, Mamba2) as a DeepSpeed ``PipelineModule``: the model as a flat list of stage
+pieces.
 
     [embedding, block 0, ..., block L-1, final norm, LM head]
 
@@ -26,19 +27,16 @@ import torch.nn as nn
 from megatron.core import parallel_state as ps
 from megatron.core.model_parallel_config import ModelParallelConfig
 
+from statex_dist import archs
 from statex_dist.models import specs_for
 from statex_dist.models.common import RMSNorm
 from statex_dist.parallel.megatron_layers import LMHead, embedding
-from statex_dist.models.gla import GLAForCausalLM
-from statex_dist.models.mamba2 import Mamba2ForCausalLM
 from statex_dist.models.names import by_internal_name
 from statex_dist.parallel import state, weights
 from statex_dist.parallel.deepspeed_mpu import check_grid_agrees, ensure_deepspeed_comm, pipeline_topology
 from statex_dist.parallel.sharding import ShardSpec
 from statex_dist.parallel.validate import check_parallel_sizes
 
-# arch -> (embedding attribute, final-norm attribute, block class): the one-module model's own names
-_ARCH = {arch: (m.EMBEDDING, m.NORM, m.BLOCK) for arch, m in (("gla", GLAForCausalLM), ("mamba2", Mamba2ForCausalLM))}
 TIED_KEY = "embed"
 
 
@@ -72,7 +70,7 @@ class EmbeddingPiece(nn.Module):
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
         mcfg = _megatron_config(dtype)
-        self.attr = _ARCH[config.arch][0]
+        self.attr = archs.of(config).embedding
         spec = _spec(config, f"{self.attr}.weight")
         setattr(self, self.attr, embedding(spec, mcfg))
         if config.tie_word_embeddings:
@@ -96,7 +94,7 @@ class FinalNorm(nn.Module):
 
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
-        self.attr = _ARCH[config.arch][1]
+        self.attr = archs.of(config).final_norm
         setattr(self, self.attr, RMSNorm(_spec(config, f"{self.attr}.weight"), config.norm_eps, dtype))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -122,7 +120,7 @@ class VocabParallelLoss:
     """
 
     def __init__(self, config):
-        emb = _spec(config, f"{_ARCH[config.arch][0]}.weight")
+        emb = _spec(config, f"{archs.of(config).embedding}.weight")
         self.head = LMHead(emb, config.vocab_size, _megatron_config(torch.float32),
                            tied=True)  # owns no weight: only the vocab range and the masking
 
@@ -133,7 +131,8 @@ class VocabParallelLoss:
 def layer_specs(config, dtype: torch.dtype = torch.float32) -> list:
     """The stage pieces as LayerSpecs: embedding, one per block, final norm, LM head (tied or not)."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
-    emb_attr, _, block_cls = _ARCH[config.arch]
+    arch = archs.of(config)
+    emb_attr, block_cls = arch.embedding, arch.model_class.BLOCK
     mcfg = _megatron_config(dtype)
     tied = config.tie_word_embeddings
     specs = [TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, tied_weight_attr=[f"{emb_attr}.weight"])
@@ -178,7 +177,7 @@ def pipeline_module(config, dtype: torch.dtype = torch.float32, tp: int = 1, pp:
         activation_checkpoint_interval=activation_checkpoint_interval,
         # blocks only: a reentrant checkpoint around the embedding (int ids, no grad) gives an output
         # without grad_fn, and the first stage's backward fails
-        checkpointable_layers=[_ARCH[config.arch][2].__name__])
+        checkpointable_layers=[archs.of(config).model_class.BLOCK.__name__])
     check_grid_agrees(module._grid)
     module.model_config = config
     return module

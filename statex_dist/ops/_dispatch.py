@@ -202,7 +202,7 @@ def resolve_kernels(device_type: str, ops: Optional[Iterable[str]] = None) -> di
 
     Args:
         device_type: ``"cpu"`` or ``"cuda"`` (a ``torch.device``'s ``.type``).
-        ops: the ops to resolve (a model's ``kernel_ops``); all of ``OPS`` when None.
+        ops: the ops to resolve (an architecture's ``kernel_ops``); all of ``OPS`` when None.
 
     Raises:
         KernelUnavailable: one or more required kernels do not import; the message has one sentence per

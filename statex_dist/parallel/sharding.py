@@ -1,7 +1,8 @@
 """How each parameter is laid out across tensor-parallel ranks, written once.
 
 The parallel models, the checkpoint loader, the resharder and the Hugging Face exporter all read these
-specs (``statex_dist.models.*.param_specs``) instead of keeping their own tables of split dimensions.
+specs (each architecture's ``param_specs``, statex_dist/archs/<name>/layout.py) instead of keeping their
+own tables of split dimensions.
 """
 from __future__ import annotations
 

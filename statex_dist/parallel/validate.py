@@ -1,21 +1,17 @@
 """Parallel sizes that cannot work fail here, before any process group waits on another.
 
-The split rules are the layouts' (``models/*_layout.py``): every block a ShardSpec splits over TP must divide
-by it, checked by iterating the specs, so a rule changed there is checked here with no second copy. What a
-spec cannot say stays below: Mamba2 heads are the unit of its per-head tensors, and its groups must divide
-TP or be divided by it (a rank's B/C channels then come from one group, or whole groups).
+The split rules are the layouts' (``archs/<name>/layout.py``): every block a ShardSpec splits over TP must
+divide by it, checked by iterating the specs, so a rule changed there is checked here with no second copy.
+What a spec cannot say is the architecture's ``tp_rule`` (Mamba2's heads and groups).
 """
 from __future__ import annotations
 
 from typing import Optional
 
+from statex_dist import archs
 from statex_dist.models.config import ModelConfig
 
 MAX_TP = 64  # the TP sizes listed as working in a message
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _split_blocks(config: ModelConfig, tp: int) -> Optional[tuple[str, int, int]]:
@@ -30,26 +26,20 @@ def _split_blocks(config: ModelConfig, tp: int) -> Optional[tuple[str, int, int]
     return None
 
 
-def _mamba2_rule(config: ModelConfig, tp: int) -> Optional[str]:
-    h, g = config.nheads, config.ngroups
-    if h % tp:
-        return (f"TP={tp}: Mamba2 has {h} heads (d_inner {config.d_inner} / headdim {config.headdim}); TP must "
-                f"divide the heads: {_divisors(h)}")
-    if g % tp and tp % g:
-        ok = [t for t in _divisors(h) if g % t == 0 or t % g == 0]
-        return f"TP={tp}: ngroups {g} and TP must divide one another; TP sizes that work: {ok}"
-    return None
+def _rule(config: ModelConfig, tp: int) -> Optional[str]:
+    rule = archs.of(config).tp_rule
+    return rule(config, tp) if rule else None
 
 
 def _works(config: ModelConfig, tp: int) -> bool:
-    return (config.arch == "gla" or _mamba2_rule(config, tp) is None) and _split_blocks(config, tp) is None
+    return _rule(config, tp) is None and _split_blocks(config, tp) is None
 
 
 def check_parallel_sizes(config: ModelConfig, tp: int, pp: int = 1, world: Optional[int] = None) -> None:
     """Raise ValueError naming the constraint and the sizes that would work."""
     if tp < 1 or pp < 1:
         raise ValueError(f"TP={tp} and PP={pp} must be >= 1")
-    if config.arch != "gla" and (msg := _mamba2_rule(config, tp)):
+    if msg := _rule(config, tp):
         raise ValueError(msg)
     bad = _split_blocks(config, tp)
     if bad is not None:

@@ -5,8 +5,8 @@ parameter goes through ``expand_tensor(name, tensor, old, new, plan)`` independe
 """
 from statex_dist.statex.expand import expand_tensor, expand_tensors
 from statex_dist.statex.layers import choose_layers
-from statex_dist.statex.plan import INITS, ExpansionPlan, expand_config, validate
+from statex_dist.statex.plan import ExpansionPlan, expand_config, validate
 from statex_dist.statex.report import count_params, state_floats, summary
 
-__all__ = ["ExpansionPlan", "INITS", "choose_layers", "count_params", "expand_config", "expand_tensor",
+__all__ = ["ExpansionPlan", "choose_layers", "count_params", "expand_config", "expand_tensor",
            "expand_tensors", "state_floats", "summary", "validate"]

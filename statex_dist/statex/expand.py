@@ -10,9 +10,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from statex_dist.models.config import GLAConfig, ModelConfig
-from statex_dist.statex.gla import expand_gla_layer
-from statex_dist.statex.mamba2 import expand_mamba2_layer
+from statex_dist import archs
+from statex_dist.models.config import ModelConfig
 from statex_dist.statex.plan import ExpansionPlan
 
 _LAYER = re.compile(r"layers\.(\d+)\.(.+)")
@@ -20,14 +19,11 @@ _LAYER = re.compile(r"layers\.(\d+)\.(.+)")
 
 def _check_configs(layer: int, old: ModelConfig, new: ModelConfig, plan: ExpansionPlan) -> None:
     # catches a new_config that was not made by expand_config(old_config, plan)
-    if old.arch != new.arch or old.num_layers != new.num_layers:
+    if archs.of(old) is not archs.of(new) or old.num_layers != new.num_layers:
         raise ValueError(f"new_config ({new.arch}, {new.num_layers} layers) does not match old_config "
                          f"({old.arch}, {old.num_layers} layers)")
-    if isinstance(old, GLAConfig):
-        ok = new.num_heads[layer] == plan.gla_heads
-    else:
-        ok = new.d_state[layer] == plan.d_state
-    if not ok:
+    expansion = archs.of(old).expansion
+    if getattr(new, expansion.per_layer)[layer] != getattr(plan, expansion.option):
         raise ValueError(f"layer {layer}: new_config was not made by expand_config(old_config, plan)")
 
 
@@ -46,8 +42,7 @@ def expand_tensor(name: str, tensor: torch.Tensor, old_config: ModelConfig, new_
         return tensor
     layer, local = int(m.group(1)), m.group(2)
     _check_configs(layer, old_config, new_config, plan)
-    expand = expand_gla_layer if isinstance(old_config, GLAConfig) else expand_mamba2_layer
-    return expand(name, local, tensor, layer, old_config, new_config, plan)
+    return archs.of(old_config).expansion.expand_layer(name, local, tensor, layer, old_config, new_config, plan)
 
 
 def expand_tensors(tensors: Iterable[tuple[str, torch.Tensor]], old_config: ModelConfig,

@@ -3,7 +3,8 @@
 The whole model is counted, whatever the TP x PP layout (a rank's shard would count it TP x PP times too
 little), and one step's FLOPs are shared by every GPU of the job. A multiply-add is 2 FLOPs.
 
-Counted per token, forward:
+Counted per token, forward (each architecture counts its blocks: ``layer_flops`` in
+statex_dist/archs/<name>/flops.py):
 - every matmul: 2 x (weights of the projections, the low-rank gate and the LM head over the real vocab);
   the embedding is a lookup (0);
 - the depthwise short convolutions: 2 x width x channels;
@@ -17,28 +18,13 @@ checkpointing's recompute is not counted, and frozen weights are counted as if t
 """
 from __future__ import annotations
 
-from statex_dist.models.config import GLAConfig, Mamba2Config, ModelConfig
-
-
-def _gla_layer(cfg: GLAConfig, layer: int) -> int:
-    D, K, V, r, I = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.gate_low_rank_dim, cfg.intermediate_size
-    weights = D * K * 2 + D * V + V * D + D * r + r * K + 3 * D * I  # q, k, v, o, gate (low rank), MLP
-    if cfg.use_output_gate:
-        weights += D * V
-    conv = cfg.conv_size * (2 * K + V) if cfg.use_short_conv else 0
-    return 2 * weights + 2 * conv + 4 * cfg.state_size(layer)
-
-
-def _mamba2_layer(cfg: Mamba2Config, layer: int) -> int:
-    D, E, G, N, H = cfg.hidden_size, cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads
-    weights = D * (2 * E + 2 * G * N + H) + E * D  # in_proj [z | xBC | dt], out_proj
-    conv = cfg.d_conv * (E + 2 * G * N)
-    return 2 * weights + 2 * conv + 4 * cfg.state_size(layer)
+from statex_dist import archs
+from statex_dist.models.config import ModelConfig
 
 
 def forward_flops_per_token(cfg: ModelConfig) -> int:
     """Forward FLOPs of the whole model for one token (see the module docstring for what counts)."""
-    layer = _gla_layer if cfg.arch == "gla" else _mamba2_layer
+    layer = archs.of(cfg).layer_flops
     return sum(layer(cfg, i) for i in range(cfg.num_layers)) + 2 * cfg.hidden_size * cfg.vocab_size
 
 

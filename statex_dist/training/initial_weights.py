@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from statex_dist import archs
 from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
 from statex_dist.models.init import copy_shards, fresh_weights
@@ -30,8 +31,9 @@ def expansion_plan(run_cfg, config: ModelConfig) -> Optional[ExpansionPlan]:
     e = run_cfg.expansion
     if not e.enabled:
         return None
-    return ExpansionPlan.for_model(config, every=e.every, layers=e.layers, gla_heads=e.gla_heads, d_state=e.d_state,
-                                   init=e.init, seed=e.seed, gate_bias_init=e.gate_bias_init)
+    sizes = {a.expansion.option: getattr(e, a.expansion.option) for a in archs.ARCHS.values()}
+    return ExpansionPlan.for_model(config, every=e.every, layers=e.layers, init=e.init, seed=e.seed,
+                                   gate_bias_init=e.gate_bias_init, **sizes)
 
 
 def weight_source(run_cfg) -> WeightSource:
@@ -41,9 +43,9 @@ def weight_source(run_cfg) -> WeightSource:
         if not m.config:
             raise ValueError("model.source=scratch needs model.config (arch, sizes)")
         config = config_from_dict(m.config)
-        gate = tuple(m.gate_bias_init) if m.gate_bias_init else None
+        options = {"gate_bias": tuple(m.gate_bias_init)} if m.gate_bias_init else {}
         base, desc = config, f"fresh {config.arch} (seed {run_cfg.seed})"
-        fetch = fresh_weights(config, run_cfg.seed, gate)
+        fetch = fresh_weights(config, run_cfg.seed, **options)
     else:
         from statex_dist.checkpoint.sources import hf_origin, open_source
         src = open_source(m.source)

@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 
+from statex_dist import archs
 from statex_dist.data import check_shards
+from statex_dist.data.blend import check_blend
 from statex_dist.eval.config import EvalConfig
 from statex_dist.ops import kernel_summary, resolve_kernels
 from statex_dist.parallel import device as devices
@@ -29,7 +31,7 @@ class Preflight:
     dtype: torch.dtype
     kernels: dict[str, str]       # op -> the implementation it runs with on this device
     source: WeightSource
-    train_shards: object           # the manifest check's summary (sequence length, shard count)
+    train_shards: object           # the manifest check's summary (data.blend.Blend: its folders, seq_len)
     ckpt_dir: Path
     resume: Optional[Path]         # the checkpoint the run continues from
     meta: Optional[dict]           # its metadata
@@ -45,7 +47,12 @@ class Preflight:
         dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[self.dtype]
         return (f"device {self.device.name} | backend {backend} | dtype {dtype} | TP={p.tp} PP={p.pp} DP={dp} "
                 f"ZeRO-{p.zero_stage} on {world} process{'es' if world > 1 else ''} | "
-                f"{kernel_summary(self.device.type, self.model_config.kernel_ops)}")
+                f"{kernel_summary(self.device.type, kernel_ops(self.model_config))}")
+
+
+def kernel_ops(model_config) -> tuple[str, ...]:
+    """The ops of statex_dist.ops the model calls (its architecture's)."""
+    return archs.of(model_config).kernel_ops(model_config)
 
 
 def preflight(run_cfg, world: int) -> Preflight:
@@ -53,10 +60,10 @@ def preflight(run_cfg, world: int) -> Preflight:
     dev = devices.select(run_cfg.parallel.device)
     source = weight_source(run_cfg)
     model_config = source.config
-    kernels = resolve_kernels(dev.type, model_config.kernel_ops)
+    kernels = resolve_kernels(dev.type, kernel_ops(model_config))
     p = run_cfg.parallel
     check_parallel_sizes(model_config, p.tp, p.pp, world)
-    train_shards = check_shards(run_cfg.data.train)
+    train_shards = check_blend(run_cfg.data.train)
     if p.sequence_parallel and p.tp > 1:
         from statex_dist.parallel.sequence import check_seq_len
         check_seq_len(train_shards.seq_len, p.tp)

@@ -15,50 +15,33 @@ kept as ``pad_vocab_size_multiple`` with the real ``vocab_size``.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
+from statex_dist import archs
 from statex_dist.models.config import ModelConfig
 
 TEMPLATE_DIR = Path(__file__).resolve().parent
 TEMPLATES = ("configuration_statex.py", "modeling_statex.py")
 
 
-@dataclass(frozen=True)
-class RemoteArch:
-    model_type: str  # ours
-    config_class: str
-    model_class: str
-    stock_type: str  # the ecosystem's, for exports whose layers are all alike
-    stock_class: str
-
-
-REMOTE = {
-    "gla": RemoteArch("statex_gla", "StateXGLAConfig", "StateXGLAForCausalLM", "gla", "GLAForCausalLM"),
-    "mamba2": RemoteArch("statex_mamba2", "StateXMamba2Config", "StateXMamba2ForCausalLM", "mamba2",
-                         "Mamba2ForCausalLM"),
-}
-REMOTE_MODEL_TYPES = {r.model_type for r in REMOTE.values()}
-
-
 def needs_remote_code(config: ModelConfig) -> bool:
-    """Whether the stock classes cannot build the model: its per-layer state shapes differ."""
-    per_layer = config.num_heads if config.arch == "gla" else config.d_state
-    return len(set(per_layer)) > 1
+    """Whether the stock classes cannot build the model: its per-layer state shapes (the ones StateX grows:
+    GLA heads, Mamba2 d_state) differ."""
+    return len(set(getattr(config, archs.of(config).expansion.per_layer))) > 1
 
 
 def set_model_type(cfg: dict, config: ModelConfig) -> bool:
     """Point config.json (``cfg``, edited in place) at the remote code or, for a model whose layers are
     all alike, at the stock class (also when ``cfg`` came from an earlier remote-code export). Returns
     whether the template files must be written beside it."""
-    arch = REMOTE[config.arch]
+    remote = archs.of(config).remote
     if needs_remote_code(config):
-        cfg.update(model_type=arch.model_type, architectures=[arch.model_class],
-                   auto_map={"AutoConfig": f"configuration_statex.{arch.config_class}",
-                             "AutoModelForCausalLM": f"modeling_statex.{arch.model_class}"})
+        cfg.update(model_type=remote.model_type, architectures=[remote.model_class],
+                   auto_map={"AutoConfig": f"configuration_statex.{remote.config_class}",
+                             "AutoModelForCausalLM": f"modeling_statex.{remote.model_class}"})
         return True
-    if cfg.get("model_type") in REMOTE_MODEL_TYPES:
-        cfg.update(model_type=arch.stock_type, architectures=[arch.stock_class])
+    if cfg.get("model_type") in {a.remote.model_type for a in archs.ARCHS.values()}:
+        cfg.update(model_type=remote.stock_type, architectures=[remote.stock_class])
         cfg.pop("auto_map", None)
     return False
 

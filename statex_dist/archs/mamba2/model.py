@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from statex_dist.models.config import Mamba2Config
+from statex_dist.archs.mamba2 import layout
+from statex_dist.archs.mamba2.config import Mamba2Config
+from statex_dist.archs.mamba2.layout import block_specs, mixer_specs
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models import mamba2_layout
-from statex_dist.models.mamba2_layout import block_specs, mixer_specs, param_specs  # noqa: F401  (re-exported)
 from statex_dist.models.common import RMSNorm
 from statex_dist.parallel.megatron_layers import row
 from statex_dist.ops import causal_conv1d, ssd_scan
@@ -146,4 +146,4 @@ class Mamba2Block(nn.Module):
 class Mamba2ForCausalLM(CausalLM):
     """mamba_ssm's MambaLMHeadModel: Mamba2 blocks between ``embedding`` and ``norm_f``, the LM head tied by
     default (see CausalLM)."""
-    EMBEDDING, NORM, BLOCK = mamba2_layout.EMBEDDING, mamba2_layout.NORM, Mamba2Block
+    EMBEDDING, NORM, BLOCK = layout.EMBEDDING, layout.NORM, Mamba2Block

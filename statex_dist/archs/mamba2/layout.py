@@ -5,7 +5,9 @@ free of megatron-core and DeepSpeed so the streaming tools start fast.
 """
 from __future__ import annotations
 
-from statex_dist.models.config import Mamba2Config
+from typing import Optional
+
+from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.models.layout import causal_lm_specs
 from statex_dist.parallel.sharding import ShardSpec
 
@@ -40,3 +42,21 @@ def block_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
     """The specs of block ``layer`` under its own names (``norm.weight``, ``mixer.in_proj.weight``, ...)."""
     return {"norm.weight": ShardSpec((cfg.hidden_size,), layer=layer),
             **{"mixer." + k: v for k, v in mixer_specs(cfg, layer, tp).items()}}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_rule(config: Mamba2Config, tp: int) -> Optional[str]:
+    """Why ``tp`` cannot work beyond what the specs say (statex_dist.parallel.validate), else None: the heads
+    are the unit of the per-head tensors, and the groups must divide TP or be divided by it (a rank's B/C
+    channels then come from one group, or whole groups)."""
+    h, g = config.nheads, config.ngroups
+    if h % tp:
+        return (f"TP={tp}: Mamba2 has {h} heads (d_inner {config.d_inner} / headdim {config.headdim}); TP must "
+                f"divide the heads: {_divisors(h)}")
+    if g % tp and tp % g:
+        ok = [t for t in _divisors(h) if g % t == 0 or t % g == 0]
+        return f"TP={tp}: ngroups {g} and TP must divide one another; TP sizes that work: {ok}"
+    return None

@@ -1,13 +1,14 @@
 """transformers' Mamba2 checkpoints (Mamba2ForCausalLM): Mamba2Config names, ``backbone.embeddings``."""
 from __future__ import annotations
 
+from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat, json_float, json_safe_float
-from statex_dist.models.config import Mamba2Config
 
 
 class TransformersMamba2(HFFormat):
     name, arch, prefix = "transformers-mamba2", "mamba2", "backbone."
+    description = "transformers Mamba2 (model_type 'mamba2')"
     per_layer_key = "statex_d_state"
 
     @classmethod

@@ -5,7 +5,7 @@ free of megatron-core and DeepSpeed so the streaming tools start fast.
 """
 from __future__ import annotations
 
-from statex_dist.models.config import GLAConfig
+from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.models.layout import causal_lm_specs
 from statex_dist.parallel.sharding import ShardSpec
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from statex_dist.models.config import GLAConfig
+from statex_dist.archs.gla import layout
+from statex_dist.archs.gla.config import GLAConfig
+from statex_dist.archs.gla.layout import attn_specs, block_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models import gla_layout
-from statex_dist.models.gla_layout import attn_specs, block_specs, param_specs, tp_mode  # noqa: F401  (re-exported)
 from statex_dist.models.common import RMSNorm, SwiGLUMLP, rms_norm
 from statex_dist.parallel.megatron_layers import column, row, to_column_input
 from statex_dist.ops import causal_conv1d, gla_attention
@@ -179,4 +179,4 @@ class GLABlock(nn.Module):
 
 class GLAForCausalLM(CausalLM):
     """fla's GLAForCausalLM: GLA blocks between ``embeddings`` and ``norm`` (see CausalLM)."""
-    EMBEDDING, NORM, BLOCK = gla_layout.EMBEDDING, gla_layout.NORM, GLABlock
+    EMBEDDING, NORM, BLOCK = layout.EMBEDDING, layout.NORM, GLABlock

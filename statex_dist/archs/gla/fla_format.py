@@ -1,9 +1,9 @@
 """fla's GLA checkpoints (fla-hub/gla-340M-15B, gla-1.3B-100B): GLAConfig + safetensors, ``model.`` prefix."""
 from __future__ import annotations
 
+from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.models.config import GLAConfig
 
 UNSUPPORTED = {  # fla options the models here do not implement, with the value they must have
     "num_kv_heads": None, "feature_map": None, "elementwise_affine": True, "use_gv": False,
@@ -13,6 +13,7 @@ UNSUPPORTED = {  # fla options the models here do not implement, with the value 
 
 class FlaGLA(HFFormat):
     name, arch, prefix = "fla-gla", "gla", "model."
+    description = "fla GLA (model_type 'gla')"
     per_layer_key = "statex_num_heads"
 
     @classmethod

@@ -2,9 +2,15 @@
 ``backbone.`` prefix, embedding padded to ``pad_vocab_size_multiple``, ``lm_head.weight`` a tied copy."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from statex_dist.archs.mamba2.config import Mamba2Config
+from statex_dist.archs.mamba2.transformers_format import TransformersMamba2
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
-from statex_dist.models.config import Mamba2Config
 
 
 MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, chunk_size=256)
@@ -12,8 +18,11 @@ MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, c
 
 class MambaSSM(HFFormat):
     name, arch, prefix = "mamba_ssm", "mamba2", "backbone."
+    description = "mamba_ssm Mamba2 (d_model / n_layer / ssm_cfg)"
     per_layer_key = "statex_d_state"
     weights_file = "pytorch_model.bin"
+    # the remote code reads one Mamba2 layout: transformers' (a mamba_ssm config.json shares no keys)
+    remote_code_format = TransformersMamba2
 
     @classmethod
     def matches(cls, cfg: dict) -> bool:
@@ -68,3 +77,20 @@ class MambaSSM(HFFormat):
     @classmethod
     def optional(cls, hf_name: str, config: Mamba2Config) -> bool:
         return hf_name == "lm_head.weight" and config.tie_word_embeddings
+
+    @classmethod
+    def write_weights(cls, folder: Path, config: Mamba2Config, tensors: Iterable[tuple[str, torch.Tensor]],
+                      dtypes: dict[str, torch.dtype], shapes: dict[str, tuple[int, ...]],
+                      progress: Optional[Callable] = None) -> None:
+        """mamba_ssm's from_pretrained reads pytorch_model.bin only; torch.save needs the dict whole. A tied
+        LM head is stored as a copy of the embedding, as mamba_ssm saves it."""
+        sd = {}
+        for name, t in tensors:
+            sd[cls.hf_names(name, config)[0]] = t.to(dtypes[name]).contiguous().clone()
+            if progress is not None:
+                progress(name, t)
+        if config.tie_word_embeddings:
+            sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+        tmp = folder / f"{cls.weights_file}.tmp"
+        torch.save(sd, tmp)
+        tmp.rename(folder / cls.weights_file)

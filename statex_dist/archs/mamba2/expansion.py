@@ -1,4 +1,5 @@
-"""Per-tensor StateX transforms of one Mamba2 layer (d_state N -> N').
+"""StateX on Mamba2: grow a layer's d_state (N -> N'). What a plan may ask, and the per-tensor transforms of
+one layer.
 
 Shapes: D hidden, E d_inner, G ngroups, Hh heads, W conv width. in_proj rows pack [z | x | B | C | dt]
 with widths [E, E, G*N, G*N, Hh]; the conv channels pack [x | B | C] with widths [E, G*N, G*N]. B and C
@@ -14,12 +15,34 @@ output is unchanged at step 0 and the new rows train.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from statex_dist.models.config import Mamba2Config
-from statex_dist.statex.plan import ExpansionPlan
+from statex_dist.archs.mamba2.config import Mamba2Config
+from statex_dist.archs.record import Expansion
 from statex_dist.statex.tensors import check_shape, default_bound, generator, uniform
+
+if TYPE_CHECKING:
+    from statex_dist.statex.plan import ExpansionPlan
+
+
+def plan_options(config: Mamba2Config, layers: list[int], d_state: Optional[int],
+                 gate_bias_init: Optional[tuple[float, float]]) -> dict:
+    """The plan's Mamba2 field: the expanded layers' d_state (default 4x the largest chosen layer's)."""
+    return {"d_state": d_state or 4 * max(config.d_state[i] for i in layers)}
+
+
+def validate(config: Mamba2Config, plan: ExpansionPlan) -> None:
+    """Raise ValueError when ``plan`` does not apply to ``config``; every message names the constraint."""
+    if plan.gate_bias_init is not None:
+        raise ValueError("gate_bias_init applies to GLA models only")
+    if plan.d_state is None:
+        raise ValueError("a Mamba2 expansion needs d_state (the new N of the chosen layers)")
+    for i in plan.layers:
+        n = config.d_state[i]
+        if plan.d_state <= n:
+            raise ValueError(f"layer {i} has d_state {n}: the target d_state {plan.d_state} must be > {n}")
 
 
 def _drawer(gen: torch.Generator, bound: float, like: torch.Tensor):
@@ -78,3 +101,9 @@ def expand_mamba2_layer(name: str, local: str, tensor: torch.Tensor, layer: int,
             return a.to(dtype=tensor.dtype, device=tensor.device)
         return torch.ones_like(tensor)
     raise ValueError(f"{name}: no StateX rule for this Mamba2 parameter")
+
+
+EXPANSION = Expansion(
+    modes=("reinit", "copy", "zero", "preserve"), option="d_state", per_layer="d_state",
+    option_help="Mamba2 only: d_state of each expanded layer, larger than the current one (default 4x)",
+    plan_options=plan_options, validate=validate, expand_layer=expand_mamba2_layer)
