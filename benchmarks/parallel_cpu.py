@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from statex_dist.parallel.rendezvous import free_port  # noqa: E402
 
 BATCH, SEQ = 4, 256
 MODELS = {
@@ -292,11 +292,6 @@ def _run_rank(counter, layout, cfg_dict, weights, opts):
 
 # --- driver ------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run_layout(layout, cfg_dict, weights, opts, threads: int, timeout: float):
     import torch.multiprocessing as mp
@@ -304,7 +299,7 @@ def run_layout(layout, cfg_dict, weights, opts, threads: int, timeout: float):
     world = tp * pp * dp
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as out_dir:
-        port = _free_port()
+        port = free_port()
         procs = [ctx.Process(target=_worker, args=(r, world, port, threads, layout, cfg_dict, weights, opts, out_dir))
                  for r in range(world)]
         for p in procs:

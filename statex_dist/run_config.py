@@ -78,7 +78,7 @@ class ScheduleSection:
 class DataSection:
     train: str = ""              # shard folder (tools/make_shards.py), http(s):// or pipe:CMD one, or blend "0.7 A 0.3 B"
     valid: str = ""              # held-out shards for perplexity (optional)
-    seq_len: Positive = 65536
+    seq_len: Optional[Positive] = None  # tokens a sequence; the shards' manifest decides, this checks it
     micro_batch: Positive = 1
     global_batch: Positive = 8   # sequences per optimizer step, over all DP ranks and accumulation
     workers: Count = 2           # loader processes per rank; the sample order does not depend on them
@@ -282,7 +282,7 @@ def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Op
                           + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp}))" if dp > 1 else ""))
     # Mamba2's chunk size puts no constraint on seq_len: both SSD scans (mamba_ssm's kernel and
     # statex_dist.ops.ssd) pad the last chunk. Sequence parallelism splits every sequence over TP.
-    if p.sequence_parallel and p.tp > 1 and d.seq_len % p.tp:
+    if p.sequence_parallel and p.tp > 1 and d.seq_len and d.seq_len % p.tp:
         raise ConfigError(f"data.seq_len={d.seq_len}{_from(o, 'data.seq_len')} does not split over "
                           f"parallel.tp={p.tp} with parallel.sequence_parallel=true; expected a multiple of "
                           f"{p.tp} (or set parallel.sequence_parallel=false)")

@@ -95,10 +95,3 @@ def text_ppl(model, seed: int = 99, batches_: int = 16, T: int = 128) -> float:
             x, y = text.batch(16, T, g)
             total += float(model(x, labels=y))
     return math.exp(total / batches_)
-
-
-def cosine_lr(step: int, total: int, peak: float, floor: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * p))

@@ -63,6 +63,7 @@ class Run:
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.stage = ps.get_pipeline_model_parallel_rank()
         self.log(self.checked.first_line(self.cfg, dist.get_world_size(), dist.get_backend()))
+        self.log(self.checked.tokens_line(self.cfg, dist.get_world_size()))
         # DeepSpeed's own files restore only the layout that wrote them (see _restore)
         m = self.meta
         self.same_layout = bool(m is not None and m.get("deepspeed", True) and (
@@ -102,7 +103,7 @@ class Run:
             if not self.model_config.expanded_layers:
                 raise ValueError("optimizer.freeze_unexpanded needs an expanded model (expansion.enabled or a "
                                  "StateX checkpoint)")
-            self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
+            self.trainable = optim.freeze_unexpanded(model, self.model_config)
         opt = optim.adamw(model, cfg.optimizer)
         sched = optim.scheduler(opt, cfg.schedule, cfg.optimizer.lr)
         self.ds_config = ds_setup.deepspeed_config(cfg, self.dp, self.dtype)
@@ -185,10 +186,8 @@ class Run:
 
     def train(self) -> dict:
         cfg = self.cfg
-        tokens_per_step = cfg.data.global_batch * cfg.data.seq_len
-        self.log(f"{self.model_config.arch}: {self.source.description}; {tokens_per_step:,} tokens/step in "
-                 f"{self.gas} micro-batch{'es' if self.gas > 1 else ''} per DP rank; "
-                 f"steps {self.step}..{cfg.schedule.total_steps}")
+        tokens_per_step = self.checked.tokens_per_step(cfg)
+        self.log(f"{self.model_config.arch}: {self.source.description}; steps {self.step}..{cfg.schedule.total_steps}")
         losses = []
         t_last = time.time()
         while self.step < cfg.schedule.total_steps:

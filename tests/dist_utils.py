@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import traceback
 
 import torch.multiprocessing as mp
 
+from statex_dist.parallel.rendezvous import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(rank, world, port, fn, args, out_dir):
@@ -37,7 +33,7 @@ def run_workers(fn, world: int, *args, tmp_path, timeout: float = 240.0):
     """
     os.makedirs(tmp_path, exist_ok=True)
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, str(tmp_path))) for r in range(world)]
     for p in procs:
         p.start()

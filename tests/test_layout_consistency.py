@@ -23,6 +23,9 @@ CONFIGS = {
     # key dim 12 (expand_k 0.375): TP 4 does not divide it, and need not (1-head layers, q/k replicated)
     "gla-value": GLAConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=[1, 1], expand_k=0.375,
                            intermediate_size=64, tie_word_embeddings=True),
+    # a vocabulary large against its blocks: DeepSpeed gives the first and last stages no block at PP 4
+    "gla-tied": GLAConfig(vocab_size=1000, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
+                          tie_word_embeddings=True),
     "mamba2-g1": Mamba2Config(vocab_size=101, hidden_size=64, num_layers=2, d_state=[16, 32], headdim=16,
                               ngroups=1, chunk_size=8, tie_word_embeddings=True),
     "mamba2-g4": Mamba2Config(vocab_size=100, hidden_size=64, num_layers=2, d_state=[8, 24], headdim=16,
@@ -50,6 +53,8 @@ def _worker(rank, world, keys, pp):
     """For each config in turn on this rank: problems found, parameters held, parameters specified."""
     import torch
 
+    from megatron.core import parallel_state as ps
+
     from statex_dist.models import build_model, specs_for
     from statex_dist.models.names import named_internal_parameters
     from statex_dist.models.pipeline import pipeline_module
@@ -62,7 +67,9 @@ def _worker(rank, world, keys, pp):
             model = build_model(cfg, init=False) if pp == 1 else pipeline_module(cfg, torch.float32, tp, pp)
             named = list(named_internal_parameters(model))
             specs = specs_for(cfg, tp)
-            out[key] = {"bad": _check(named, specs, tp), "held": sorted(n for n, _ in named), "all": sorted(specs)}
+            out[key] = {"bad": _check(named, specs, tp), "held": sorted(n for n, _ in named), "all": sorted(specs),
+                        "stage": ps.get_pipeline_model_parallel_rank(),
+                        "layers": sorted({specs[n].layer for n, _ in named if specs[n].layer is not None})}
     finally:
         state.destroy()
     return out
@@ -74,6 +81,19 @@ def test_built_parameters_equal_their_specs(tmp_path, tp):
         for key, res in r.items():
             assert not res["bad"], (key, res["bad"])
             assert res["held"] == res["all"], key     # one module: every spec'd parameter, nothing else
+
+
+@pytest.mark.parametrize("tp, pp, keys", [(1, 4, ["gla", "gla-tied"]), (2, 2, ["gla-tied", "mamba2-g4"])])
+def test_sharded_stages_equal_deepspeeds_partition(tmp_path, tp, pp, keys):
+    """The sharded format's stage of every layer (``checkpoint.sharded.stage_of_layers``) is the stage
+    DeepSpeed's ``PipelineModule`` builds it on, for tied embeddings (counted in full at both ends, as
+    DeepSpeed counts a ``TiedLayerSpec``) and untied ones, at PP 4 and at TP 2 x PP 2 (local counts)."""
+    from statex_dist.checkpoint.sharded import stage_of_layers
+    results = run_workers(_worker, tp * pp, keys, pp, tmp_path=tmp_path, timeout=300)
+    for key in keys:
+        ours = stage_of_layers(CONFIGS[key], pp, tp)
+        for rank, r in enumerate(results):
+            assert r[key]["layers"] == ours[r[key]["stage"]], (key, rank, r[key]["stage"], ours)
 
 
 def test_pipeline_stages_equal_their_specs(tmp_path):

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.dist_utils import _free_port
+from statex_dist.parallel.rendezvous import free_port
 from tests.train_helpers import GLA, ROOT, checkpoint_weights, make_shards, overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -29,7 +29,7 @@ def ssh_env(tmp_path_factory):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
     (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
     os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
@@ -80,7 +80,7 @@ def test_two_nodes_equal_one_node(tmp_path, ssh_env, shards, layout):
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     multi = train(overrides(GLA, shards, tmp_path / "multi", steps=steps, **layout),
                   dict(ssh_env, HOSTFILE=str(hostfile), NUM_NODES="2", MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(_free_port())))
+                       MASTER_PORT=str(free_port())))
     out = multi.stdout + multi.stderr
     assert multi.returncode == 0, out[-5000:]
     # pdsh prefixes each node's output with its host; each node's launcher says which node it is
@@ -89,7 +89,7 @@ def test_two_nodes_equal_one_node(tmp_path, ssh_env, shards, layout):
         assert any(ln.startswith(f"{host}: ") and "exits successfully" in ln for ln in out.splitlines()), out[-5000:]
     assert f"done: {steps} steps" in out
     one = train(overrides(GLA, shards, tmp_path / "one", steps=steps, **layout),
-                dict(os.environ, NPROC="2", MASTER_PORT=str(_free_port())))
+                dict(os.environ, NPROC="2", MASTER_PORT=str(free_port())))
     assert one.returncode == 0, (one.stdout + one.stderr)[-5000:]
     a, b = checkpoint_weights(tmp_path / "multi", steps), checkpoint_weights(tmp_path / "one", steps)
     assert set(a) == set(b)

@@ -5,12 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from statex_dist.ops import causal_conv1d
+from tests.conftest import rel_err
 
 RTOL = 1e-6  # max|a - b| / max|b|, fp32 against an fp64 loop
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def loop_conv(x, weight, bias, activation, initial_state):

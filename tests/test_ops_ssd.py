@@ -7,13 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from statex_dist.ops import KernelUnavailable, _dispatch, causal_conv1d, ssd_scan, ssd_scan_torch
+from tests.conftest import rel_err
 
 # max|a - b| / max|b|; ours runs in fp32, the reference recurrence in fp64 on the same inputs
 RTOL = 1e-5
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def recurrence(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from statex_dist import archs, tiny
 from statex_dist.models.config import config_from_dict
+from statex_dist.training.optim import cosine_with_warmup
 
 
 def build(arch: str, seed: int, overrides: dict, dt_range=None, a_range=None):
@@ -166,7 +167,7 @@ def pretrain(args, config, model, earlier, argv) -> int:
     bar = tqdm(range(args.steps), desc=f"pretrain tiny-{args.arch}", disable=None)
     for step in bar:
         for gr in opt.param_groups:
-            gr["lr"] = tiny.cosine_lr(step, args.steps, args.lr, args.lr / 10, 100)
+            gr["lr"] = args.lr * cosine_with_warmup(step, 100, args.steps, 0.1)
         kind, x, y = next(stream)
         loss = model(x, labels=y)
         opt.zero_grad(set_to_none=True)

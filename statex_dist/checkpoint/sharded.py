@@ -39,53 +39,34 @@ def is_sharded(folder: Path) -> bool:
         return True  # ours but damaged: ShardedCheckpoint reports it
 
 
-def stage_of_layers(config: ModelConfig, pp: int) -> list[list[int]]:
-    """Contiguous layers per pipeline stage, balanced by parameter count (embedding on the first stage,
-    final norm and LM head on the last) as DeepSpeed's partition_method='parameters' balances them."""
+def stage_of_layers(config: ModelConfig, pp: int, tp: int = 1) -> list[list[int]]:
+    """The layers of each pipeline stage: DeepSpeed's own partition of the pipeline's pieces
+    (``PipelineModule(partition_method="parameters")``, ``statex_dist.models.pipeline.layer_specs``).
+
+    DeepSpeed weighs every piece by the trainable parameters it builds on a rank: the embedding, each
+    block, the final norm, and the LM head, which for tied embeddings is the embedding again, counted in
+    full at both ends. The counts here are the same, from the ShardSpecs' local shapes at ``tp``, and the
+    split is DeepSpeed's ``partition_balanced`` (imported here, not at module top: the checkpoint tools
+    start without DeepSpeed and need it only for PP > 1). A stage may hold no block (a large vocabulary on
+    few layers), as it does in the engine.
+    """
     if pp > config.num_layers:
         raise CheckpointError(f"PP={pp} is larger than the {config.num_layers} layers; use PP <= {config.num_layers}")
-    specs = specs_for(config, 1)
+    if pp == 1:
+        return [list(range(config.num_layers))]
+    from deepspeed.runtime.utils import partition_balanced
+    specs = specs_for(config, tp)
+    arch = archs.of(config)
+    count = {name: int(torch.Size(s.local_shape(tp)).numel()) for name, s in specs.items()}
     per_layer = [0] * config.num_layers
-    for s in specs.values():
+    for name, s in specs.items():
         if s.layer is not None:
-            per_layer[s.layer] += int(torch.Size(s.shape).numel())
-    emb = sum(int(torch.Size(s.shape).numel()) for n, s in specs.items() if s.layer is None)
-    weights = [emb // 2] + per_layer + [emb - emb // 2]
-    parts = balanced_bounds(weights, pp)
-    stages = []
-    for s in range(pp):
-        lo, hi = parts[s], parts[s + 1]
-        stages.append([i - 1 for i in range(lo, hi) if 1 <= i <= config.num_layers])
-    if any(not st for st in stages):  # tiny models: fall back to an even split of layers
-        n, stages = config.num_layers, []
-        for s in range(pp):
-            stages.append(list(range(s * n // pp, (s + 1) * n // pp)))
-    return stages
-
-
-def balanced_bounds(weights: list[int], parts: int) -> list[int]:
-    """Contiguous split of ``weights`` into ``parts`` minimising the heaviest part (binary search on the
-    bound); returns ``parts + 1`` boundaries like DeepSpeed's ``partition_balanced``."""
-    def cuts(limit: int):
-        bounds, acc = [0], 0
-        for i, w in enumerate(weights):
-            if acc + w > limit and acc > 0:
-                bounds.append(i)
-                acc = 0
-            acc += w
-        return bounds
-
-    lo, hi = max(weights), sum(weights)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if len(cuts(mid)) <= parts:
-            hi = mid
-        else:
-            lo = mid + 1
-    bounds = cuts(lo)
-    while len(bounds) < parts:  # fewer natural cuts than parts: split the trailing items further
-        bounds.append(bounds[-1] + 1)
-    return sorted(bounds)[:parts] + [len(weights)]
+            per_layer[s.layer] += count[name]
+    embedding, head = arch.vocab_tensors
+    weights = ([count[embedding]] + per_layer + [count[f"{arch.final_norm}.weight"]]
+               + [count[embedding if config.tie_word_embeddings else head]])
+    parts = partition_balanced(weights=weights, num_parts=pp)
+    return [[i - 1 for i in range(parts[s], parts[s + 1]) if 1 <= i <= config.num_layers] for s in range(pp)]
 
 
 def stage_of(spec: ShardSpec, stages: list[list[int]], name: str, embedding: str) -> int:
@@ -110,7 +91,7 @@ def write_sharded(folder: Path, config: ModelConfig, tensors: Iterable[tuple[str
     Only one full tensor and its slices are in memory at a time. Returns the manifest written.
     """
     specs = specs_for(config, tp)
-    stages = stage_of_layers(config, pp)
+    stages = stage_of_layers(config, pp, tp)
     embedding = f"{archs.of(config).embedding}.weight"
     (folder / "weights").mkdir(parents=True, exist_ok=True)
     entries: dict[tuple[int, int], list] = {}

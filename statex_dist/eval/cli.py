@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from statex_dist.parallel.rendezvous import free_port
 
 
 EXAMPLE = """example:
@@ -184,11 +185,6 @@ def report(args, results: dict, seconds: float, world: int) -> None:
 
 # --- self-spawned tensor parallelism ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
@@ -206,7 +202,7 @@ def spawn(n: int, argv: list[str]) -> int:
     """Run the evaluation in ``n`` worker processes (one per TP rank); their exit status."""
     import torch.multiprocessing as mp
     try:
-        mp.start_processes(_worker, args=(n, _free_port(), argv), nprocs=n, join=True, start_method="spawn")
+        mp.start_processes(_worker, args=(n, free_port(), argv), nprocs=n, join=True, start_method="spawn")
     except mp.ProcessRaisedException as e:
         print(f"statex_dist.eval: a worker failed:\n{e}", file=sys.stderr)
         return 1

@@ -133,7 +133,7 @@ def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, sta
                   write: bool) -> Optional[dict]:
     """This (TP rank, stage)'s slices of the weights (``model/``) and of the layout-free optimizer state
     (``optimizer/<key>/``). Every DP rank calls it: the ZeRO gathers are collectives over the DP group; only
-    a rank with ``write`` writes. Returns {"names", "file", "info": {folder: file entry}} from a writer."""
+    a rank with ``write`` writes. Returns {"names", "file", "stage", "info": {folder: file entry}} from a writer."""
     entries = _own_parameters(module)
     writers = {}
     if write:
@@ -156,7 +156,8 @@ def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, sta
         for w in writers.values():
             w.abort()
         raise
-    return {"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "info": infos} if write else None
+    return ({"names": [n for n, _ in entries], "file": shard_file(tp_rank, stage), "stage": stage, "info": infos}
+            if write else None)
 
 
 class CheckpointWriteError(OSError):
@@ -204,17 +205,13 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
         for p, _, _ in parts:
             if p is None:
                 continue
-            stage_of = int(p["file"].split("-pp")[1].split(".")[0])
             for n in p["names"]:
-                weight_map.setdefault(n, stage_of)
+                weight_map.setdefault(n, p["stage"])
             for folder, info in p["info"].items():
                 known.setdefault(folder, {})[p["file"]] = info
-        stages = [[] for _ in range(pp)]
-        for n, s in weight_map.items():
-            m = re.match(r"layers\.(\d+)\.", n)
-            if m and int(m.group(1)) not in stages[s]:
-                stages[s].append(int(m.group(1)))
-        stages = [sorted(s) for s in stages]
+        specs = specs_for(model_config, tp)
+        stages = [sorted({specs[n].layer for n, s in weight_map.items() if s == st and specs[n].layer is not None})
+                  for st in range(pp)]
         with _writing(ckpt_dir, name):
             keep_side_files(run_cfg.model.source, staging / name / "model")  # the tokenizer exports with it
             for folder, files in known.items():

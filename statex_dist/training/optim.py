@@ -3,23 +3,22 @@ schedule with linear warm-up (the paper's recipe)."""
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn as nn
 
+from statex_dist.models import specs_for
 from statex_dist.models.names import named_internal_parameters
 
-_LAYER = re.compile(r"layers\.(\d+)\.")
 
-
-def freeze_unexpanded(model: nn.Module, expanded: list[int]) -> int:
-    """Leave only the expanded layers trainable; returns the number of trainable parameters left."""
-    keep = set(expanded)
+def freeze_unexpanded(model: nn.Module, model_cfg) -> int:
+    """Leave only the expanded layers trainable (the layer of a parameter is its ShardSpec's); returns the
+    number of trainable parameters left."""
+    keep = set(model_cfg.expanded_layers)
+    specs = specs_for(model_cfg, 1)  # the owning layer does not depend on TP
     n = 0
     for name, p in named_internal_parameters(model):
-        m = _LAYER.match(name)
-        p.requires_grad_(bool(m) and int(m.group(1)) in keep)
+        p.requires_grad_(specs[name].layer in keep)
         n += p.numel() if p.requires_grad else 0
     return n
 

@@ -50,6 +50,19 @@ class Preflight:
                 f"{kernel_summary(self.device.type, kernel_ops(self.model_config))}")
 
 
+    def tokens_per_step(self, run_cfg) -> int:
+        """Tokens an optimizer step trains on: the global batch of the shards' sequences."""
+        return run_cfg.data.global_batch * self.train_shards.seq_len
+
+    def tokens_line(self, run_cfg, world: int) -> str:
+        """The tokens a step takes, and how: the second line a run prints."""
+        d, p = run_cfg.data, run_cfg.parallel
+        gas = d.global_batch // (d.micro_batch * (world // (p.tp * p.pp)))
+        return (f"{self.tokens_per_step(run_cfg):,} tokens a step: {d.global_batch} sequences of "
+                f"{self.train_shards.seq_len} tokens, {gas} micro-batch{'es' if gas > 1 else ''} of "
+                f"{d.micro_batch} per DP rank")
+
+
 def kernel_ops(model_config) -> tuple[str, ...]:
     """The ops of statex_dist.ops the model calls (its architecture's)."""
     return archs.of(model_config).kernel_ops(model_config)
@@ -64,6 +77,11 @@ def preflight(run_cfg, world: int) -> Preflight:
     p = run_cfg.parallel
     check_parallel_sizes(model_config, p.tp, p.pp, world)
     train_shards = check_blend(run_cfg.data.train)
+    if run_cfg.data.seq_len not in (None, train_shards.seq_len):
+        raise ValueError(f"data.seq_len={run_cfg.data.seq_len} but the shards of data.train={run_cfg.data.train} "
+                         f"hold sequences of {train_shards.seq_len} tokens (their manifest.json); set "
+                         f"data.seq_len={train_shards.seq_len}, or leave it out (the shards decide), or point "
+                         f"data.train at shards made with --seq-len {run_cfg.data.seq_len}")
     if p.sequence_parallel and p.tp > 1:
         from statex_dist.parallel.sequence import check_seq_len
         check_seq_len(train_shards.seq_len, p.tp)
