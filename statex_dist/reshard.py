@@ -19,7 +19,7 @@ from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
 from statex_dist.checkpoint.side_files import SIDE_DIR, copy_side_files, side_files_of
 from statex_dist.checkpoint.sources import hf_origin, open_source
 from statex_dist.models import specs_for
-from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.models.validate import check_parallel_sizes
 from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor, state_floats
 from statex_dist.statex import count_params
 from statex_dist.training import optimizer_state

@@ -1,7 +1,7 @@
 """Sizes that cannot work fail before any process group is created, naming the constraint and what works."""
 import pytest
 
-from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.models.validate import check_parallel_sizes
 from tests.parallel_cases import CASES
 
 

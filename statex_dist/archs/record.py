@@ -133,9 +133,3 @@ class Architecture:
     @property
     def default_format(self) -> type[HFFormat]:
         return self.formats[0]
-
-    @property
-    def vocab_tensors(self) -> tuple[str, str]:
-        """The parameters whose rows are the vocabulary (TP-padded in memory, ``checkpoint_vocab_size`` rows
-        in files): the embedding and an untied LM head."""
-        return f"{self.embedding}.weight", "lm_head.weight"

@@ -23,8 +23,8 @@ from statex_dist.models import specs_for
 def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],
              dtypes: dict[str, torch.dtype], base_config: Optional[dict] = None, progress=None) -> None:
     """Stream full tensors (internal names, checkpoint shapes, ``specs_for`` order) into ``folder``."""
-    from statex_dist.checkpoint.hf_load import checkpoint_shape
-    names = list(specs_for(config, 1))
+    specs = specs_for(config, 1)
+    names = list(specs)
     if needs_remote_code(config) and fmt.remote_code_format is not None:   # the one layout the remote code reads
         fmt, base_config = fmt.remote_code_format, None
     cfg = fmt.write_config(config, base_config)
@@ -32,4 +32,4 @@ def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: It
     if set_model_type(cfg, config):
         write_templates(folder)
     write_json(cfg, folder / "config.json")
-    fmt.write_weights(folder, config, tensors, dtypes, {n: checkpoint_shape(config, n) for n in names}, progress)
+    fmt.write_weights(folder, config, tensors, dtypes, {n: s.checkpoint_shape for n, s in specs.items()}, progress)

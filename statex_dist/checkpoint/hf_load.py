@@ -42,12 +42,9 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConf
 
 
 def checkpoint_shape(config: ModelConfig, name: str) -> tuple[int, ...]:
-    """A tensor's shape in a checkpoint file: its full shape without the vocabulary's TP padding."""
+    """A tensor's shape in a checkpoint file (``ShardSpec.checkpoint_shape``)."""
     from statex_dist.models import specs_for
-    shape = specs_for(config, 1)[name].shape
-    if name in archs.of(config).vocab_tensors:
-        return (config.checkpoint_vocab_size(),) + shape[1:]
-    return shape
+    return specs_for(config, 1)[name].checkpoint_shape
 
 
 def find_tensor(reader: TensorReader, fmt: type[HFFormat], name: str, config: ModelConfig) -> str:

@@ -62,9 +62,9 @@ def stage_of_layers(config: ModelConfig, pp: int, tp: int = 1) -> list[list[int]
     for name, s in specs.items():
         if s.layer is not None:
             per_layer[s.layer] += count[name]
-    embedding, head = arch.vocab_tensors
+    embedding = f"{arch.embedding}.weight"
     weights = ([count[embedding]] + per_layer + [count[f"{arch.final_norm}.weight"]]
-               + [count[embedding if config.tie_word_embeddings else head]])
+               + [count[embedding if config.tie_word_embeddings else "lm_head.weight"]])
     parts = partition_balanced(weights=weights, num_parts=pp)
     return [[i - 1 for i in range(parts[s], parts[s + 1]) if 1 <= i <= config.num_layers] for s in range(pp)]
 
@@ -177,10 +177,7 @@ class ShardedCheckpoint:
 
     def get(self, name: str) -> torch.Tensor:
         """The full tensor at its checkpoint shape (TP padding of the vocab removed)."""
-        t = self.padded(name)
-        if name in archs.of(self.config).vocab_tensors:
-            t = t[: self.config.checkpoint_vocab_size()]
-        return t
+        return self.specs[name].unpad_rows(self.padded(name))
 
     def load_into(self, model: nn.Module, tp_rank: int, tp: int) -> None:
         """Copy this rank's slices into ``model`` (built for ``tp``); any stored TP size works."""

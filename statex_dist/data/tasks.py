@@ -12,6 +12,7 @@ import torch
 
 from statex_dist.data import format as fmt
 from statex_dist.data.errors import DataError
+from statex_dist.data.mqar import IGNORE, mqar_batch
 from statex_dist.data.tokenizer import ByteTokenizer
 
 
@@ -44,7 +45,6 @@ def write_task_shards(out_dir, samples: int, seq_len: int, pairs: Sequence[int] 
     spans both blocks. Returns the manifest."""
     from statex_dist.checkpoint.atomic import atomic_dir
     from statex_dist.data.writer import shard_table, shard_writer, tokenizer_entry
-    from statex_dist.eval.mqar import IGNORE, mqar_batch
 
     out = Path(out_dir)
     if out.exists() and not overwrite:

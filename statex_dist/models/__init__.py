@@ -18,7 +18,7 @@ def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool =
     import torch
 
     from statex_dist.parallel import state
-    from statex_dist.parallel.validate import check_parallel_sizes
+    from statex_dist.models.validate import check_parallel_sizes
     state.ensure_initialized()
     check_parallel_sizes(config, state.tp_size())
     cls = archs.of(config).model_class

@@ -30,17 +30,10 @@ def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: in
 
 
 def fresh_weights(config: ModelConfig, seed: int = 0, **options) -> Callable[[str], torch.Tensor]:
-    """name -> its initial full tensor at checkpoint shape (vocab tensors: ``checkpoint_vocab_size`` rows)."""
+    """name -> its initial full tensor at checkpoint shape (``ShardSpec.checkpoint_shape``)."""
     from statex_dist.models import specs_for
     specs = specs_for(config, 1)
-    vocab = archs.of(config).vocab_tensors
-
-    def get(name: str) -> torch.Tensor:
-        shape = tuple(specs[name].shape)
-        if name in vocab:
-            shape = (config.checkpoint_vocab_size(),) + shape[1:]
-        return init_tensor(name, shape, config, seed, **options)
-    return get
+    return lambda name: init_tensor(name, specs[name].checkpoint_shape, config, seed, **options)
 
 
 def initialize(model: torch.nn.Module, config: ModelConfig, seed: int = 0) -> None:

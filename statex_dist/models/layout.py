@@ -13,9 +13,10 @@ def causal_lm_specs(config, tp: int, embedding: str, norm: str,
     """Every parameter's spec: ``embedding`` / ``norm`` name the architecture's embedding and final norm
     modules; the vocabulary rows are padded for ``tp`` (``config.padded_vocab_size``)."""
     D, padded = config.hidden_size, config.padded_vocab_size(tp)
-    specs = {f"{embedding}.weight": ShardSpec((padded, D), dim=0), f"{norm}.weight": ShardSpec((D,))}
+    vocab = ShardSpec((padded, D), dim=0, vocab_rows=config.checkpoint_vocab_size())
+    specs = {f"{embedding}.weight": vocab, f"{norm}.weight": ShardSpec((D,))}
     if not config.tie_word_embeddings:
-        specs["lm_head.weight"] = ShardSpec((padded, D), dim=0)
+        specs["lm_head.weight"] = vocab
     for i in range(config.num_layers):
         specs.update({f"layers.{i}.{k}": v for k, v in block_specs(config, i, tp).items()})
     return specs

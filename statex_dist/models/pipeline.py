@@ -35,7 +35,7 @@ from statex_dist.models.names import by_internal_name
 from statex_dist.parallel import state, weights
 from statex_dist.parallel.deepspeed_mpu import check_grid_agrees, ensure_deepspeed_comm, pipeline_topology
 from statex_dist.parallel.sharding import ShardSpec
-from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.models.validate import check_parallel_sizes
 
 TIED_KEY = "embed"
 
@@ -52,7 +52,7 @@ def _spec(config, name: str) -> ShardSpec:
 def validate_parallel(config, world_size: int, tp: int, pp: int) -> int:
     """Check the sizes against the model and the world before any process group exists; return DP.
 
-    Raises ValueError naming the constraint and the sizes that work (statex_dist.parallel.validate): PP
+    Raises ValueError naming the constraint and the sizes that work (statex_dist.models.validate): PP
     larger than the number of layers (a stage without a block), a world that is not TP x PP x DP, a
     tensor that does not split over TP.
     """

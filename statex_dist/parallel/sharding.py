@@ -24,12 +24,24 @@ class ShardSpec:
         grad_reduce: a replicated tensor whose gradient each rank computes only partly (from its own
             heads or channels), so it is summed over the TP group after backward.
         layer: index of the owning layer; ``None`` for embedding, final norm and LM head.
+        vocab_rows: for a tensor whose rows are the vocabulary (the embedding, an untied LM head), the rows
+            a checkpoint stores (``shape[0]`` is that padded for TP); ``None`` for every other tensor.
     """
     shape: tuple[int, ...]
     dim: Optional[int] = None
     parts: Optional[tuple[int, ...]] = None
     grad_reduce: bool = False
     layer: Optional[int] = None
+    vocab_rows: Optional[int] = None
+
+    @property
+    def checkpoint_shape(self) -> tuple[int, ...]:
+        """The shape checkpoint files store: the full shape without the vocabulary's TP padding."""
+        return self.shape if self.vocab_rows is None else (self.vocab_rows,) + tuple(self.shape[1:])
+
+    def unpad_rows(self, full: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`pad_rows`: a full tensor at its checkpoint shape."""
+        return full if self.vocab_rows is None else full[: self.vocab_rows]
 
     def _parts(self) -> tuple[int, ...]:
         return self.parts if self.parts is not None else (self.shape[self.dim],)

@@ -19,7 +19,7 @@ from statex_dist.data.blend import check_blend
 from statex_dist.eval.config import EvalConfig
 from statex_dist.ops import kernel_summary, resolve_kernels
 from statex_dist.parallel import device as devices
-from statex_dist.parallel.validate import check_parallel_sizes
+from statex_dist.models.validate import check_parallel_sizes
 from statex_dist.training import checkpoints
 from statex_dist.training.ds_setup import dtype_of
 from statex_dist.training.initial_weights import WeightSource, weight_source

@@ -49,7 +49,7 @@ def _divisors(n: int) -> list[int]:
 
 
 def tp_rule(config: Mamba2Config, tp: int) -> Optional[str]:
-    """Why ``tp`` cannot work beyond what the specs say (statex_dist.parallel.validate), else None: the heads
+    """Why ``tp`` cannot work beyond what the specs say (statex_dist.models.validate), else None: the heads
     are the unit of the per-head tensors, and the groups must divide TP or be divided by it (a rank's B/C
     channels then come from one group, or whole groups)."""
     h, g = config.nheads, config.ngroups
