@@ -41,7 +41,7 @@ class CausalLM(nn.Module):
         state.ensure_initialized()
         self.config = config
         self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        mcfg = state.megatron_config(dtype, init=False)
+        mcfg = state.megatron_config(dtype)
         specs = specs_for(config, state.tp_size())
         emb = specs[f"{self.EMBEDDING}.weight"]
         setattr(self, self.EMBEDDING, embedding(emb, mcfg, sequence_parallel=sp))

@@ -41,7 +41,7 @@ TIED_KEY = "embed"
 
 
 def _megatron_config(dtype: torch.dtype) -> ModelParallelConfig:
-    return state.megatron_config(dtype, init=False)
+    return state.megatron_config(dtype)
 
 
 def _spec(config, name: str) -> ShardSpec:
@@ -149,8 +149,8 @@ def pipeline_module(config, dtype: torch.dtype = torch.float32, tp: int = 1, pp:
                     activation_checkpoint_interval: int = 0):
     """The model as a ``deepspeed.pipe.PipelineModule`` over PP stages of TP ranks (DP = the rest).
 
-    Call after ``statex_dist.parallel.state.initialize(tp, pp)``. Weights are not drawn (a stage cannot
-    draw the one-process model's random sequence): load them with :func:`load_full`. Checks the sizes
+    Call after ``statex_dist.parallel.state.initialize(tp, pp)``. The weights are left empty: fill them with
+    :func:`load_full` (from a checkpoint, or ``statex_dist.models.init.fresh_weights``). Checks the sizes
     (:func:`validate_parallel`) and that DeepSpeed's grid equals megatron-core's groups on every rank.
 
     Pass it to ``deepspeed.initialize(model=..., optimizer=..., config=...)`` without ``mpu``: with a

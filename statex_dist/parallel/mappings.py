@@ -26,10 +26,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def tp_reduced_grad(w: torch.Tensor) -> torch.Tensor:
-    """Identity on the value; the gradient flowing back into ``w`` is summed over TP.
+    """Identity on the value; the gradient flowing back into ``w`` is summed over TP (megatron-core's
+    copy-to-region).
 
-    Used on a replicated weight that each rank applies to its own shard of the work: its full gradient is
-    the sum of the ranks' partial ones, formed inside autograd so ZeRO's gradient hooks already see it.
+    Used on a replicated tensor that each rank applies to its own shard of the work: a weight, whose full
+    gradient is the sum of the ranks' partial ones, formed inside autograd so ZeRO's gradient hooks already
+    see it; or a column-parallel layer's input, whose gradient each rank computes from its own columns.
     """
     if state.tp_size() == 1:
         return w

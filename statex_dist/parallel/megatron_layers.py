@@ -13,24 +13,24 @@ from megatron.core.tensor_parallel.utils import VocabUtility
 
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import local_parameter, mark
-from statex_dist.parallel.mappings import gather_replicated_output
+from statex_dist.parallel.mappings import gather_replicated_output, tp_reduced_grad
 from statex_dist.parallel.sequence import check_seq_len, gather_seq, reduce_scatter_seq
 from statex_dist.parallel.sharding import ShardSpec
 
 
-def normal_init(std: float = 0.02):
+def _never_called(weight: torch.Tensor) -> None:
     # megatron-core's layers require an init_method; the models build them with perform_initialization=False
     # (statex_dist.models.init draws every weight), so it never runs
-    return lambda w: nn.init.normal_(w, mean=0.0, std=std)
+    raise AssertionError("megatron-core initialised a weight; state.megatron_config() turns that off")
 
 
-def column(spec: ShardSpec, cfg, bias_spec: Optional[ShardSpec] = None, init=None, shared_input: bool = False):
+def column(spec: ShardSpec, cfg, *, bias_spec: Optional[ShardSpec] = None, shared_input: bool = False):
     """megatron-core ColumnParallelLinear of the layout's ``spec`` (weight [out, in], out split), which it
     carries. ``shared_input``: the caller feeds it an input that already passed copy-to-region, shared by
     the sibling projections, so their input gradients are summed over TP in one all-reduce, not one each.
     """
     out_f, in_f = spec.shape
-    lin = mtp.ColumnParallelLinear(in_f, out_f, config=cfg, init_method=init or normal_init(),
+    lin = mtp.ColumnParallelLinear(in_f, out_f, config=cfg, init_method=_never_called,
                                    bias=bias_spec is not None, gather_output=False, tp_group=state.tp_group(),
                                    disable_grad_reduce=shared_input)
     mark(lin.weight, spec)
@@ -49,27 +49,22 @@ class SequenceParallelRowLinear(mtp.RowParallelLinear):
         return reduce_scatter_seq(F.linear(input_, self.weight)), None
 
 
-def row(spec: ShardSpec, cfg, init=None, sequence_parallel: bool = False):
+def row(spec: ShardSpec, cfg, *, sequence_parallel: bool = False):
     """megatron-core RowParallelLinear of the layout's ``spec`` (weight [out, in], in split; output
     all-reduced, or reduce-scattered along time with ``sequence_parallel``), which it carries."""
     out_f, in_f = spec.shape
     cls = SequenceParallelRowLinear if sequence_parallel else mtp.RowParallelLinear
-    lin = cls(in_f, out_f, config=cfg, init_method=init or normal_init(), bias=False,
+    lin = cls(in_f, out_f, config=cfg, init_method=_never_called, bias=False,
               input_is_parallel=True, skip_bias_add=False, tp_group=state.tp_group())
     mark(lin.weight, spec)
     return lin
-
-
-def copy_to_region(x: torch.Tensor) -> torch.Tensor:
-    """Identity forward; the input gradient is summed over TP (megatron-core's copy-to-region)."""
-    return mtp.copy_to_tensor_model_parallel_region(x, state.tp_group()) if state.tp_size() > 1 else x
 
 
 def to_column_input(x: torch.Tensor, sequence_parallel: bool) -> torch.Tensor:
     """A sublayer's input on its way into column-parallel layers built with ``shared_input=True``:
     copy-to-region ([B, T, D], gradient all-reduced), or with sequence parallelism the all-gather of the
     time slices [B, T / TP, D] -> [B, T, D] (gradient reduce-scattered back)."""
-    return gather_seq(x) if sequence_parallel else copy_to_region(x)
+    return gather_seq(x) if sequence_parallel else tp_reduced_grad(x)
 
 
 class SequenceParallelEmbedding(mtp.VocabParallelEmbedding):
@@ -84,12 +79,12 @@ class SequenceParallelEmbedding(mtp.VocabParallelEmbedding):
         return reduce_scatter_seq(out)
 
 
-def embedding(spec: ShardSpec, cfg, sequence_parallel: bool = False) -> mtp.VocabParallelEmbedding:
+def embedding(spec: ShardSpec, cfg, *, sequence_parallel: bool = False) -> mtp.VocabParallelEmbedding:
     """megatron-core VocabParallelEmbedding of the layout's ``spec`` ([padded vocab, hidden], rows split).
     ids [B, T] -> [B, T, hidden] ([B, T / TP, hidden] with ``sequence_parallel``)."""
     padded_vocab, hidden = spec.shape
     cls = SequenceParallelEmbedding if sequence_parallel else mtp.VocabParallelEmbedding
-    emb = cls(padded_vocab, hidden, init_method=normal_init(), config=cfg, tp_group=state.tp_group())
+    emb = cls(padded_vocab, hidden, init_method=_never_called, config=cfg, tp_group=state.tp_group())
     mark(emb.weight, spec)
     return emb
 
@@ -112,7 +107,7 @@ class LMHead(nn.Module):
         self.sequence_parallel = sequence_parallel
         # The weight lives here (named `lm_head.weight`), or in the embedding when tied; megatron-core's
         # layer is used for its TP semantics only.
-        self.proj = mtp.ColumnParallelLinear(hidden, padded_vocab, config=cfg, init_method=normal_init(),
+        self.proj = mtp.ColumnParallelLinear(hidden, padded_vocab, config=cfg, init_method=_never_called,
                                              bias=False, gather_output=False, skip_weight_param_allocation=True,
                                              tp_group=state.tp_group(), disable_grad_reduce=sequence_parallel)
         if not tied:

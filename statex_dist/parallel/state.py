@@ -81,11 +81,12 @@ def tp_group():
     return ps.get_tensor_model_parallel_group()
 
 
-def megatron_config(params_dtype: torch.dtype = torch.float32, init: bool = True) -> ModelParallelConfig:
+def megatron_config(params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
     """The ModelParallelConfig every megatron-core layer of the models is built with.
 
-    Weights are created on the CPU (``use_cpu_initialization``): the full master weight is drawn from
-    the default generator and sliced, so every TP layout draws the same model for the same seed.
+    megatron-core's layers draw no weights (``perform_initialization=False``): statex_dist.models.init draws
+    each full tensor from its own seed and loads this rank's slice, so every TP x PP layout holds the same
+    model. ``use_cpu_initialization`` keeps megatron-core from allocating on a GPU the first time.
     """
     return ModelParallelConfig(
         tensor_model_parallel_size=tp_size(),
@@ -93,5 +94,5 @@ def megatron_config(params_dtype: torch.dtype = torch.float32, init: bool = True
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,  # megatron-core demands it once PP > 1
         use_cpu_initialization=True,
-        perform_initialization=init,
+        perform_initialization=False,
     )
