@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.dist_utils import _free_port
+from statex_dist.parallel.rendezvous import free_port
 from tests.train_helpers import ROOT, checkpoint_weights, make_shards
 
 ARCHS = ["gla", "mamba2"]
@@ -38,7 +38,7 @@ def overrides(shards, run_dir, steps, every, **extra) -> list[str]:
 def start(arch, args, log: Path, nproc: int = 0, **popen):
     """``bash launch/train.sh configs/cpu-ARCH-tiny.yaml ARGS`` in a process group of its own (NPROC=n
     through the deepspeed launcher; 0: DEBUG=1, one process)."""
-    env = dict(os.environ, MASTER_PORT=str(_free_port()), **({"NPROC": str(nproc)} if nproc else {"DEBUG": "1"}))
+    env = dict(os.environ, MASTER_PORT=str(free_port()), **({"NPROC": str(nproc)} if nproc else {"DEBUG": "1"}))
     return subprocess.Popen(["bash", "launch/train.sh", f"configs/cpu-{arch}-tiny.yaml", *map(str, args)], cwd=ROOT,
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             **popen)
