@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field
 
 from statex_dist.eval.config import TASKS, EvalConfig
+from statex_dist.training.preemption import signal_number
 
 # Types with their ranges: each field's annotation is what a value is converted to and checked against.
 Positive = Annotated[int, Field(gt=0)]
@@ -116,6 +117,8 @@ class CheckpointSection:
     every: Count = 1000          # 0: only at the end
     keep: Count = 3              # 0: keep all
     resume: str = "auto"         # auto: the newest complete checkpoint in dir, if any; or a path; or "none"
+    # on these signals (a scheduler's warning) every rank checkpoints the step it is in and the run stops; []: none
+    save_on_signal: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
 
 @dataclass
@@ -268,6 +271,11 @@ def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Op
         raise ConfigError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}{_from(o, 'parallel.pp')}: "
                           f"sequence parallelism is implemented for TP without a pipeline; set parallel.pp=1 or "
                           f"parallel.sequence_parallel=false")
+    for name in cfg.checkpoint.save_on_signal:
+        try:
+            signal_number(name)
+        except ValueError as e:
+            raise ConfigError(f"{e}{_from(o, 'checkpoint.save_on_signal')}") from None
     if cfg.schedule.warmup_steps > cfg.schedule.total_steps:
         raise ConfigError(f"schedule.warmup_steps={cfg.schedule.warmup_steps}{_from(o, 'schedule.warmup_steps')} "
                           f"exceeds schedule.total_steps={cfg.schedule.total_steps}; expected 0 .. "

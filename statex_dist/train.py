@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from statex_dist.run_config import RunConfig, load_run_config
+from statex_dist.training.preemption import SignalStop, signal_number
 
 
 class Run:
@@ -42,6 +43,8 @@ class Run:
         c = self.checked
         self.device, self.dtype, self.source, self.model_config = c.device, c.dtype, c.source, c.model_config
         self.ckpt_dir, self.resume, self.meta = c.ckpt_dir, c.resume, c.meta
+        # before any process is forked (loader workers inherit the handlers: see training/preemption.py)
+        self.stop = SignalStop(self.cfg.checkpoint.save_on_signal)
         if self.device.type == "cpu":
             # DeepSpeed picks its accelerator from what it finds (CUDA when present), not from this run's choice
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -201,10 +204,17 @@ class Run:
             if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.total_steps:
                 self.log(f"step {self.step}/{cfg.schedule.total_steps} loss {loss:.4f} "
                          f"lr {self.engine.get_lr()[0]:.3e} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
+            saved = None
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                self.save()
+                saved = self.save()
             if cfg.eval.every and self.step % cfg.eval.every == 0:
                 self.evaluate()
+            stop = self.stop.agreed()
+            if stop and self.step < cfg.schedule.total_steps:
+                path = saved or self.save()
+                self.log(f"stopped on {stop} after step {self.step}/{cfg.schedule.total_steps}: checkpoint {path} "
+                         f"written; the same command (checkpoint.resume=auto) continues from it")
+                return {"losses": losses, "step": self.step, "stopped": stop}
         if not cfg.checkpoint.every or self.step % cfg.checkpoint.every:
             self.save()
         if not cfg.eval.every or self.step % cfg.eval.every:
@@ -337,6 +347,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         out = run.train()
     except (ShardError, CheckpointWriteError) as e:  # met mid-run: a corrupt shard, a disk that filled up
         return fail("statex_dist.train", e)
+    if out.get("stopped"):
+        return 128 + signal_number(out["stopped"])   # the shell's code for a process ended by that signal
     run.log(f"done: {out['step']} steps, final loss {out['losses'][-1]:.4f}" if out["losses"] else "done: 0 steps")
     return 0
 

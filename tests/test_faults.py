@@ -123,6 +123,68 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, arch):
         print(f"\n{arch} seed {seed}: {hit}; {resumed[0] if resumed else 'started afresh'}; weights bit-identical")
 
 
+# --- a scheduler's warning (SIGTERM), then resume=auto -------------------------------------------------------
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _launcher_pid(pgid: int) -> int:
+    """DeepSpeed's per-node launcher (``deepspeed.launcher.launch``) of the run in process group ``pgid``."""
+    import psutil
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if "deepspeed.launcher.launch" in " ".join(p.info["cmdline"] or []) and os.getpgid(p.pid) == pgid:
+            return p.pid
+    raise AssertionError("no deepspeed.launcher.launch process in the run's group")
+
+
+@pytest.mark.parametrize("arch, to", [("gla", "job"), ("mamba2", "job"),
+                                      pytest.param("gla", "launcher", marks=pytest.mark.slow)])
+def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path, shards, arch, to):
+    """TP=2 through launch/train.sh, no periodic checkpoints. After step 1 is logged, SIGTERM goes to every
+    process of the job as Slurm sends it (``job``: launcher, ranks, loader workers), or to DeepSpeed's
+    launcher alone, which forwards it (``launcher``); SIGKILL follows 30 s later, as both do. The ranks agree
+    on a step, write its checkpoint and stop with one line naming it; the same command then finishes the run
+    with weights bitwise equal to an uninterrupted run's."""
+    steps = 4
+    ref = tmp_path / "ref"
+    finish(start(arch, overrides(shards, ref, steps, 0, **{"parallel.tp": 2}), tmp_path / "ref.log", nproc=2),
+           tmp_path / "ref.log")
+    run, log = tmp_path / "run", tmp_path / "stopped.log"
+    proc = start(arch, overrides(shards, run, steps, 0, **{"parallel.tp": 2}), log, nproc=2)
+    try:
+        _wait_for(lambda: f"step 1/{steps} " in log.read_text(), proc, "step 1")
+        if to == "job":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(_launcher_pid(proc.pid), signal.SIGTERM)
+        t0 = time.time()
+        while _group_alive(proc.pid) and time.time() - t0 < 30:
+            time.sleep(0.1)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    text = log.read_text()
+    stopped = [ln for ln in text.splitlines() if "stopped on SIGTERM" in ln]
+    assert len(stopped) == 1, text[-3000:]
+    k = int(stopped[0].split("after step ")[1].split("/")[0])
+    ck = run / "checkpoints" / f"step{k:08d}"
+    assert 1 <= k < steps and stopped[0] == (
+        f"[statex-dist] stopped on SIGTERM after step {k}/{steps}: checkpoint {ck} written; the same command "
+        f"(checkpoint.resume=auto) continues from it"), text[-3000:]
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    ShardedCheckpoint(ck / "model", verify=True)
+    log = tmp_path / "resumed.log"
+    text = finish(start(arch, overrides(shards, run, steps, 0, **{"parallel.tp": 2}), log, nproc=2), log)
+    assert f"resumed from {ck} at step {k}" in text, text[-3000:]
+    want, got = checkpoint_weights(ref, steps), checkpoint_weights(run, steps)
+    assert set(got) == set(want) and not [n for n in want if not torch.equal(got[n], want[n])]
+
+
 # --- a corrupt shard met mid-epoch -------------------------------------------------------------------------------
 def corrupt_member(path: Path, member: int) -> None:
     """Overwrite the tar header of sample ``member`` (same size: only reading finds it). A sample of 64 tokens

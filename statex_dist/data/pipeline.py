@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import random
+import signal
 from itertools import islice
 from typing import Iterator, Optional
 
@@ -234,6 +235,14 @@ def _merge(chunks: list[dict]) -> Optional[dict]:
     return {k: a[order] for k, a in out.items()}
 
 
+def _leave_stop_signals_to_the_rank(worker_id: int) -> None:
+    """A loader worker ignores a scheduler's stop signals (torch makes SIGTERM fatal to it). Slurm signals every
+    process of a job: the rank checkpoints first (statex_dist.training.preemption) and needs its workers for
+    that step; a worker whose rank is gone exits on its own (torch's watchdog)."""
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
+
+
 def _keep(batch):
     return batch
 
@@ -267,7 +276,7 @@ class ShardLoader:
         # processes that were themselves spawned) each start re-imports torch, seconds per worker
         ctx = "fork" if self.workers and "fork" in mp.get_all_start_methods() else None
         chunks = iter(DataLoader(ds, batch_size=None, num_workers=self.workers, multiprocessing_context=ctx,
-                                 collate_fn=_keep))
+                                 collate_fn=_keep, worker_init_fn=_leave_stop_signals_to_the_rank))
         B, drop, pending = self.micro_batch, partial * self.micro_batch, None
         while True:
             got = list(islice(chunks, W))          # one step: a chunk from each worker, round robin
