@@ -144,7 +144,9 @@ def gated_delta_rule(
     The kernel gets the same arguments as the PyTorch path: g in log space, beta after its sigmoid and
     q, k already normalised (its ``use_gate_in_kernel``, ``use_beta_sigmoid_in_kernel`` and
     ``use_qk_l2norm_in_kernel`` off), so both paths have one contract and the gate, sigmoid and norm get
-    their gradients from autograd outside the op on either path.
+    their gradients from autograd outside the op on either path. fla picks its own backend behind that
+    entry point: FlashQLA's fused kernels for fp16 / bf16 on Hopper and Blackwell when the ``flash_qla``
+    package is installed (``FLA_FLASH_QLA=0`` keeps its Triton kernels), Triton otherwise.
     """
     kernel = kernel_for("gdn", q.device.type)
     if kernel is None:
