@@ -17,24 +17,13 @@ from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gdn.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
+from statex_dist.ops import gated_delta_rule
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
                                          local_parameter)
 from statex_dist.parallel.megatron_layers import column, row, to_column_input
 
 L2_EPS = 1e-6   # fla's l2norm: x / sqrt(sum(x^2) + eps), in fp32
-
-
-def _gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False):
-    """The gated delta rule, per head: S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,
-    o_t = scale * S_t^T q_t. q, k [B, T, Hv, dk] (L2-normalised), v [B, T, Hv, dv], g (log decay) and beta
-    [B, T, Hv]; initial_state [B, Hv, dk, dv]. Returns (o [B, T, Hv, dv] in v's dtype, final state or None).
-
-    fla's reference recurrence, the op's signature; computed in fp32."""
-    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
-    o, final = naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
-                                                output_final_state=output_final_state)
-    return o.to(v.dtype), final
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +125,8 @@ class GatedDeltaNet(nn.Module):
         a, b = self._out(self.a_proj(xs)), self._out(self.b_proj(xs))
         g = -torch.exp(maybe_reduced(self.A_log).float()) * F.softplus(a.float() + maybe_reduced(self.dt_bias).float())
         beta = torch.sigmoid(b.float())
-        o, final_state = _gated_delta_rule(q, k, v.reshape(B, T, hv, dv), g, beta, scale=dk ** -0.5,
-                                           initial_state=initial_state, output_final_state=output_final_state)
+        o, final_state = gated_delta_rule(q, k, v.reshape(B, T, hv, dv), g, beta, scale=dk ** -0.5,
+                                          initial_state=initial_state, output_final_state=output_final_state)
         o = self._norm(o, xs)
         out = self._out(self.o_proj(o.reshape(B, T, hv * dv)))
         return (out, final_state) if output_final_state else out
