@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expand layers 0, K, 2K, ... (default K=6 when another expansion flag is given)")
     g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
     for expansion in _expansions():   # each architecture's size of an expanded layer (--heads, --d-state)
-        aliases = ("--" + a.replace("_", "-") for a in expansion.aliases)
+        aliases = sorted({"--" + n.replace("_", "-") for a in archs.ARCHS.values()
+                          if a.expansion.option == expansion.option for n in a.expansion.aliases})
         ap.add_argument(expansion.flag, *aliases, dest=expansion.option, type=positive_int,
                         help=f"{_labels(expansion.option)} only: {expansion.option_help}")
     init_help = "; ".join(f"{a.label}: {'|'.join(a.expansion.modes)} (default {a.expansion.modes[0]})"

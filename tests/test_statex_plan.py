@@ -149,3 +149,13 @@ def test_unknown_init_and_bad_options():
 def test_plan_layers_are_validated_against_the_model():
     with pytest.raises(ValueError, match=r"layers \[4\] are out of range"):
         expand_config(gla(4), ExpansionPlan([0, 4]))
+
+
+@pytest.mark.parametrize("key", ["heads", "gla_heads"])
+def test_run_config_heads_and_its_earlier_name(key):
+    """The run config's expansion.heads sizes GLA and Gated DeltaNet layers; expansion.gla_heads still does."""
+    from statex_dist.run_config import load_run_config
+    from statex_dist.training.initial_weights import expansion_plan
+    run = load_run_config(None, ["expansion.enabled=true", "expansion.layers=[0]", f"expansion.{key}=2"])
+    assert expansion_plan(run, gla(4, 4)).heads == 2
+    assert expansion_plan(run, gdn(4, 4, 8)).heads == 2
