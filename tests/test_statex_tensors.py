@@ -111,17 +111,22 @@ GDN_PER_HEAD = ("attn.a_proj.weight", "attn.b_proj.weight", "attn.A_log", "attn.
 GDN_KEPT = ("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "q_conv1d", "k_conv1d", "v_conv1d")
 
 
-def test_gdn_reinit():
-    old = gdn_cfg()
-    plan = ExpansionPlan([0, 2], heads=1, init="reinit", seed=3)
+def expanded(old, plan):
+    """(new config, random source weights, their expansion), the shapes and the other layers checked."""
     new = expand_config(old, plan)
     w = random_weights(old)
     out = expand_all(w, old, new, plan)
     check_shapes(out, new)
     check_untouched(out, w, plan.layers)
+    return new, w, out
+
+
+def test_gdn_reinit():
+    plan = ExpansionPlan([0, 2], heads=1, init="reinit", seed=3)
+    _, w, out = expanded(gdn_cfg(), plan)
     for i in plan.layers:
         p = f"layers.{i}."
-        for k in ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "mlp_norm.weight"):
+        for k in ("mlp.up_proj.weight", "mlp.down_proj.weight", "mlp_norm.weight"):
             assert out[p + k] is w[p + k]
         assert torch.equal(out[p + "attn_norm.weight"], torch.ones(64))
         assert torch.equal(out[p + "attn.o_norm.weight"], torch.ones(128))   # one value head of 128
@@ -136,14 +141,9 @@ def test_gdn_reinit():
 
 @pytest.mark.parametrize("heads,v_heads,target", [(4, 8, 1), (4, 8, 2), (2, 2, 1)])
 def test_gdn_merge_keeps_projections_and_averages_each_merged_heads_gates(heads, v_heads, target):
-    old = gdn_cfg(num_heads=heads, num_v_heads=v_heads)
     plan = ExpansionPlan([1, 3], heads=target, init="merge")
-    new = expand_config(old, plan)
+    new, w, out = expanded(gdn_cfg(num_heads=heads, num_v_heads=v_heads), plan)
     assert new.num_heads[1] == new.num_v_heads[1] == target
-    w = random_weights(old)
-    out = expand_all(w, old, new, plan)
-    check_shapes(out, new)
-    check_untouched(out, w, plan.layers)
     r = v_heads // target   # old value heads per merged head
     for i in plan.layers:
         p = f"layers.{i}."
