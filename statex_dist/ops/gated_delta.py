@@ -17,16 +17,17 @@ solve the unit lower-triangular system
     (I + A) d = beta v - (beta Gamma k) S,    A_ij = beta_i (k_i . k_j) Gamma_i / Gamma_j   for j < i,
 
 so d = u - w S with u = T (beta v), w = T (beta Gamma k), T = (I + A)^{-1} (the UT transform; one
-triangular solve per chunk, batched over all chunks). Then o_i = (Gamma_i q_i) S + sum_{j <= i}
-(q_i . k_j) Gamma_i / Gamma_j d_j, and the state at the chunk end is Gamma_C S + sum_j (Gamma_C / Gamma_j)
-k_j d_j^T: only the last two steps are a Python loop, over chunks.
+triangular solve per chunk). Then, with q scaled, o_i = (Gamma_i q_i) S + sum_{j <= i} (q_i . k_j)
+Gamma_i / Gamma_j d_j, and the state at the chunk end is Gamma_C S + sum_j (Gamma_C / Gamma_j) k_j d_j^T.
+Only d = u - w S and that state update run in a Python loop over chunks; the rest is batched over all
+chunks at once.
 
 Precision with bf16 activations: ``chunk_gated_delta_rule_torch`` upcasts q, k, v, g, beta to fp32 and
 does every product, sum and the triangular solve in fp32; the output returns in q's dtype, the state
-stays fp32. fla's ``chunk_gated_delta_rule`` keeps in fp32 the in-chunk cumsum of g, the matrix A and
-its inverse, every ``tl.dot`` accumulator and the final state; it feeds bf16 q, k, v, w, u to the dots
-and stores the per-chunk states and the new values in the input dtype. So every accumulation fla keeps
-fp32 is fp32 here too, and the operands are no coarser than the kernel's.
+stays fp32. fla's ``chunk_gated_delta_rule`` keeps in fp32 the in-chunk cumsum of g, every ``tl.dot``
+accumulator (the inversion of I + A included) and the final state; it stores the inverse, w, u, the
+per-chunk states and the new values in the input dtype and feeds them and bf16 q, k, v to the dots. So
+every accumulation fla keeps fp32 is fp32 here too, and the operands are no coarser than the kernel's.
 """
 
 from __future__ import annotations
@@ -107,11 +108,13 @@ def chunk_gated_delta_rule_torch(
     gamma = g.cumsum(-1).exp()[..., None]  # chunk start to token i, [B, H, N, C, 1]
     to_end = decay[..., -1, :, None]  # exp(sum_{s > j} g_s): token j to the chunk end, [B, H, N, C, 1]
 
-    kk = k @ k.transpose(-1, -2)
-    system = torch.eye(C, device=q.device) + beta[..., None] * (kk * decay).tril(-1)
-    rhs = beta[..., None] * torch.cat([v, gamma * k], dim=-1)
-    uw = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    u, w = uw.split([V, K], dim=-1)
+    # the UT transform T = (I + A)^{-1} of each chunk, then u = T diag(beta) v, w = T diag(beta) Gamma k:
+    # solving for T (C right-hand sides) and two matmuls cost less than solving for u and w (K + V)
+    eye = torch.eye(C, device=q.device)
+    system = eye + beta[..., None] * ((k @ k.transpose(-1, -2)) * decay).tril(-1)
+    t_beta = torch.linalg.solve_triangular(system, eye.expand_as(system), upper=False, unitriangular=True)
+    t_beta = t_beta * beta[..., None, :]
+    u, w = t_beta @ v, t_beta @ (gamma * k)
 
     S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.float()
     chunk_decay = gamma[..., -1, :, None]  # [B, H, N, 1, 1]
