@@ -62,3 +62,20 @@ def test_bad_config_refused_in_one_line(tmp_path, key, value, msg):
     with pytest.raises((CheckpointError, ValueError)) as e:
         load_model(tmp_path)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("heads,v_heads", [([2, 2], [2, 2]), ([1, 2], [1, 2])])
+def test_config_json_round_trip_with_odd_widths(heads, v_heads):
+    """Key heads of 7 and value heads of 61 (a merged layer: 14 x 122): config.json's head_dim and expand_v
+    give fla's layer exactly these widths (int(head_dim * expand_v) channels), and read back the same config."""
+    from fla.layers.gated_deltanet import GatedDeltaNet
+
+    from statex_dist.archs.gdn.config import GDNConfig
+    from statex_dist.archs.gdn.fla_format import FlaGatedDeltaNet
+    cfg = GDNConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=heads, num_v_heads=v_heads, key_dim=14,
+                    value_dim=122)
+    written = FlaGatedDeltaNet.write_config(cfg)
+    assert FlaGatedDeltaNet.read_config(json.loads(json.dumps(written))) == cfg
+    layer = GatedDeltaNet(hidden_size=32, head_dim=written["head_dim"], expand_v=written["expand_v"],
+                          num_heads=written["num_heads"], num_v_heads=written["num_v_heads"])
+    assert (layer.key_dim, layer.value_dim) == (14, 122)

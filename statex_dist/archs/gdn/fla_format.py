@@ -2,6 +2,8 @@
 prefix."""
 from __future__ import annotations
 
+import math
+
 from statex_dist.archs.gdn.config import OUTPUT_GATE_ACTIVATIONS, GDNConfig
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
@@ -11,6 +13,14 @@ from statex_dist.checkpoint.hf_format import HFFormat
 UNSUPPORTED = {"attn": None, "attnres_block_size": None, "allow_neg_eigval": False, "hidden_act": "swish",
                "use_l2warp": False}
 V_HEADS_KEY = "statex_num_v_heads"   # the value heads of each layer, where layers differ
+
+
+def expand_v_of(head_v: int, head_dim: int) -> float:
+    """fla's ``expand_v`` for value heads of ``head_v`` beside key heads of ``head_dim``: fla builds
+    ``int(head_dim * expand_v)`` channels, so where the rounded quotient times head_dim falls just below
+    head_v (head_dim 7, head_v 61), the next float up."""
+    e = head_v / head_dim
+    return e if int(head_dim * e) >= head_v else math.nextafter(e, math.inf)
 
 
 class FlaGatedDeltaNet(HFFormat):
@@ -58,7 +68,7 @@ class FlaGatedDeltaNet(HFFormat):
         head_dim = config.key_dim // h
         cfg.update(
             vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-            num_heads=h, num_v_heads=hv, head_dim=head_dim, expand_v=config.value_dim / hv / head_dim,
+            num_heads=h, num_v_heads=hv, head_dim=head_dim, expand_v=expand_v_of(config.value_dim // hv, head_dim),
             hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
             use_gate=config.use_gate, use_short_conv=config.use_short_conv, conv_size=config.conv_size,
             output_gate_activation=config.output_gate_activation, norm_eps=config.norm_eps,

@@ -10,6 +10,7 @@ both read a file the same way.
 from __future__ import annotations
 
 import copy
+import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import Mamba2Config, PreTrainedConfig
@@ -163,9 +164,11 @@ class StateXGatedDeltaNetConfig(PreTrainedConfig):
 
     def layer_config(self, layer_idx: int) -> "StateXGatedDeltaNetConfig":
         h, hv = self.statex_num_heads[layer_idx], self.statex_num_v_heads[layer_idx]
-        head_dim = self.key_dim // h
-        return _with(self, num_heads=h, num_v_heads=hv, head_dim=head_dim,
-                     expand_v=self.value_dim // hv / head_dim)
+        head_dim, head_v = self.key_dim // h, self.value_dim // hv
+        expand_v = head_v / head_dim   # fla's layer builds int(head_dim * expand_v) channels: never below head_v
+        if int(head_dim * expand_v) < head_v:
+            expand_v = math.nextafter(expand_v, math.inf)
+        return _with(self, num_heads=h, num_v_heads=hv, head_dim=head_dim, expand_v=expand_v)
 
 
 @strict
