@@ -38,7 +38,8 @@ class GatedDeltaNet(nn.Module):
 
     q, k = l2norm(silu(conv(q_proj x))), ..., v = silu(conv(v_proj x)); per value head the log decay
     g = -exp(A_log) * softplus(a_proj x + dt_bias) and the write strength beta = sigmoid(b_proj x); the
-    gated delta rule; o_norm, a gated RMSNorm over each value head's channels (norm(o) * w * silu(g_proj x),
+    gated delta rule (``statex_dist.ops.gated_delta_rule``: fla's chunk kernel on CUDA with its in-kernel
+    norm, sigmoid and gate off, so those are computed here, their gradients from autograd); o_norm, a gated RMSNorm over each value head's channels (norm(o) * w * silu(g_proj x),
     a plain RMSNorm without ``use_gate``); o_proj. Grouped value attention: key head j's q and k are repeated
     for the value heads it serves before the scan.
 
