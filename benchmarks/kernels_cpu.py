@@ -2,6 +2,8 @@
 
 - GLA: ``chunk_gla_torch`` vs fla's ``naive_recurrent_gla`` (fla's CPU path, a loop over tokens),
   GLA-340M head shapes: hidden 1024, 4 heads, K = 128 (expand_k 0.5), V = 256 per head.
+- Gated DeltaNet: ``chunk_gated_delta_rule_torch`` vs fla's ``naive_recurrent_gated_delta_rule`` (fla's CPU
+  path, a loop over tokens), the same head shapes (4 heads, K = 128, V = 256) with L2-normalised q, k.
 - SSD: transformers' ``Mamba2Mixer`` forward (its pure-PyTorch path on the CPU) vs the same mixer
   rebuilt from statex_dist.ops (in_proj, causal_conv1d, ssd_scan_torch, gated norm, out_proj) with
   its weights, Mamba2-370m-like shapes: hidden 1024, expand 2, head_dim 64, state 128, 1 group, chunk 256.
@@ -21,7 +23,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from statex_dist.ops import causal_conv1d, chunk_gla_torch, ssd_scan_torch
+from statex_dist.ops import causal_conv1d, chunk_gated_delta_rule_torch, chunk_gla_torch, ssd_scan_torch
 
 
 def time_fwd_bwd(fn, inputs, reps, warmup=1):
@@ -55,6 +57,23 @@ def bench_gla(T, reps):
     ins = [q, k, v, g]
     ref = time_fwd_bwd(lambda: naive_recurrent_gla(q, k, v, g)[0], ins, reps=max(1, reps // 2))
     ours = time_fwd_bwd(lambda: chunk_gla_torch(q, k, v, g)[0], ins, reps=reps)
+    err = ((ours[2] - ref[2]).abs().max() / ref[2].abs().max()).item()
+    return ref, ours, err
+
+
+def bench_gdn(T, reps):
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+    B, H, K, V = 1, 4, 128, 256
+    q = F.normalize(torch.randn(B, T, H, K), dim=-1).requires_grad_()
+    k = F.normalize(torch.randn(B, T, H, K), dim=-1).requires_grad_()
+    v = torch.randn(B, T, H, V, requires_grad=True)
+    g = F.logsigmoid(torch.randn(B, T, H) + 2).requires_grad_()
+    beta = torch.rand(B, T, H, requires_grad=True)
+    ins = [q, k, v, g, beta]
+    # fla's reference takes beta before g
+    ref = time_fwd_bwd(lambda: naive_recurrent_gated_delta_rule(q, k, v, beta, g)[0], ins, reps=max(1, reps // 2))
+    ours = time_fwd_bwd(lambda: chunk_gated_delta_rule_torch(q, k, v, g, beta)[0], ins, reps=reps)
     err = ((ours[2] - ref[2]).abs().max() / ref[2].abs().max()).item()
     return ref, ours, err
 
@@ -97,7 +116,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["gla", "ssd"], default=None)
+    ap.add_argument("--only", choices=["gla", "gdn", "ssd"], default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -108,6 +127,10 @@ def main():
     if args.only in (None, "gla"):
         ref, ours, err = bench_gla(args.seq_len, args.reps)
         rows.append(("GLA B=1 H=4 K=128 V=256", "fla naive_recurrent_gla", "chunk_gla_torch", ref, ours, err))
+    if args.only in (None, "gdn"):
+        ref, ours, err = bench_gdn(args.seq_len, args.reps)
+        rows.append(("Gated DeltaNet B=1 H=4 K=128 V=256", "fla naive_recurrent_gated_delta_rule",
+                     "chunk_gated_delta_rule_torch", ref, ours, err))
     if args.only in (None, "ssd"):
         ref, ours, err = bench_ssd(args.seq_len, args.reps)
         rows.append(("Mamba2 mixer d=1024 h=32 p=64 n=128", "transformers Mamba2Mixer",

@@ -27,7 +27,7 @@ from statex_dist.training import optimizer_state
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EXAMPLE = """example:
   python tools/reshard_expand.py --src statex_dist/pretrained/tiny-gla --dst runs/tiny-gla-x --expand-every 2 \\
-      --gla-heads 1 --init merge --tp 2
+      --heads 1 --init merge --tp 2
   python tools/reshard_expand.py --src runs/tiny-gla-x --dst runs/tiny-gla-x-hf --format hf
 """
 
@@ -40,6 +40,12 @@ def _expansions() -> list:
     return list(out.values())
 
 
+def _labels(option: str) -> str:
+    """The architectures whose expansion ``option`` sizes, for messages: "GLA and Gated DeltaNet"."""
+    labels = [a.label for a in archs.ARCHS.values() if a.expansion.option == option]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from statex_dist.cli_errors import Parser, positive_int
     ap = Parser(
@@ -47,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand the recurrent state of chosen layers (StateX), shard for any TP x PP layout, or "
                     "export back to the source's Hugging Face format, in one streaming pass.")
     ap.add_argument("--src", required=True, metavar="PATH",
-                    help="Hugging Face folder (fla GLA, mamba_ssm / transformers Mamba2), a statex-dist sharded "
-                         "checkpoint, or a training checkpoint's step folder (its optimizer state is resharded "
-                         "too; checkpoint.resume=DST continues the run at the new layout)")
+                    help="Hugging Face folder (fla GLA or Gated DeltaNet, mamba_ssm / transformers Mamba2), a "
+                         "statex-dist sharded checkpoint, or a training checkpoint's step folder (its optimizer "
+                         "state is resharded too; checkpoint.resume=DST continues the run at the new layout)")
     ap.add_argument("--dst", required=True, metavar="PATH", help="output folder (written atomically; not inside --src)")
     ap.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size of the sharded output")
     ap.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel size of the sharded output")
@@ -59,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expand-every", type=positive_int, metavar="K",
                    help="expand layers 0, K, 2K, ... (default K=6 when another expansion flag is given)")
     g.add_argument("--expand-layers", metavar="LIST", help="comma-separated layer indices to expand")
-    for expansion in _expansions():   # each architecture's size of an expanded layer (--gla-heads, --d-state)
-        ap.add_argument(expansion.flag, type=positive_int, help=expansion.option_help)
+    for expansion in _expansions():   # each architecture's size of an expanded layer (--heads, --d-state)
+        aliases = sorted({"--" + n.replace("_", "-") for a in archs.ARCHS.values()
+                          if a.expansion.option == expansion.option for n in a.expansion.aliases})
+        ap.add_argument(expansion.flag, *aliases, dest=expansion.option, type=positive_int,
+                        help=f"{_labels(expansion.option)} only: {expansion.option_help}")
     init_help = "; ".join(f"{a.label}: {'|'.join(a.expansion.modes)} (default {a.expansion.modes[0]})"
                           for a in archs.ARCHS.values())
     ap.add_argument("--init", help=init_help)
@@ -88,9 +97,9 @@ def make_plan(args, config) -> Optional[ExpansionPlan]:
     if not wanted:
         return None
     arch = archs.of(config)
-    for other in archs.ARCHS.values():
-        if other.expansion.option != arch.expansion.option and sizes[other.expansion.option] is not None:
-            raise ValueError(f"{other.expansion.flag} applies to {other.label} checkpoints; this is a {arch.label} "
+    for other in _expansions():
+        if other.option != arch.expansion.option and sizes[other.option] is not None:
+            raise ValueError(f"{other.flag} applies to {_labels(other.option)} checkpoints; this is a {arch.label} "
                              f"checkpoint (use {arch.expansion.flag})")
     try:
         layers = [int(x) for x in args.expand_layers.split(",") if x.strip()] if args.expand_layers else None

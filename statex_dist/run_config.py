@@ -41,7 +41,8 @@ class ExpansionSection:
     enabled: bool = False
     every: Optional[Positive] = None  # layers 0, K, 2K, ... (default 6 when enabled and no list)
     layers: Optional[list[Count]] = None
-    gla_heads: Positive = 1
+    heads: Optional[Positive] = None   # GLA and Gated DeltaNet: heads of an expanded layer (default 1)
+    gla_heads: Optional[Positive] = None   # the earlier name of heads
     d_state: Optional[Positive] = None
     init: str = "reinit"         # checked against the architecture's modes (archs.get(arch).expansion.modes)
     seed: int = 0

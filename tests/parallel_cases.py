@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.models.config import config_from_dict
@@ -19,6 +20,11 @@ CASES = {
     # ngroups 1 < TP: B/C channels split and all-gathered, gated norm spanning ranks; mixed d_state per layer
     "mamba2-g1": Mamba2Config(vocab_size=101, hidden_size=64, num_layers=2, d_state=[16, 32], headdim=16,
                               ngroups=1, chunk_size=8, tie_word_embeddings=True, pad_vocab_multiple=16),
+    # Gated DeltaNet, 4 key heads with 8 value heads (grouped), a merged 1-head layer, 2 heads with 4 value
+    # heads: head-sharded (layers 0, 2) and value-sharded (1, 3) at TP=2; at TP=4 only layer 0 by heads
+    "gdn-mixed": GDNConfig(vocab_size=101, hidden_size=64, num_layers=4, num_heads=[4, 1, 2, 1],
+                           num_v_heads=[8, 1, 4, 1], key_dim=64, value_dim=64, use_short_conv=True, use_gate=True,
+                           tie_word_embeddings=False),
     "mamba2-g2": Mamba2Config(vocab_size=100, hidden_size=64, num_layers=2, d_state=[8, 24], headdim=16,
                               ngroups=2, chunk_size=8, tie_word_embeddings=False),
 }

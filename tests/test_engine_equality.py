@@ -55,6 +55,10 @@ ARCHS = {
     "mamba2": ({"arch": "mamba2", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "d_state": 8,
                 "headdim": 16, "ngroups": 1, "chunk_size": 16, "tie_word_embeddings": True},
                {"expansion.enabled": True, "expansion.layers": "[0]", "expansion.d_state": 16}),
+    # Gated DeltaNet: 2 key heads with 4 value heads, layer 0 merged into one head (expansion.heads)
+    "gdn": ({"arch": "gdn", "vocab_size": 260, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_v_heads": 4,
+             "key_dim": 32, "value_dim": 32, "use_short_conv": True, "tie_word_embeddings": False},
+            {"expansion.enabled": True, "expansion.layers": "[0]", "expansion.heads": 1, "expansion.init": "merge"}),
 }
 
 

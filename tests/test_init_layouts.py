@@ -9,7 +9,8 @@ from statex_dist.models.config import config_from_dict
 from tests.dist_utils import run_workers
 from tests.parallel_cases import CASES
 
-ARCHS = ("gla-mixed", "mamba2-g1")   # head- and value-sharded GLA layers; Mamba2 with B/C gathered over TP
+# head- and value-sharded GLA and Gated DeltaNet layers; Mamba2 with B/C gathered over TP
+ARCHS = ("gla-mixed", "mamba2-g1", "gdn-mixed")
 SEED = 7
 
 

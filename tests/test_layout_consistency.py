@@ -1,7 +1,7 @@
 """The layouts are the one source of the split rules: every parameter the models build, on every TP rank, has
-the local shape and TP attributes its ShardSpec gives (``archs/<name>/layout.py``), at TP 1, 2 and 4 for both
-architectures: head-sharded and value-sharded GLA layers (a value-sharded 1-head layer whose key dim TP does
-not divide: q and k are replicated there), Mamba2 with ngroups < TP and ngroups = TP, per-layer d_state,
+the local shape and TP attributes its ShardSpec gives (``archs/<name>/layout.py``), at TP 1, 2 and 4 for every
+architecture: head-sharded and value-sharded GLA and Gated DeltaNet layers (a value-sharded 1-head layer
+whose key dim TP does not divide: q and k are replicated there), Mamba2 with ngroups < TP and ngroups = TP, per-layer d_state,
 tied and untied heads; the one-module models and the pipeline stages alike.
 
 Attributes checked: ``tensor_model_parallel`` (megatron-core's: True exactly for tensors split over TP),
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.mamba2.config import Mamba2Config
 from tests.dist_utils import run_workers
@@ -28,6 +29,13 @@ CONFIGS = {
                           tie_word_embeddings=True),
     "mamba2-g1": Mamba2Config(vocab_size=101, hidden_size=64, num_layers=2, d_state=[16, 32], headdim=16,
                               ngroups=1, chunk_size=8, tie_word_embeddings=True),
+    # Gated DeltaNet: key / value heads [4/8, 1/1, 2/4, 1/1]: by heads at TP 2 (layers 0, 2); at TP 4 only
+    # layer 0, the grouped 2/4 layer value-sharded
+    "gdn": GDNConfig(vocab_size=101, hidden_size=64, num_layers=4, num_heads=[4, 1, 2, 1], num_v_heads=[8, 1, 4, 1],
+                     key_dim=64, value_dim=64, tie_word_embeddings=False),
+    # key dim 12: TP 4 does not divide it, and need not (1-head layers: q, k, a, b replicated); no gate, no convs
+    "gdn-value": GDNConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=[1, 1], key_dim=12, value_dim=32,
+                           intermediate_size=64, use_gate=False, use_short_conv=False, tie_word_embeddings=True),
     "mamba2-g4": Mamba2Config(vocab_size=100, hidden_size=64, num_layers=2, d_state=[8, 24], headdim=16,
                               ngroups=4, chunk_size=8, tie_word_embeddings=False),
 }
@@ -98,8 +106,8 @@ def test_sharded_stages_equal_deepspeeds_partition(tmp_path, tp, pp, keys):
 
 def test_pipeline_stages_equal_their_specs(tmp_path):
     """TP 2 x PP 2: each stage's parameters (under the model's names) match the specs; together, all of them."""
-    results = run_workers(_worker, 4, ["gla", "mamba2-g1"], 2, tmp_path=tmp_path, timeout=300)
-    for key in ("gla", "mamba2-g1"):
+    results = run_workers(_worker, 4, ["gla", "mamba2-g1", "gdn"], 2, tmp_path=tmp_path, timeout=300)
+    for key in ("gla", "mamba2-g1", "gdn"):
         held = set()
         for r in results:
             assert not r[key]["bad"], (key, r[key]["bad"])

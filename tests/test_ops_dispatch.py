@@ -20,7 +20,7 @@ from statex_dist.ops import (KernelUnavailable, causal_conv1d, causal_conv1d_tor
 from statex_dist.ops import _dispatch
 
 REPO = Path(__file__).resolve().parents[1]
-KERNELS = {"gla": "fla chunk_gla", "ssd": "mamba_ssm mamba_chunk_scan_combined",
+KERNELS = {"gla": "fla chunk_gla", "gdn": "fla chunk_gated_delta_rule", "ssd": "mamba_ssm mamba_chunk_scan_combined",
            "conv1d": "causal_conv1d causal_conv1d_fn"}
 
 
@@ -52,8 +52,8 @@ def fake_loaders(monkeypatch, fail=()):
 
 def test_cpu_under_auto_runs_pytorch_without_importing(monkeypatch):
     counts = fake_loaders(monkeypatch, fail=tuple(_dispatch.OPS))
-    assert resolve_kernels("cpu") == {"gla": "torch", "ssd": "torch", "conv1d": "torch"}
-    assert counts == {"gla": 0, "ssd": 0, "conv1d": 0}
+    assert resolve_kernels("cpu") == {"gla": "torch", "gdn": "torch", "ssd": "torch", "conv1d": "torch"}
+    assert counts == {"gla": 0, "gdn": 0, "ssd": 0, "conv1d": 0}
 
 
 def test_each_library_is_imported_once(monkeypatch):
@@ -64,7 +64,7 @@ def test_each_library_is_imported_once(monkeypatch):
     assert _dispatch.kernel_for("ssd", "cuda") == "<ssd kernel>"
     monkeypatch.setenv("STATEX_KERNELS", "kernel")  # another setting and device type: same import
     assert resolve_kernels("cpu") == KERNELS
-    assert counts == {"gla": 1, "ssd": 1, "conv1d": 1}
+    assert counts == {"gla": 1, "gdn": 1, "ssd": 1, "conv1d": 1}
 
 
 def test_a_failed_import_is_not_retried(monkeypatch):
@@ -83,19 +83,21 @@ def test_cuda_under_auto_without_the_kernel_is_an_error(monkeypatch):
     assert msg.startswith("ssd on cuda tensors runs mamba_ssm's mamba_chunk_scan_combined under STATEX_KERNELS=auto")
     assert "ModuleNotFoundError: No module named 'triton'" in msg
     assert "bash install.sh, which installs triton and mamba-ssm" in msg and "STATEX_KERNELS=torch" in msg and "ssd_scan_torch" in msg
-    assert "gla" not in msg and "conv1d" not in msg  # only the op that failed
+    assert "gla" not in msg and "gdn" not in msg and "conv1d" not in msg  # only the op that failed
     # a model that does not call the op is not refused for it, and torch accepts the PyTorch path
     assert resolve_kernels("cuda", ("gla", "conv1d")) == {"gla": KERNELS["gla"], "conv1d": KERNELS["conv1d"]}
     monkeypatch.setenv("STATEX_KERNELS", "torch")
-    assert resolve_kernels("cuda") == {"gla": "torch", "ssd": "torch", "conv1d": "torch"}
+    assert resolve_kernels("cuda") == {"gla": "torch", "gdn": "torch", "ssd": "torch", "conv1d": "torch"}
 
 
 def test_every_missing_kernel_is_named_at_once(monkeypatch):
-    fake_loaders(monkeypatch, fail=("gla", "conv1d"))
+    fake_loaders(monkeypatch, fail=("gla", "gdn", "conv1d"))
     with pytest.raises(KernelUnavailable) as e:
         resolve_kernels("cuda")
     msg = str(e.value)
     assert "gla on cuda tensors runs fla's chunk_gla" in msg and "pip install flash-linear-attention" in msg
+    assert "gdn on cuda tensors runs fla's chunk_gated_delta_rule under" in msg
+    assert "STATEX_KERNELS=torch:fla to run this op's PyTorch path (chunk_gated_delta_rule_torch)" in msg
     assert "conv1d on cuda tensors runs causal_conv1d's causal_conv1d_fn" in msg
     assert "STATEX_CUDA_EXTRAS=1 bash install.sh" in msg
     assert "ssd on" not in msg
@@ -104,12 +106,12 @@ def test_every_missing_kernel_is_named_at_once(monkeypatch):
 def test_forcing_a_library_forces_its_op_only(monkeypatch):
     counts = fake_loaders(monkeypatch, fail=("ssd",))
     monkeypatch.setenv("STATEX_KERNELS", "fla")
-    assert resolve_kernels("cpu") == {"gla": KERNELS["gla"], "ssd": "torch", "conv1d": "torch"}
+    assert resolve_kernels("cpu") == {"gla": KERNELS["gla"], "gdn": KERNELS["gdn"], "ssd": "torch", "conv1d": "torch"}
     monkeypatch.setenv("STATEX_KERNELS", "mamba_ssm")
     with pytest.raises(KernelUnavailable, match=r"^STATEX_KERNELS=mamba_ssm makes ssd run mamba_ssm's "
                                                  r"mamba_chunk_scan_combined on cpu tensors"):
         resolve_kernels("cpu")
-    assert counts == {"gla": 1, "ssd": 1, "conv1d": 0}
+    assert counts == {"gla": 1, "gdn": 1, "ssd": 1, "conv1d": 0}
 
 
 def test_one_op_on_its_pytorch_path(monkeypatch):
@@ -122,7 +124,10 @@ def test_one_op_on_its_pytorch_path(monkeypatch):
     assert resolve_kernels("cuda", ("ssd", "conv1d")) == {"ssd": KERNELS["ssd"], "conv1d": "torch"}
     assert kernel_summary("cuda", ("ssd", "conv1d")).endswith("conv1d=torch (STATEX_KERNELS=torch:causal_conv1d)")
     monkeypatch.setenv("STATEX_KERNELS", "kernel, torch:causal_conv1d")
-    assert resolve_kernels("cpu") == {"gla": KERNELS["gla"], "ssd": KERNELS["ssd"], "conv1d": "torch"}
+    assert resolve_kernels("cpu") == {"gla": KERNELS["gla"], "gdn": KERNELS["gdn"], "ssd": KERNELS["ssd"],
+                                      "conv1d": "torch"}
+    monkeypatch.setenv("STATEX_KERNELS", "kernel,torch:fla")  # both of fla's ops on their PyTorch paths
+    assert resolve_kernels("cuda", ("gla", "gdn", "ssd")) == {"gla": "torch", "gdn": "torch", "ssd": KERNELS["ssd"]}
     monkeypatch.setenv("STATEX_KERNELS", "torch:triton")
     with pytest.raises(ValueError, match="'torch:triton' is not one of"):
         resolve_kernels("cpu")
@@ -130,9 +135,10 @@ def test_one_op_on_its_pytorch_path(monkeypatch):
 
 def test_kernel_summary_line(monkeypatch):
     fake_loaders(monkeypatch)
-    assert kernel_summary("cpu") == "kernels: gla=torch, ssd=torch, conv1d=torch (STATEX_KERNELS=auto)"
+    assert kernel_summary("cpu") == "kernels: gla=torch, gdn=torch, ssd=torch, conv1d=torch (STATEX_KERNELS=auto)"
     monkeypatch.setenv("STATEX_KERNELS", "fla")
     assert kernel_summary("cpu", ("gla", "conv1d")) == "kernels: gla=fla chunk_gla, conv1d=torch (STATEX_KERNELS=fla)"
+    assert kernel_summary("cpu", ("gdn",)) == "kernels: gdn=fla chunk_gated_delta_rule (STATEX_KERNELS=fla)"
     monkeypatch.setenv("STATEX_KERNELS", "auto")
     assert kernel_summary("cuda", ("ssd",)) == "kernels: ssd=mamba_ssm mamba_chunk_scan_combined (STATEX_KERNELS=auto)"
 
@@ -255,6 +261,6 @@ def test_mamba_ssd_first_call_in_a_fresh_process():
     assert r["identical"] and r["module"] == "mamba_ssm.ops.triton.ssd_combined", r
     # without the extension mamba_ssm's own import still fails as before: no half package is left behind
     assert r["package"] == ("imports" if r["extension"] else "selective_scan_cuda"), r
-    # every op forced: fla and mamba_ssm import here, causal_conv1d (CUDA-only) does not
+    # every op forced: fla (both its ops) and mamba_ssm import here, causal_conv1d (CUDA-only) does not
     assert r["resolve"].startswith("STATEX_KERNELS=kernel makes conv1d run causal_conv1d's causal_conv1d_fn"), r
-    assert "gla" not in r["resolve"] and "ssd" not in r["resolve"], r
+    assert all(op not in r["resolve"] for op in ("gla", "gdn", "ssd")), r

@@ -66,6 +66,12 @@ PRELUDE = textwrap.dedent(
             grads = torch.autograd.grad(loss, list(leaves.values()))
             results.append(dict(zip(["out", "final_state"], outs), **{"d" + k: g for k, g in zip(leaves, grads)}))
         return {k: rel_err(results[0][k], results[1][k]) for k in results[1]}
+
+    def compare_paths(fn, ref, inputs, cotangents, **kw):
+        """compare() of fn and ref, both called with the keywords kw; the errors and the seconds taken."""
+        t0 = time.time()
+        errs = compare(lambda **t: fn(**t, **kw), lambda **t: ref(**t, **kw), inputs, cotangents)
+        return dict(errors=errs, seconds=round(time.time() - t0, 1))
     '''
 )
 
@@ -91,13 +97,7 @@ GLA_SCRIPT = PRELUDE + textwrap.dedent(
             g=F.logsigmoid(torch.randn(B, T, H, K)) / 16, initial_state=torch.randn(B, H, K, V),
         )
         cot = (torch.randn(B, T, H, V), torch.randn(B, H, K, V))
-        t0 = time.time()
-        errs = compare(
-            lambda **kw: gla_attention(**kw, output_final_state=True),
-            lambda **kw: chunk_gla_torch(**kw, output_final_state=True),
-            inputs, cot,
-        )
-        report[f"T={T}"] = dict(errors=errs, seconds=round(time.time() - t0, 1))
+        report[f"T={T}"] = compare_paths(gla_attention, chunk_gla_torch, inputs, cot, output_final_state=True)
     report["calls"] = calls
     print("REPORT " + json.dumps(report))
     '''

@@ -49,6 +49,7 @@ def _compare(ref, got, new_ref=None):
     ("mamba2-g1", 1, 2, 2),   # tied embedding on the first and last stage
     ("gla-mixed", 2, 2, 4),   # head- and value-sharded layers inside a pipeline
     ("mamba2-g1", 2, 2, 4),   # whole B/C and a spanning gated norm, tied embedding, TP x PP
+    ("gdn-mixed", 2, 2, 4),   # Gated DeltaNet: grouped head-sharded and value-sharded layers, TP x PP
 ])
 def test_pipeline_equals_single_process(tmp_path, case, tp, pp, world):
     _, _, ref, got = _run(tmp_path, case, tp, pp, world)

@@ -11,11 +11,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from statex_dist import load_model  # noqa: E402
+from statex_dist import archs, load_model  # noqa: E402
 from statex_dist.checkpoint.tensor_files import TensorReader  # noqa: E402
 from statex_dist.reshard import run  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
-from tests.fla_reference import make_fla_gla  # noqa: E402
+from tests.fla_reference import fla_logits, make_fla_gdn, make_fla_gla  # noqa: E402
 from tests.test_model_mamba2 import make_hf_mamba2, write_mamba_ssm  # noqa: E402
 from tests.test_reshard import assert_bit_identical  # noqa: E402
 
@@ -49,11 +49,10 @@ def greedy_by_hand(model, ids, steps):
 
 
 def check_remote(folder, arch, T):
-    cfg = config_of(folder)
-    cls = {"gla": "GLA", "mamba2": "Mamba2"}[arch]
-    assert cfg["model_type"] == f"statex_{arch}" and cfg["architectures"] == [f"StateX{cls}ForCausalLM"]
-    assert cfg["auto_map"] == {"AutoConfig": f"configuration_statex.StateX{cls}Config",
-                               "AutoModelForCausalLM": f"modeling_statex.StateX{cls}ForCausalLM"}
+    cfg, remote_names = config_of(folder), archs.get(arch).remote
+    assert cfg["model_type"] == remote_names.model_type and cfg["architectures"] == [remote_names.model_class]
+    assert cfg["auto_map"] == {"AutoConfig": f"configuration_statex.{remote_names.config_class}",
+                               "AutoModelForCausalLM": f"modeling_statex.{remote_names.model_class}"}
     assert all((folder / f).is_file() for f in MODELING)
     remote, ours = load_remote(folder), load_model(folder)
     assert remote.dtype == torch.float32
@@ -95,6 +94,37 @@ def test_gla_per_layer_heads(tmp_path, short_conv, tied, fuse_norm):
     model = check_remote(dst, "gla", T=70)  # two chunks of the GLA scan
     if short_conv:
         check_left_padding(model)
+
+
+@pytest.mark.parametrize("use_gate,short_conv,tied", [(True, True, False), (False, False, True)])
+def test_gdn_per_layer_heads(tmp_path, use_gate, short_conv, tied):
+    """One Gated DeltaNet layer merged (2 key and 4 value heads -> 1 of each): the remote code's fla layers."""
+    src = tmp_path / "src"
+    make_fla_gdn(src, vocab_size=VOCAB, num_heads=2, num_v_heads=4, use_gate=use_gate, use_short_conv=short_conv,
+                 tie_word_embeddings=tied)
+    dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--init", "merge")
+    cfg = config_of(dst)
+    assert cfg["statex_num_heads"] == [1, 2] and cfg["statex_num_v_heads"] == [1, 4]
+    model = check_remote(dst, "gdn", T=37)
+    if short_conv:
+        check_left_padding(model)
+
+
+def test_gdn_all_layers_merged_loads_in_fla(tmp_path):
+    """Every layer merged: a stock fla folder (1 head of head_dim K, expand_v V / K) whose logits in fla's own
+    GatedDeltaNetForCausalLM equal load_model's."""
+    from fla.models import GatedDeltaNetForCausalLM
+    src = tmp_path / "src"
+    make_fla_gdn(src, vocab_size=VOCAB, num_heads=2, num_v_heads=4)
+    dst = export(src, tmp_path / "dst", "--expand-every", "1", "--init", "merge")
+    cfg = config_of(dst)
+    assert cfg["model_type"] == "gated_deltanet" and "auto_map" not in cfg
+    assert (cfg["num_heads"], cfg["num_v_heads"], cfg["head_dim"], cfg["expand_v"]) == (1, 1, 32, 2.0)
+    fla = GatedDeltaNetForCausalLM.from_pretrained(dst).float().eval()
+    ids = torch.randint(0, VOCAB, (2, 29), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = load_model(dst)(ids)
+    assert rel_err(ours, fla_logits(fla, ids)) <= TOL
 
 
 @pytest.mark.parametrize("ngroups,tied", [(1, False), (2, True)])
@@ -151,27 +181,34 @@ def test_uniform_exports_stay_stock(tmp_path, arch):
     assert not any((alike / f).exists() for f in MODELING)
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
+@pytest.mark.parametrize("arch", ["gla", "mamba2", "gdn"])
 def test_layers_and_cache_are_the_libraries_with_each_layers_shape(tmp_path, arch):
-    """The remote code builds the libraries' modules (fla's GLA layer, transformers' Mamba2 mixer) from each
-    layer's config, and the generation cache keeps each layer's own state shape."""
+    """The remote code builds the libraries' modules (fla's GLA and GatedDeltaNet layers, transformers' Mamba2
+    mixer) from each layer's config, and the generation cache keeps each layer's own state shape."""
     src = tmp_path / "src"
     if arch == "gla":
         from fla.layers.gla import GatedLinearAttention as Mixer
         make_fla_gla(src, vocab_size=VOCAB)
+        dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--init", "merge")
+    elif arch == "gdn":
+        from fla.layers.gated_deltanet import GatedDeltaNet as Mixer
+        make_fla_gdn(src, vocab_size=VOCAB, num_heads=2, num_v_heads=4)   # K = 32, V = 64
         dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--init", "merge")
     else:
         from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as Mixer
         make_hf_mamba2(src)
         dst = export(src, tmp_path / "dst", "--expand-layers", "0", "--d-state", "32")
     model = load_remote(dst)
-    mixers = [layer.attn if arch == "gla" else layer.mixer for layer in model.get_decoder().layers]
+    mixers = [layer.mixer if arch == "mamba2" else layer.attn for layer in model.get_decoder().layers]
     assert all(isinstance(m, Mixer) for m in mixers)
     with torch.no_grad():
         cache = model(torch.zeros(2, 3, dtype=torch.long), use_cache=True).cache
     if arch == "gla":  # fla's Cache: [B, H, dv, dk] per layer
         assert [m.num_heads for m in mixers] == [1, 4]
         assert [tuple(cache[i]["recurrent_state"].shape) for i in range(2)] == [(2, 1, 64, 32), (2, 4, 16, 8)]
+    elif arch == "gdn":  # fla's Cache: [B, Hv, dv, dk] per layer
+        assert [(m.num_heads, m.num_v_heads) for m in mixers] == [(1, 1), (2, 4)]
+        assert [tuple(cache[i]["recurrent_state"].shape) for i in range(2)] == [(2, 1, 64, 32), (2, 4, 16, 16)]
     else:  # transformers' DynamicCache: [B, heads, head_dim, d_state] per layer
         assert [m.ssm_state_size for m in mixers] == [32, 16]
         assert [layer.recurrent_states[0].shape[-1] for layer in cache.layers] == [32, 16]

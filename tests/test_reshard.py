@@ -14,7 +14,7 @@ from statex_dist import load_model
 from statex_dist.checkpoint.tensor_files import TensorReader
 from statex_dist.reshard import run
 from tests.conftest import rel_err
-from tests.fla_reference import make_fla_gla
+from tests.fla_reference import make_fla_gdn, make_fla_gla
 from tests.test_model_mamba2 import make_hf_mamba2, write_mamba_ssm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,8 @@ def make_source(kind, folder):
     if kind.startswith("gla"):
         make_fla_gla(folder, vocab_size=101, tie_word_embeddings=kind.endswith("tied"),
                      use_short_conv=True, fuse_norm=kind != "gla-unfused")
+    elif kind.startswith("gdn"):  # 2 key heads, 4 value heads: by values at TP=4
+        make_fla_gdn(folder, vocab_size=101, num_heads=2, num_v_heads=4, tie_word_embeddings=kind.endswith("tied"))
     elif kind.startswith("tf-mamba2"):
         make_hf_mamba2(folder, n_groups=2, tie_word_embeddings=kind.endswith("tied"))
     else:  # mamba_ssm: embedding padded 101 -> 112 rows
@@ -45,7 +47,8 @@ def make_source(kind, folder):
     return folder
 
 
-@pytest.mark.parametrize("kind", ["gla", "gla-tied", "gla-unfused", "tf-mamba2", "tf-mamba2-tied", "mamba_ssm"])
+@pytest.mark.parametrize("kind", ["gla", "gla-tied", "gla-unfused", "tf-mamba2", "tf-mamba2-tied", "mamba_ssm",
+                                  "gdn", "gdn-tied"])
 def test_hf_sharded_hf_roundtrip_is_bit_identical(tmp_path, kind):
     src = make_source(kind, tmp_path / "src")
     run(["--src", str(src), "--dst", str(tmp_path / "tp2pp2"), "--tp", "2", "--pp", "2"])
@@ -57,7 +60,8 @@ def test_hf_sharded_hf_roundtrip_is_bit_identical(tmp_path, kind):
     cfg_src = json.loads((src / "config.json").read_text())
     cfg_back = json.loads((tmp_path / "back" / "config.json").read_text())
     for k in ("vocab_size", "hidden_size", "num_heads", "state_size", "n_groups", "d_model", "ssm_cfg",
-              "pad_vocab_size_multiple", "tie_word_embeddings", "tie_embeddings"):
+              "pad_vocab_size_multiple", "tie_word_embeddings", "tie_embeddings", "num_v_heads", "head_dim",
+              "expand_v"):
         assert cfg_src.get(k) == cfg_back.get(k), k
 
 
@@ -69,7 +73,7 @@ def test_tokenizer_files_travel(tmp_path):
     assert (tmp_path / "h" / "tokenizer.json").read_text() == '{"fake": true}'
 
 
-@pytest.mark.parametrize("kind", ["gla", "mamba_ssm"])
+@pytest.mark.parametrize("kind", ["gla", "mamba_ssm", "gdn"])
 def test_tp2_tp4_tp1_chain(tmp_path, kind):
     src = make_source(kind, tmp_path / "src")
     run(["--src", str(src), "--dst", str(tmp_path / "a"), "--tp", "2"])

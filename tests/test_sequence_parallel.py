@@ -13,7 +13,8 @@ from tests.test_tensor_parallel import TOL
 from tests.train_helpers import GLA, make_shards, overrides
 
 T = 20  # a multiple of TP
-DEFAULT = ("gla-mixed", "mamba2-g1", "mamba2-g2")  # GLA by heads and by values; Mamba2 B/C gathered, split
+# GLA and Gated DeltaNet by heads and by values; Mamba2 B/C gathered, split
+DEFAULT = ("gla-mixed", "mamba2-g1", "mamba2-g2", "gdn-mixed")
 
 
 def _collectives(rank, world):
@@ -80,7 +81,7 @@ def test_sp_tp2_equals_single_process(sp_runs, case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case,tp,world", [
-    ("gla-tied", 2, 2), ("gla-mixed", 2, 4), ("gla-mixed", 4, 4), ("mamba2-g2", 4, 4),
+    ("gla-tied", 2, 2), ("gla-mixed", 2, 4), ("gla-mixed", 4, 4), ("mamba2-g2", 4, 4), ("gdn-mixed", 4, 4),
 ])
 def test_sp_layouts_equal_single_process(tmp_path, case, tp, world):
     cfg = CASES[case]

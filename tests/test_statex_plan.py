@@ -1,6 +1,7 @@
 """StateX layer choice, plan validation and expand_config (configs only, no tensors)."""
 import pytest
 
+from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.statex import ExpansionPlan, choose_layers, expand_config
@@ -13,6 +14,11 @@ def gla(layers=4, heads=4):
 def mamba2(layers=4, d_state=16, ngroups=1):
     return Mamba2Config(vocab_size=101, hidden_size=64, num_layers=layers, d_state=d_state, headdim=16,
                         ngroups=ngroups)
+
+
+def gdn(layers=4, heads=2, v_heads=4):
+    return GDNConfig(vocab_size=101, hidden_size=64, num_layers=layers, num_heads=heads, num_v_heads=v_heads,
+                     key_dim=32, value_dim=64)
 
 
 def test_choose_layers_every():
@@ -59,6 +65,32 @@ def test_expand_config_gla():
     assert [new.state_size(i) for i in range(4)] == [32 * 64, 32 * 64 // 4, 32 * 64, 32 * 64 // 4]
 
 
+def test_expand_config_gdn():
+    """Merged layers get one value head per key head: H' of each."""
+    old = gdn(4, heads=[4, 4, 2, 4], v_heads=[8, 8, 4, 8])
+    new = expand_config(old, ExpansionPlan([0, 2], heads=1, init="merge"))
+    assert new.num_heads == [1, 4, 1, 4] and new.num_v_heads == [1, 8, 1, 8] and new.expanded_layers == [0, 2]
+    assert old.num_heads == [4, 4, 2, 4] and old.num_v_heads == [8, 8, 4, 8]
+    again = expand_config(new, ExpansionPlan([1], gla_heads=2))   # the earlier keyword still works
+    assert again.num_heads == [1, 2, 1, 4] and again.num_v_heads == [1, 2, 1, 8]
+    # K x V = 32 x 64 in every layer; 8 value heads of 8 x 8, 2 of 16 x 32, 1 of 32 x 64
+    assert [again.state_size(i) for i in range(4)] == [2048, 1024, 2048, 512]
+    assert ExpansionPlan.for_model(old, layers=[1]).heads == 1
+    assert ExpansionPlan.for_model(old, layers=[1], gla_heads=2).heads == 2
+
+
+def test_gdn_heads_checked():
+    msg = r"layer 2 has 2 heads: heads=2 must divide 2 and be smaller; valid values: \[1\]"
+    with pytest.raises(ValueError, match=msg):
+        expand_config(gdn(4, [4, 4, 2, 4], [8, 8, 4, 8]), ExpansionPlan([0, 2], heads=2))
+    with pytest.raises(ValueError, match="d_state applies to Mamba2 models; a Gated DeltaNet expansion sets heads"):
+        expand_config(gdn(), ExpansionPlan([0], d_state=32))
+    with pytest.raises(ValueError, match="gate_bias_init applies to GLA models only"):
+        expand_config(gdn(), ExpansionPlan([0], gate_bias_init=(0.0, 1.0)))
+    with pytest.raises(ValueError, match=r"init='zero' is not a gdn mode; gdn supports \['reinit', 'merge'\]"):
+        expand_config(gdn(), ExpansionPlan([0], init="zero"))
+
+
 def test_expand_config_mamba2():
     old = mamba2(4, d_state=16)
     new = expand_config(old, ExpansionPlan([0, 3], d_state=48, init="zero"))
@@ -67,9 +99,9 @@ def test_expand_config_mamba2():
 
 
 @pytest.mark.parametrize("heads,target,msg", [
-    (4, 3, r"layer 0 has 4 heads: gla_heads=3 must divide 4 and be smaller; valid values: \[1, 2\]"),
-    (4, 4, r"layer 0 has 4 heads: gla_heads=4 .*valid values: \[1, 2\]"),
-    (4, 0, r"gla_heads=0"),
+    (4, 3, r"layer 0 has 4 heads: heads=3 must divide 4 and be smaller; valid values: \[1, 2\]"),
+    (4, 4, r"layer 0 has 4 heads: heads=4 .*valid values: \[1, 2\]"),
+    (4, 0, r"heads=0"),
     (1, 1, r"layer 0 has 1 heads: .*cannot merge further"),
 ])
 def test_gla_heads_must_divide(heads, target, msg):
@@ -78,7 +110,7 @@ def test_gla_heads_must_divide(heads, target, msg):
 
 
 def test_gla_heads_error_names_the_offending_layer():
-    with pytest.raises(ValueError, match=r"layer 2 has 2 heads: gla_heads=4"):
+    with pytest.raises(ValueError, match=r"layer 2 has 2 heads: heads=4"):
         expand_config(gla(4, [8, 8, 2, 8]), ExpansionPlan([0, 2], gla_heads=4))
 
 
@@ -117,3 +149,13 @@ def test_unknown_init_and_bad_options():
 def test_plan_layers_are_validated_against_the_model():
     with pytest.raises(ValueError, match=r"layers \[4\] are out of range"):
         expand_config(gla(4), ExpansionPlan([0, 4]))
+
+
+@pytest.mark.parametrize("key", ["heads", "gla_heads"])
+def test_run_config_heads_and_its_earlier_name(key):
+    """The run config's expansion.heads sizes GLA and Gated DeltaNet layers; expansion.gla_heads still does."""
+    from statex_dist.run_config import load_run_config
+    from statex_dist.training.initial_weights import expansion_plan
+    run = load_run_config(None, ["expansion.enabled=true", "expansion.layers=[0]", f"expansion.{key}=2"])
+    assert expansion_plan(run, gla(4, 4)).heads == 2
+    assert expansion_plan(run, gdn(4, 4, 8)).heads == 2

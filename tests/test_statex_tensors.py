@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.models import specs_for
@@ -32,6 +33,13 @@ def mamba2_cfg(**kw):
     base = dict(vocab_size=101, hidden_size=64, num_layers=3, d_state=16, headdim=16, ngroups=2, d_conv=4)
     base.update(kw)
     return Mamba2Config(**base)
+
+
+def gdn_cfg(**kw):
+    base = dict(vocab_size=101, hidden_size=64, num_layers=4, num_heads=4, num_v_heads=8, key_dim=64,
+                value_dim=128, use_short_conv=True, conv_size=4)
+    base.update(kw)
+    return GDNConfig(**base)
 
 
 def check_shapes(out, new):
@@ -95,6 +103,80 @@ def test_gla_merge_keeps_weights_and_tiles_the_norm(heads, target):
             assert torch.equal(out[n], t.repeat(heads // target))
         else:
             assert out[n] is t, n
+
+
+# --- Gated DeltaNet ----------------------------------------------------------------------------------
+
+GDN_PER_HEAD = ("attn.a_proj.weight", "attn.b_proj.weight", "attn.A_log", "attn.dt_bias")
+GDN_KEPT = ("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "q_conv1d", "k_conv1d", "v_conv1d")
+
+
+def expanded(old, plan):
+    """(new config, random source weights, their expansion), the shapes and the other layers checked."""
+    new = expand_config(old, plan)
+    w = random_weights(old)
+    out = expand_all(w, old, new, plan)
+    check_shapes(out, new)
+    check_untouched(out, w, plan.layers)
+    return new, w, out
+
+
+def test_gdn_reinit():
+    plan = ExpansionPlan([0, 2], heads=1, init="reinit", seed=3)
+    _, w, out = expanded(gdn_cfg(), plan)
+    for i in plan.layers:
+        p = f"layers.{i}."
+        for k in ("mlp.up_proj.weight", "mlp.down_proj.weight", "mlp_norm.weight"):
+            assert out[p + k] is w[p + k]
+        assert torch.equal(out[p + "attn_norm.weight"], torch.ones(64))
+        assert torch.equal(out[p + "attn.o_norm.weight"], torch.ones(128))   # one value head of 128
+        for k in GDN_KEPT:   # fla's _init_weights: N(0, 0.02) on every Linear and Conv1d
+            t = out[p + f"attn.{k}.weight"]
+            assert abs(t.std().item() - 0.02) < 0.002 and not torch.equal(t, w[p + f"attn.{k}.weight"]), k
+        assert out[p + "attn.a_proj.weight"].shape == (1, 64) and out[p + "attn.A_log"].shape == (1,)
+        assert out[p + "attn.A_log"].item() <= math.log(16)                  # A ~ U(0, 16)
+        dt = torch.nn.functional.softplus(out[p + "attn.dt_bias"])           # dt in [1e-3, 0.1]
+        assert 1e-3 * 0.999 <= dt.item() <= 0.1 * 1.001
+
+
+@pytest.mark.parametrize("heads,v_heads,target", [(4, 8, 1), (4, 8, 2), (2, 2, 1)])
+def test_gdn_merge_keeps_projections_and_averages_each_merged_heads_gates(heads, v_heads, target):
+    plan = ExpansionPlan([1, 3], heads=target, init="merge")
+    new, w, out = expanded(gdn_cfg(num_heads=heads, num_v_heads=v_heads), plan)
+    assert new.num_heads[1] == new.num_v_heads[1] == target
+    r = v_heads // target   # old value heads per merged head
+    for i in plan.layers:
+        p = f"layers.{i}."
+        for k in GDN_PER_HEAD:
+            t = w[p + k]
+            want = torch.stack([t[j * r:(j + 1) * r].mean(0) for j in range(target)])
+            assert torch.allclose(out[p + k], want, rtol=0, atol=1e-6), k
+        assert torch.equal(out[p + "attn.o_norm.weight"], w[p + "attn.o_norm.weight"].repeat(r))
+        for k in (*(f"attn.{n}.weight" for n in GDN_KEPT), "attn_norm.weight", "mlp.down_proj.weight"):
+            assert out[p + k] is w[p + k], k
+
+
+def test_gdn_step0_distance_from_the_source(tmp_path):
+    """The figures in statex_dist/archs/gdn/expansion.py's docstring, measured again."""
+    from statex_dist import load_model
+    from statex_dist.models import build_model
+    from tests.conftest import rel_err
+    from tests.fla_reference import make_fla_gdn
+    make_fla_gdn(tmp_path, num_hidden_layers=3, num_heads=2, num_v_heads=4, head_dim=16, expand_v=1.0)
+    src = load_model(tmp_path).eval()
+    ids = torch.randint(0, 101, (2, 64), generator=torch.Generator().manual_seed(1))
+    w = {n: p.detach() for n, p in src.named_parameters()}
+    with torch.no_grad():
+        ref = src(ids)
+    for init, want_rel, want_lp in (("merge", 0.14, 0.011), ("reinit", 0.24, 0.020)):
+        plan = ExpansionPlan([1], heads=1, init=init)
+        new = expand_config(src.config, plan)
+        model = build_model(new, init=False).eval()
+        model.load_state_dict({n: expand_tensor(n, w[n], src.config, new, plan) for n, _ in model.named_parameters()})
+        with torch.no_grad():
+            out = model(ids)
+        lp = (out.log_softmax(-1) - ref.log_softmax(-1)).abs().mean().item()
+        assert abs(rel_err(out, ref) - want_rel) < 0.01 and abs(lp - want_lp) < 0.001, (init, rel_err(out, ref), lp)
 
 
 # --- Mamba2 ------------------------------------------------------------------------------------------
@@ -212,10 +294,12 @@ def test_dtype_and_device_are_kept():
 
 # --- determinism -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
+@pytest.mark.parametrize("arch", ["gla", "mamba2", "gdn"])
 def test_deterministic_and_order_independent(arch):
     if arch == "gla":
         old, kw = gla_cfg(), dict(gla_heads=1, gate_bias_init=(-1.0, 1.0))
+    elif arch == "gdn":
+        old, kw = gdn_cfg(), dict(heads=1)
     else:
         old, kw = mamba2_cfg(), dict(d_state=48)
     plan = ExpansionPlan([0, 2], seed=7, **kw)
@@ -249,3 +333,9 @@ def test_wrong_shape_and_wrong_new_config_are_reported():
     gplan = ExpansionPlan([0], gla_heads=2)
     with pytest.raises(ValueError, match="no StateX rule"):
         expand_tensor("layers.0.attn.mystery.weight", torch.zeros(3), gold, expand_config(gold, gplan), gplan)
+    dold = gdn_cfg()
+    dplan = ExpansionPlan([0], heads=2, init="merge")
+    with pytest.raises(ValueError, match="no StateX rule for this Gated DeltaNet parameter"):
+        expand_tensor("layers.0.attn.mystery.weight", torch.zeros(3), dold, expand_config(dold, dplan), dplan)
+    with pytest.raises(ValueError, match=r"layers.0.attn.A_log: expected shape \[8\]"):
+        expand_tensor("layers.0.attn.A_log", torch.zeros(4), dold, expand_config(dold, dplan), dplan)

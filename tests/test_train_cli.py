@@ -1,6 +1,6 @@
 """A user's first runs, typed as users type them: ``DEBUG=1 bash launch/train.sh configs/cpu-*-tiny.yaml``
-with ``key=value`` overrides, a run config of their own, and a resume after a clean stop, for both
-architectures."""
+with ``key=value`` overrides, a run config of their own, and a resume after a clean stop, for every
+architecture."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 from tests.train_helpers import ROOT, make_shards
 
-ARCHS = ["gla", "mamba2"]
+ARCHS = ["gla", "mamba2", "gdn"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_lr_typed_as_people_type_it(tmp_path, shards, arch):
     assert lr_logged(r.stdout) == pytest.approx(3e-4)   # warm-up of 1 step: the first step runs at lr
     # the run's first line: device, backend, dtype, layout and the implementation of each op the model uses
     first = next(ln for ln in r.stdout.splitlines() if ln.startswith("[statex-dist]"))
-    ops = {"gla": "gla=torch, conv1d=torch", "mamba2": "ssd=torch, conv1d=torch"}[arch]
+    ops = {"gla": "gla=torch, conv1d=torch", "mamba2": "ssd=torch, conv1d=torch",
+           "gdn": "gdn=torch, conv1d=torch"}[arch]
     assert (f"device cpu | backend gloo | dtype fp32 | TP=1 PP=1 DP=1 ZeRO-1 on 1 process | "
             f"kernels: {ops} (STATEX_KERNELS=auto)") in first, first
     own = tmp_path / "mine.yaml"

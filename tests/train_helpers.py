@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 GLA = {"arch": "gla", "vocab_size": 260, "hidden_size": 32, "num_layers": 4, "num_heads": 4,
        "use_short_conv": True, "tie_word_embeddings": False}
+GDN = {"arch": "gdn", "vocab_size": 260, "hidden_size": 32, "num_layers": 4, "num_heads": [2, 1, 2, 1],
+       "num_v_heads": [4, 1, 4, 1], "key_dim": 32, "value_dim": 32, "use_short_conv": True,
+       "tie_word_embeddings": False}
 MAMBA2 = {"arch": "mamba2", "vocab_size": 260, "hidden_size": 32, "num_layers": 4, "d_state": 8, "headdim": 16,
           "ngroups": 1, "chunk_size": 16, "tie_word_embeddings": True}
 

@@ -6,10 +6,10 @@ rules, not its model (megatron-core), so the checkpoint tools start without the 
 """
 from __future__ import annotations
 
-from statex_dist.archs import gla, mamba2
+from statex_dist.archs import gdn, gla, mamba2
 from statex_dist.archs.record import Architecture
 
-ARCHS: dict[str, Architecture] = {a.name: a for a in (gla.ARCH, mamba2.ARCH)}
+ARCHS: dict[str, Architecture] = {a.name: a for a in (gla.ARCH, mamba2.ARCH, gdn.ARCH)}
 DEFAULT = "gla"   # the main job's and the tools' architecture when none is named
 # every architecture's Hugging Face formats, in the order a folder's config.json is matched against them
 FORMATS = tuple(f for a in ARCHS.values() for f in a.formats)

@@ -39,6 +39,11 @@ class Expansion:
             architecture (the mode and the layers are checked before it).
         expand_layer: ``(name, local, tensor, layer, old config, new config, plan)`` -> the full tensor of
             parameter ``name`` (``local``: its name after ``layers.{layer}.``) in the expanded model.
+        aliases: earlier names of ``option``, accepted as the plan's keyword, the run config's key and the
+            tool's flag.
+        resize: ``(config, chosen layers, the option's value)`` -> the config fields the expansion sets, each
+            a per-layer list, where more than ``per_layer`` changes (Gated DeltaNet's value heads); None: the
+            chosen layers' entries of ``per_layer`` become the value.
     """
     modes: tuple[str, ...]
     option: str
@@ -47,6 +52,8 @@ class Expansion:
     plan_options: Callable[[ModelConfig, list[int], Optional[int], Optional[tuple[float, float]]], dict]
     validate: Callable[[ModelConfig, ExpansionPlan], None]
     expand_layer: Callable[..., torch.Tensor]
+    aliases: tuple[str, ...] = ()
+    resize: Optional[Callable[[ModelConfig, tuple[int, ...], int], dict]] = None
 
     @property
     def flag(self) -> str:

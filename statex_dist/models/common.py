@@ -1,5 +1,5 @@
-"""Pieces both models share: RMS norms and the SwiGLU MLP (the tensor-parallel layers they are built from
-live in statex_dist.parallel.megatron_layers)."""
+"""Pieces the models share: RMS norms, the SwiGLU MLP, fla's short convolution and fla's pre-norm block (the
+tensor-parallel layers they are built from live in statex_dist.parallel.megatron_layers)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,8 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from statex_dist.models.layout import fla_block_specs
+from statex_dist.ops import causal_conv1d
 from statex_dist.parallel.layers import local_parameter
-from statex_dist.parallel.mappings import tp_reduced_grad
+from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
 from statex_dist.parallel.megatron_layers import column, row, to_column_input
 from statex_dist.parallel.sequence import mark_sequence_parallel
 from statex_dist.parallel.sharding import ShardSpec
@@ -21,6 +23,24 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> tor
     if weight is not None:
         y = y * weight.float()
     return y.to(x.dtype)
+
+
+def maybe_reduced(w: torch.Tensor) -> torch.Tensor:
+    """``w`` whose gradient is summed over TP where its spec says each rank computes only a part of it."""
+    return tp_reduced_grad(w) if w.shard_spec.grad_reduce else w
+
+
+def head_rms_norm(o: torch.Tensor, weight: torch.Tensor, eps: float, width: Optional[int] = None) -> torch.Tensor:
+    """RMSNorm over each head's value channels, in fp32, returned in fp32. o [..., dv], weight [dv].
+
+    ``width``: a head's full value width, when this rank holds only a slice of every head's channels
+    (value-sharded TP): the sum of squares is then all-reduced over TP and divided by ``width``.
+    """
+    if width is None:
+        return F.rms_norm(o.float(), (o.shape[-1],), None, eps) * weight.float()
+    of = o.float()
+    ss = all_reduce_sum(of.pow(2).sum(-1, keepdim=True))
+    return of * torch.rsqrt(ss / width + eps) * weight.float()
 
 
 class RMSNorm(nn.Module):
@@ -62,3 +82,41 @@ class SwiGLUMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_column_input(x, self.sequence_parallel)
         return self.down_proj(F.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+class ShortConvolution(nn.Module):
+    """fla's ShortConvolution: depthwise causal conv of width W, then SiLU. Weight [C, 1, W] as in fla.
+
+    Its channels split over TP like the projection that feeds it. x [B, T, C_local] -> [B, T, C_local].
+    """
+
+    def __init__(self, spec: ShardSpec, tp: int, dtype):
+        super().__init__()
+        self.weight = local_parameter(spec, tp, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return causal_conv1d(x, maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
+
+
+class FlaBlock(nn.Module):
+    """fla's pre-norm residual block: x + attn(attn_norm(x)), then + mlp(mlp_norm(x)). x [B, T, D] -> [B, T, D]
+    ([B, T / TP, D] with ``sequence_parallel``: norms and residual adds on this rank's tokens only).
+
+    Subclasses set ``MIXER``, the token mixer, built as ``MIXER(config, layer, megatron config,
+    sequence_parallel=)``; the norms and the SwiGLU MLP follow ``models.layout.fla_block_specs``.
+    """
+    MIXER: type = nn.Module
+
+    def __init__(self, cfg, layer: int, mcfg, sequence_parallel: bool = False):
+        super().__init__()
+        self.layer = layer
+        sp = sequence_parallel
+        specs = fla_block_specs(cfg, layer, {})
+        self.attn_norm = RMSNorm(specs["attn_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
+        self.attn = self.MIXER(cfg, layer, mcfg, sequence_parallel=sp)
+        self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
+        self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mcfg, sequence_parallel=sp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))

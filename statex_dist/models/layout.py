@@ -20,3 +20,27 @@ def causal_lm_specs(config, tp: int, embedding: str, norm: str,
     for i in range(config.num_layers):
         specs.update({f"layers.{i}.{k}": v for k, v in block_specs(config, i, tp).items()})
     return specs
+
+
+def fla_block_specs(config, layer: int, attn: dict[str, ShardSpec]) -> dict[str, ShardSpec]:
+    """The specs of one of fla's pre-norm blocks under its own names: ``attn_norm``, the token mixer ``attn``
+    (``attn``: its specs under its own names, ``q_proj.weight``, ...), ``mlp_norm`` and the SwiGLU ``mlp``
+    (gate / up split by rows, down by columns)."""
+    D, I = config.hidden_size, config.intermediate_size
+    specs = {"attn." + k: v for k, v in attn.items()}
+    specs.update({
+        "attn_norm.weight": ShardSpec((D,), layer=layer),
+        "mlp_norm.weight": ShardSpec((D,), layer=layer),
+        "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
+        "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
+        "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=layer),
+    })
+    return specs
+
+
+def short_conv_specs(key_dim: int, value_dim: int, width: int, qk: dict, val: dict) -> dict[str, ShardSpec]:
+    """fla's q/k/v ShortConvolution weights [C, 1, W], each split like the projection feeding it (``qk``,
+    ``val``: the ShardSpec keywords of the q/k and the v projections)."""
+    return {"q_conv1d.weight": ShardSpec((key_dim, 1, width), **qk),
+            "k_conv1d.weight": ShardSpec((key_dim, 1, width), **qk),
+            "v_conv1d.weight": ShardSpec((value_dim, 1, width), **val)}

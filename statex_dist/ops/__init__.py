@@ -1,6 +1,7 @@
 """Kernel layer: one dispatch point per op (the library kernel on CUDA tensors, PyTorch on CPU tensors).
 
 - :func:`gla_attention`: gated linear attention (fla ``chunk_gla`` / :func:`chunk_gla_torch`).
+- :func:`gated_delta_rule`: Gated DeltaNet (fla ``chunk_gated_delta_rule`` / :func:`chunk_gated_delta_rule_torch`).
 - :func:`ssd_scan`: Mamba2 SSD scan (mamba_ssm ``mamba_chunk_scan_combined`` / :func:`ssd_scan_torch`).
 - :func:`causal_conv1d`: depthwise causal conv (``causal_conv1d_fn`` / ``F.conv1d``).
 
@@ -19,6 +20,8 @@ from ._dispatch import KernelUnavailable, kernel_summary, resolve_kernels
 _LAZY = {
     "gla_attention": "gla",
     "chunk_gla_torch": "gla",
+    "gated_delta_rule": "gated_delta",
+    "chunk_gated_delta_rule_torch": "gated_delta",
     "ssd_scan": "ssd",
     "ssd_scan_torch": "ssd",
     "causal_conv1d": "conv",
@@ -27,9 +30,11 @@ _LAZY = {
 
 __all__ = [
     "gla_attention",
+    "gated_delta_rule",
     "ssd_scan",
     "causal_conv1d",
     "chunk_gla_torch",
+    "chunk_gated_delta_rule_torch",
     "ssd_scan_torch",
     "causal_conv1d_torch",
     "KernelUnavailable",

@@ -14,9 +14,9 @@
 
 A kernel that is asked for and cannot be imported is an error that names the import error and the ways out
 (install the kernel, or ``STATEX_KERNELS=torch:LIBRARY`` / ``torch``); the PyTorch path never stands in
-silently. Each
-library is imported at most once per process, on the first resolution that needs it, so the first call of an
-op runs what its hundredth does. A run prints :func:`kernel_summary` once before it starts.
+silently. Each op's kernel is imported at most once per process, on the first resolution that needs it, so
+the first call of an op runs what its hundredth does. A run prints :func:`kernel_summary` once before it
+starts.
 
 No torch here: ``statex_dist.cli_errors`` imports :class:`KernelUnavailable` and stays light.
 """
@@ -41,6 +41,11 @@ class KernelUnavailable(RuntimeError):
 def _load_fla():
     from fla.ops.gla import chunk_gla, fused_recurrent_gla
     return chunk_gla, fused_recurrent_gla
+
+
+def _load_fla_gdn():
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    return chunk_gated_delta_rule
 
 
 def _load_mamba_ssd():
@@ -93,10 +98,12 @@ class Op:
         return f"{self.library} {self.function}"
 
 
+_FLA_INSTALL = ("pip install flash-linear-attention triton (both pinned in requirements.txt; bash install.sh "
+                "installs them)")
+
 OPS = {
-    "gla": Op("fla", "chunk_gla", "chunk_gla_torch",
-              "pip install flash-linear-attention triton (both pinned in requirements.txt; bash install.sh "
-              "installs them)"),
+    "gla": Op("fla", "chunk_gla", "chunk_gla_torch", _FLA_INSTALL),
+    "gdn": Op("fla", "chunk_gated_delta_rule", "chunk_gated_delta_rule_torch", _FLA_INSTALL),
     "ssd": Op("mamba_ssm", "mamba_chunk_scan_combined", "ssd_scan_torch",
               "bash install.sh, which installs triton and mamba-ssm with its build flags (requirements-cuda.txt; "
               "the Triton SSD needs no CUDA build of mamba-ssm)"),
@@ -105,7 +112,8 @@ OPS = {
 }
 
 # op -> its loader: called at most once per process (tests replace entries to count or to fail imports)
-LOADERS: dict[str, Callable[[], object]] = {"gla": _load_fla, "ssd": _load_mamba_ssd, "conv1d": _load_causal_conv1d}
+LOADERS: dict[str, Callable[[], object]] = {"gla": _load_fla, "gdn": _load_fla_gdn, "ssd": _load_mamba_ssd,
+                                             "conv1d": _load_causal_conv1d}
 
 _imported: dict[str, tuple[object, Optional[BaseException]]] = {}  # op -> (kernel or None, import error)
 _resolved: dict[tuple[str, str, str], object] = {}  # (op, device type, setting) -> kernel, or None: PyTorch

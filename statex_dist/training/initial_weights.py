@@ -31,7 +31,11 @@ def expansion_plan(run_cfg, config: ModelConfig) -> Optional[ExpansionPlan]:
     e = run_cfg.expansion
     if not e.enabled:
         return None
-    sizes = {a.expansion.option: getattr(e, a.expansion.option) for a in archs.ARCHS.values()}
+    sizes = {}
+    for a in archs.ARCHS.values():   # an option's earlier names (expansion.gla_heads) stand for it
+        given = [getattr(e, n) for n in (a.expansion.option, *a.expansion.aliases) if getattr(e, n) is not None]
+        if given or a.expansion.option not in sizes:
+            sizes[a.expansion.option] = given[0] if given else None
     return ExpansionPlan.for_model(config, every=e.every, layers=e.layers, init=e.init, seed=e.seed,
                                    gate_bias_init=e.gate_bias_init, **sizes)
 

@@ -32,7 +32,7 @@ UNTOUCHED_PREFIXES = ("mlp.", "mlp_norm.")
 def plan_options(config: GLAConfig, layers: list[int], heads: Optional[int],
                  gate_bias_init: Optional[tuple[float, float]]) -> dict:
     """The plan's GLA fields: ``heads`` heads per expanded layer (default 1: merge them all)."""
-    return {"gla_heads": heads or 1, "gate_bias_init": tuple(gate_bias_init) if gate_bias_init else None}
+    return {"heads": heads or 1, "gate_bias_init": tuple(gate_bias_init) if gate_bias_init else None}
 
 
 def _divisors_below(h: int) -> list[int]:
@@ -42,15 +42,15 @@ def _divisors_below(h: int) -> list[int]:
 def validate(config: GLAConfig, plan: ExpansionPlan) -> None:
     """Raise ValueError when ``plan`` does not apply to ``config``; every message names the constraint."""
     if plan.d_state is not None:
-        raise ValueError("d_state applies to Mamba2 models; a GLA expansion sets gla_heads")
+        raise ValueError("d_state applies to Mamba2 models; a GLA expansion sets heads")
     if plan.gate_bias_init is not None and plan.init != "reinit":
         raise ValueError("gate_bias_init applies to init='reinit' only (merge keeps the gate bias)")
     for i in plan.layers:
         h = config.num_heads[i]
-        if plan.gla_heads < 1 or plan.gla_heads >= h or h % plan.gla_heads:
+        if plan.heads < 1 or plan.heads >= h or h % plan.heads:
             valid = _divisors_below(h)
             raise ValueError(
-                f"layer {i} has {h} heads: gla_heads={plan.gla_heads} must divide {h} and be smaller; "
+                f"layer {i} has {h} heads: heads={plan.heads} must divide {h} and be smaller; "
                 + (f"valid values: {valid}" if valid else "this layer has one head and cannot merge further"))
 
 
@@ -86,6 +86,6 @@ def expand_gla_layer(name: str, local: str, tensor: torch.Tensor, layer: int, ol
 
 
 EXPANSION = Expansion(
-    modes=("reinit", "merge"), option="gla_heads", per_layer="num_heads",
-    option_help="GLA only: heads of each expanded layer (default 1)",
+    modes=("reinit", "merge"), option="heads", per_layer="num_heads", aliases=("gla_heads",),
+    option_help="heads of each expanded layer (default 1)",
     plan_options=plan_options, validate=validate, expand_layer=expand_gla_layer)

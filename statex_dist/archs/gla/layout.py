@@ -6,7 +6,7 @@ free of megatron-core and DeepSpeed so the streaming tools start fast.
 from __future__ import annotations
 
 from statex_dist.archs.gla.config import GLAConfig
-from statex_dist.models.layout import causal_lm_specs
+from statex_dist.models.layout import causal_lm_specs, fla_block_specs, short_conv_specs
 from statex_dist.parallel.sharding import ShardSpec
 
 EMBEDDING, NORM = "embeddings", "norm"   # fla's names of the embedding and the final norm
@@ -44,24 +44,13 @@ def attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     if cfg.use_output_gate:
         specs["g_proj.weight"] = ShardSpec((V, D), **val)
     if cfg.use_short_conv:
-        specs["q_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
-        specs["k_conv1d.weight"] = ShardSpec((K, 1, W), **qk)
-        specs["v_conv1d.weight"] = ShardSpec((V, 1, W), **val)
+        specs.update(short_conv_specs(K, V, W, qk, val))
     return specs
 
 
 def block_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     """The specs of block ``layer`` under its own names (``attn.q_proj.weight``, ``mlp_norm.weight``, ...)."""
-    D, I = cfg.hidden_size, cfg.intermediate_size
-    specs = {"attn." + k: v for k, v in attn_specs(cfg, layer, tp).items()}
-    specs.update({
-        "attn_norm.weight": ShardSpec((D,), layer=layer),
-        "mlp_norm.weight": ShardSpec((D,), layer=layer),
-        "mlp.gate_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
-        "mlp.up_proj.weight": ShardSpec((I, D), dim=0, layer=layer),
-        "mlp.down_proj.weight": ShardSpec((D, I), dim=1, layer=layer),
-    })
-    return specs
+    return fla_block_specs(cfg, layer, attn_specs(cfg, layer, tp))
 
 
 def param_specs(config: GLAConfig, tp: int = 1) -> dict[str, ShardSpec]:

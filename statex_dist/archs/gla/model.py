@@ -14,35 +14,15 @@ import torch.nn.functional as F
 
 from statex_dist.archs.gla import layout
 from statex_dist.archs.gla.config import GLAConfig
-from statex_dist.archs.gla.layout import attn_specs, block_specs, tp_mode
+from statex_dist.archs.gla.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models.common import RMSNorm, SwiGLUMLP, rms_norm
+from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
 from statex_dist.parallel.megatron_layers import column, row, to_column_input
-from statex_dist.ops import causal_conv1d, gla_attention
+from statex_dist.ops import gla_attention
 from statex_dist.parallel import state
 from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
                                          local_parameter)
-from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
 from statex_dist.parallel.sequence import gather_seq
-from statex_dist.parallel.sharding import ShardSpec
-
-
-def _maybe_reduced(w: torch.Tensor) -> torch.Tensor:
-    return tp_reduced_grad(w) if w.shard_spec.grad_reduce else w
-
-
-class ShortConvolution(nn.Module):
-    """fla's ShortConvolution: depthwise causal conv of width W, then SiLU. Weight [C, 1, W] as in fla.
-
-    Its channels split over TP like the projection that feeds it. x [B, T, C_local] -> [B, T, C_local].
-    """
-
-    def __init__(self, spec: ShardSpec, tp: int, dtype):
-        super().__init__()
-        self.weight = local_parameter(spec, tp, dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return causal_conv1d(x, _maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
 
 
 class GatedLinearAttention(nn.Module):
@@ -147,34 +127,16 @@ class GatedLinearAttention(nn.Module):
 
     def _norm(self, o: torch.Tensor) -> torch.Tensor:
         """RMSNorm over each head's value channels; o [B, T, h, dv_local]."""
-        w = _maybe_reduced(self.g_norm.weight)
-        if self.mode == "heads":
-            return rms_norm(o, w, self.cfg.norm_eps)
-        of = o.float()
-        ss = all_reduce_sum(of.pow(2).sum(-1, keepdim=True))
-        return (of * torch.rsqrt(ss / self.value_width + self.cfg.norm_eps) * w.float()).to(o.dtype)
+        width = None if self.mode == "heads" else self.value_width
+        return head_rms_norm(o, maybe_reduced(self.g_norm.weight), self.cfg.norm_eps, width).to(o.dtype)
 
 
-class GLABlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x)). x [B, T, D] -> [B, T, D]
-    ([B, T / TP, D] with ``sequence_parallel``: norms and residual adds on this rank's tokens only).
+class GLABlock(FlaBlock):
+    """fla's GLABlock: x + attn(attn_norm(x)), then + mlp(mlp_norm(x)) (see FlaBlock).
 
     Under bf16: ``attn_norm.weight`` and ``mlp_norm.weight`` computed in fp32 (the RMSNorms run in fp32), the
     MLP's weights in bf16, the residual stream bf16 (fla's blocks do the same)."""
-
-    def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
-        super().__init__()
-        self.layer = layer
-        sp = sequence_parallel
-        specs = block_specs(cfg, layer, state.tp_size())
-        self.attn_norm = RMSNorm(specs["attn_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
-        self.attn = GatedLinearAttention(cfg, layer, mcfg, sequence_parallel=sp)
-        self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
-        self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mcfg, sequence_parallel=sp)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+    MIXER = GatedLinearAttention
 
 
 class GLAForCausalLM(CausalLM):

@@ -105,5 +105,5 @@ def expand_mamba2_layer(name: str, local: str, tensor: torch.Tensor, layer: int,
 
 EXPANSION = Expansion(
     modes=("reinit", "copy", "zero", "preserve"), option="d_state", per_layer="d_state",
-    option_help="Mamba2 only: d_state of each expanded layer, larger than the current one (default 4x)",
+    option_help="d_state of each expanded layer, larger than the current one (default 4x)",
     plan_options=plan_options, validate=validate, expand_layer=expand_mamba2_layer)

@@ -1,11 +1,12 @@
 """Modeling code for exports whose recurrent-state shapes differ per layer.
 
-The stock classes (fla's GLAForCausalLM, transformers' Mamba2ForCausalLM) build every layer alike. An
-export whose GLA heads or Mamba2 d_state differ per layer therefore gets model_type ``statex_gla`` /
-``statex_mamba2``, an ``auto_map`` and the two template files of this folder copied beside its weights,
-so ``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` loads it (lm-eval-harness's
-HF backend included). The templates build each layer from the libraries' own modules with that layer's
-shape (fla's for GLA, transformers' Mamba2 for Mamba2), so the libraries' kernels run where they exist;
+The stock classes (fla's GLAForCausalLM and GatedDeltaNetForCausalLM, transformers' Mamba2ForCausalLM) build
+every layer alike. An export whose GLA or Gated DeltaNet heads or Mamba2 d_state differ per layer therefore
+gets model_type ``statex_gla`` / ``statex_gated_deltanet`` / ``statex_mamba2``, an ``auto_map`` and the two
+template files of this folder copied beside its weights, so ``AutoModelForCausalLM.from_pretrained(path,
+trust_remote_code=True)`` loads it (lm-eval-harness's HF backend included). The templates build each layer
+from the libraries' own modules with that layer's shape (fla's for GLA and Gated DeltaNet, transformers'
+Mamba2 for Mamba2), so the libraries' kernels run where they exist;
 they are not imported here.
 
 Such Mamba2 exports always use transformers' naming (``backbone.embeddings``, safetensors), also from
@@ -26,8 +27,10 @@ TEMPLATES = ("configuration_statex.py", "modeling_statex.py")
 
 def needs_remote_code(config: ModelConfig) -> bool:
     """Whether the stock classes cannot build the model: its per-layer state shapes (the ones StateX grows:
-    GLA heads, Mamba2 d_state) differ."""
-    return len(set(getattr(config, archs.of(config).expansion.per_layer))) > 1
+    GLA heads, Gated DeltaNet key and value heads, Mamba2 d_state) differ."""
+    resize = archs.of(config).expansion.resize   # with no layers chosen: the fields it sets, as they are
+    fields = resize(config, (), 0) if resize is not None else {archs.of(config).expansion.per_layer: None}
+    return any(len(set(getattr(config, f))) > 1 for f in fields)
 
 
 def set_model_type(cfg: dict, config: ModelConfig) -> bool:

@@ -1,7 +1,8 @@
 """Configurations of StateX models whose recurrent-state shapes differ per layer (``trust_remote_code``).
 
-Copied beside the weights of an export. The keys are those of the stock configs (fla's GLAConfig,
-transformers' Mamba2Config) plus the per-layer shapes: ``statex_num_heads`` (GLA heads of each layer) and
+Copied beside the weights of an export. The keys are those of the stock configs (fla's GLAConfig and
+GatedDeltaNetConfig, transformers' Mamba2Config) plus the per-layer shapes: ``statex_num_heads`` (GLA and
+Gated DeltaNet heads of each layer), ``statex_num_v_heads`` (Gated DeltaNet value heads of each layer) and
 ``statex_d_state`` (Mamba2 d_state of each layer). :meth:`layer_config` gives the config of one layer,
 which the library's modules are built from. Defaults equal those of statex-dist's checkpoint readers, so
 both read a file the same way.
@@ -9,6 +10,7 @@ both read a file the same way.
 from __future__ import annotations
 
 import copy
+import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import Mamba2Config, PreTrainedConfig
@@ -102,6 +104,71 @@ class StateXGLAConfig(PreTrainedConfig):
 
     def layer_config(self, layer_idx: int) -> "StateXGLAConfig":
         return _with(self, num_heads=self.statex_num_heads[layer_idx])
+
+
+# fla Gated DeltaNet options the model here does not implement, with the value they must have
+_GDN_FIXED = {"attn": None, "attnres_block_size": None, "allow_neg_eigval": False, "use_l2warp": False,
+              "hidden_act": "swish"}
+
+
+class StateXGatedDeltaNetConfig(PreTrainedConfig):
+    """fla's GatedDeltaNetConfig with ``statex_num_heads`` and ``statex_num_v_heads``: the key and value heads of
+    each layer (``num_heads`` / ``num_v_heads``: those of the layer of the most heads).
+
+    Key width K = num_heads * head_dim and value width V = num_v_heads * head_dim * expand_v are the same in
+    every layer; a layer of H key heads and Hv value heads has heads of K / H x V / Hv.
+    """
+
+    model_type = "statex_gated_deltanet"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(self, vocab_size: int = 32000, hidden_size: int = 2048, num_hidden_layers: int = 21,
+                 num_heads: int = 6, num_v_heads=None, head_dim: int = 256, expand_v: float = 2.0,
+                 statex_num_heads=None, statex_num_v_heads=None, hidden_ratio=4, intermediate_size=None,
+                 use_gate: bool = True, use_short_conv: bool = True, conv_size: int = 4,
+                 output_gate_activation: str = "swish", norm_eps: float = 1e-6, fuse_norm: bool = True,
+                 initializer_range: float = 0.02, use_cache: bool = True, tie_word_embeddings: bool = False,
+                 pad_token_id=None, bos_token_id=1, eos_token_id=2, **kwargs):
+        for key, want in _GDN_FIXED.items():
+            if kwargs.get(key, want) != want:
+                raise ValueError(f"{key}={kwargs[key]!r} is not supported (needs {want!r})")
+        if output_gate_activation not in ("swish", "silu"):
+            raise ValueError(f"output_gate_activation={output_gate_activation!r} is not supported (needs 'swish')")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        num_v_heads = num_v_heads or num_heads
+        self.key_dim = num_heads * head_dim
+        self.value_dim = num_v_heads * int(head_dim * expand_v)
+        self.statex_num_heads = _per_layer("statex_num_heads", statex_num_heads, num_heads, num_hidden_layers)
+        self.statex_num_v_heads = _per_layer("statex_num_v_heads", statex_num_v_heads, num_v_heads,
+                                             num_hidden_layers)
+        self.num_heads, self.num_v_heads = num_heads, num_v_heads
+        self.head_dim, self.expand_v = head_dim, expand_v
+        self.hidden_ratio = hidden_ratio
+        # fla's GatedMLP: 2/3 * hidden * ratio, rounded up to a multiple of 256
+        self.intermediate_size = intermediate_size or _round_up(int(hidden_size * (hidden_ratio or 4) * 2 / 3), 256)
+        self.use_gate, self.use_short_conv, self.conv_size = use_gate, use_short_conv, conv_size
+        self.output_gate_activation = output_gate_activation
+        self.hidden_act = "swish"
+        self.norm_eps = norm_eps
+        self.fuse_norm = fuse_norm
+        self.initializer_range = initializer_range
+        self.use_cache = use_cache
+        for i, (h, hv) in enumerate(zip(self.statex_num_heads, self.statex_num_v_heads)):
+            if h < 1 or self.key_dim % h or hv % h or self.value_dim % hv:
+                raise ValueError(f"layer {i}: {h} heads and {hv} value heads must divide key dim {self.key_dim} "
+                                 f"and value dim {self.value_dim}, the value heads a multiple of the heads")
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def layer_config(self, layer_idx: int) -> "StateXGatedDeltaNetConfig":
+        h, hv = self.statex_num_heads[layer_idx], self.statex_num_v_heads[layer_idx]
+        head_dim, head_v = self.key_dim // h, self.value_dim // hv
+        expand_v = head_v / head_dim   # fla's layer builds int(head_dim * expand_v) channels: never below head_v
+        if int(head_dim * expand_v) < head_v:
+            expand_v = math.nextafter(expand_v, math.inf)
+        return _with(self, num_heads=h, num_v_heads=hv, head_dim=head_dim, expand_v=expand_v)
 
 
 @strict
