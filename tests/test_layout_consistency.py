@@ -113,3 +113,22 @@ def test_pipeline_stages_equal_their_specs(tmp_path):
             assert not r[key]["bad"], (key, r[key]["bad"])
             held |= set(r[key]["held"])
         assert held == set(results[0][key]["all"]), key
+
+
+def test_factory_builds_the_layer_its_spec_names():
+    """``parallel.factory.linear``: the spec alone picks the layer (the table in its docstring), and a
+    time-sliced input is refused where the layer would read it whole."""
+    from megatron.core import tensor_parallel as mtp
+
+    from statex_dist.parallel import layers, state
+    from statex_dist.parallel.factory import linear
+    from statex_dist.parallel.sharding import ShardSpec
+    mcfg = state.megatron_config()
+    built = {kind: type(linear(ShardSpec((8, 4), **kw), mcfg)) for kind, kw in {
+        "replicated": {}, "column": dict(dim=0), "row": dict(dim=1),
+        "packed-column": dict(dim=0, parts=(4, 4)), "packed-row": dict(dim=1, parts=(2, 2))}.items()}
+    assert built == {"replicated": layers.ReplicatedLinear, "column": mtp.ColumnParallelLinear,
+                     "row": mtp.RowParallelLinear, "packed-column": layers.PackedColumnParallelLinear,
+                     "packed-row": layers.PackedRowParallelLinear}
+    with pytest.raises(ValueError, match="column-parallel layer reads the gathered input"):
+        linear(ShardSpec((8, 4), dim=0), mcfg, sequence_parallel=True)

@@ -12,7 +12,8 @@ from statex_dist.models.layout import fla_block_specs
 from statex_dist.ops import causal_conv1d
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
-from statex_dist.parallel.megatron_layers import column, row, to_column_input
+from statex_dist.parallel.factory import linear
+from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.parallel.sequence import mark_sequence_parallel
 from statex_dist.parallel.sharding import ShardSpec
 
@@ -75,9 +76,9 @@ class SwiGLUMLP(nn.Module):
         """``specs``: the layout's ``gate_proj.weight``, ``up_proj.weight`` and ``down_proj.weight``."""
         super().__init__()
         self.sequence_parallel = sequence_parallel
-        self.gate_proj = column(specs["gate_proj.weight"], cfg, shared_input=True)
-        self.up_proj = column(specs["up_proj.weight"], cfg, shared_input=True)
-        self.down_proj = row(specs["down_proj.weight"], cfg, sequence_parallel=sequence_parallel)
+        self.gate_proj = linear(specs["gate_proj.weight"], cfg, shared_input=True)
+        self.up_proj = linear(specs["up_proj.weight"], cfg, shared_input=True)
+        self.down_proj = linear(specs["down_proj.weight"], cfg, sequence_parallel=sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_column_input(x, self.sequence_parallel)

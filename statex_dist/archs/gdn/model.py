@@ -19,9 +19,9 @@ from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
 from statex_dist.ops import gated_delta_rule
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
-                                         local_parameter)
-from statex_dist.parallel.megatron_layers import column, row, to_column_input
+from statex_dist.parallel.factory import linear
+from statex_dist.parallel.layers import local_parameter
+from statex_dist.parallel.megatron_layers import to_column_input
 
 L2_EPS = 1e-6   # fla's l2norm: x / sqrt(sum(x^2) + eps), in fp32
 
@@ -80,22 +80,13 @@ class GatedDeltaNet(nn.Module):
         self.value_width = cfg.head_v_dim(layer)                   # one value head's full width: the norm's denominator
         self.heads = specs["q_proj.weight"].local_shape(tp)[0] // self.head_k
         self.v_heads = specs["a_proj.weight"].local_shape(tp)[0]
-        # q, k, v, a, b, g read one input that passed copy-to-region once (one all-reduce of its gradient)
-        if self.mode == "heads":
-            proj = lambda n: column(specs[f"{n}_proj.weight"], mcfg, shared_input=True)  # noqa: E731
-            self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj = (proj(n) for n in "qkvab")
-            if cfg.use_gate:
-                self.g_proj = proj("g")
-            self.o_proj = row(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
-        else:
-            whole = lambda n: ReplicatedLinear(specs[f"{n}_proj.weight"], dtype=dtype, shared_input=True)  # noqa: E731
-            packed = lambda n: PackedColumnParallelLinear(  # noqa: E731
-                specs[f"{n}_proj.weight"], tp, dtype, shared_input=True)
-            self.q_proj, self.k_proj, self.a_proj, self.b_proj = (whole(n) for n in "qkab")
-            self.v_proj = packed("v")
-            if cfg.use_gate:
-                self.g_proj = packed("g")
-            self.o_proj = PackedRowParallelLinear(specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
+        # q, k, v, a, b, g read one input that passed copy-to-region once (one all-reduce of its gradient); the
+        # layout picks each layer (column- or row-parallel by heads, packed by value channels, or replicated)
+        self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj = (
+            linear(specs[f"{n}_proj.weight"], mcfg, shared_input=True) for n in "qkvab")
+        if cfg.use_gate:
+            self.g_proj = linear(specs["g_proj.weight"], mcfg, shared_input=True)
+        self.o_proj = linear(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
         self.A_log = local_parameter(specs["A_log"], tp, dtype)
         self.dt_bias = local_parameter(specs["dt_bias"], tp, dtype)
         if cfg.use_short_conv:

@@ -17,11 +17,11 @@ from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.gla.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
-from statex_dist.parallel.megatron_layers import column, row, to_column_input
+from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.ops import gla_attention
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import (PackedColumnParallelLinear, PackedRowParallelLinear, ReplicatedLinear,
-                                         local_parameter)
+from statex_dist.parallel.factory import linear
+from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.sequence import gather_seq
 
 
@@ -65,31 +65,22 @@ class GatedLinearAttention(nn.Module):
         self.head_v = specs["g_norm.weight"].local_shape(tp)[0]   # this rank's value channels of a head
         self.heads = specs["v_proj.weight"].local_shape(tp)[0] // self.head_v
         self.value_width = specs["g_norm.weight"].shape[0]         # one head's full value width: the norm's denominator
-        # q, k, v, g read one input that passed copy-to-region once (one all-reduce of its gradient)
-        if self.mode == "heads":
-            self.q_proj = column(specs["q_proj.weight"], mcfg, shared_input=True)
-            self.k_proj = column(specs["k_proj.weight"], mcfg, shared_input=True)
-            self.v_proj = column(specs["v_proj.weight"], mcfg, shared_input=True)
-            if cfg.use_output_gate:
-                self.g_proj = column(specs["g_proj.weight"], mcfg, shared_input=True)
-            gk_up = column(specs["gk_proj.1.weight"], mcfg, bias_spec=specs["gk_proj.1.bias"])
-            self.o_proj = row(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
-        else:
-            self.q_proj = ReplicatedLinear(specs["q_proj.weight"], dtype=dtype, shared_input=True)
-            self.k_proj = ReplicatedLinear(specs["k_proj.weight"], dtype=dtype, shared_input=True)
-            self.v_proj = PackedColumnParallelLinear(specs["v_proj.weight"], tp, dtype, shared_input=True)
-            if cfg.use_output_gate:
-                self.g_proj = PackedColumnParallelLinear(specs["g_proj.weight"], tp, dtype, shared_input=True)
-            gk_up = ReplicatedLinear(specs["gk_proj.1.weight"], specs["gk_proj.1.bias"], dtype=dtype)
-            self.o_proj = PackedRowParallelLinear(specs["o_proj.weight"], tp, dtype, sequence_parallel=sp)
+        # q, k, v, g read one input that passed copy-to-region once (one all-reduce of its gradient); the
+        # layout picks each layer (column- or row-parallel by heads, packed by value channels, or replicated)
+        self.q_proj = linear(specs["q_proj.weight"], mcfg, shared_input=True)
+        self.k_proj = linear(specs["k_proj.weight"], mcfg, shared_input=True)
+        self.v_proj = linear(specs["v_proj.weight"], mcfg, shared_input=True)
+        if cfg.use_output_gate:
+            self.g_proj = linear(specs["g_proj.weight"], mcfg, shared_input=True)
+        self.o_proj = linear(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
         if cfg.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
         # gk_proj.0 reads x, not the gathered copy: gk_proj.1 returns its input gradient already summed over
         # TP, so with SP the gather after gk_proj.0 only slices it back to this rank's tokens, and gk_proj.0's
         # weight gradient (from this rank's tokens) is summed over TP
-        low_rank = ReplicatedLinear(specs["gk_proj.0.weight"], dtype=dtype, sequence_parallel=sp)
-        self.gk_proj = nn.ModuleList([low_rank, gk_up])
+        self.gk_proj = nn.ModuleList([linear(specs["gk_proj.0.weight"], mcfg, sequence_parallel=sp),
+                                      linear(specs["gk_proj.1.weight"], mcfg, bias_spec=specs["gk_proj.1.bias"])])
         self.g_norm = nn.Module()
         self.g_norm.weight = local_parameter(specs["g_norm.weight"], tp, dtype)
 

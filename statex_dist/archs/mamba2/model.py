@@ -16,10 +16,10 @@ from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.archs.mamba2.layout import block_specs, mixer_specs
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import RMSNorm
-from statex_dist.parallel.megatron_layers import row
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
-from statex_dist.parallel.layers import PackedColumnParallelLinear, local_parameter
+from statex_dist.parallel.factory import linear
+from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
 from statex_dist.parallel.sequence import gather_seq
 
@@ -67,7 +67,7 @@ class Mamba2Mixer(nn.Module):
         self.E_l, _, self.GN_in, _, self.local_heads = self.parts
         self.N = N
         # with SP the gather in forward replaces in_proj's own copy-to-region
-        self.in_proj = PackedColumnParallelLinear(specs["in_proj.weight"], tp, dtype, shared_input=sequence_parallel)
+        self.in_proj = linear(specs["in_proj.weight"], mcfg, shared_input=sequence_parallel)
         self.conv1d = nn.Module()
         self.conv1d.weight = local_parameter(specs["conv1d.weight"], tp, dtype)
         self.conv1d.bias = local_parameter(specs["conv1d.bias"], tp, dtype, 0.0)
@@ -76,7 +76,7 @@ class Mamba2Mixer(nn.Module):
         self.D = local_parameter(specs["D"], tp, dtype, 1.0)
         self.norm = nn.Module()
         self.norm.weight = local_parameter(specs["norm.weight"], tp, dtype, 1.0)
-        self.out_proj = row(specs["out_proj.weight"], mcfg, sequence_parallel=sequence_parallel)
+        self.out_proj = linear(specs["out_proj.weight"], mcfg, sequence_parallel=sequence_parallel)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
