@@ -1,4 +1,5 @@
-"""statex-dist: distributed post-training with state expansion (StateX) for GLA and Mamba2 LMs."""
+"""statex-dist: distributed post-training with state expansion (StateX) for recurrent LMs (GLA, Gated DeltaNet,
+Mamba2)."""
 import warnings
 
 # megatron-core warns at import that its optional fused kernels (Transformer Engine, Apex) are absent;

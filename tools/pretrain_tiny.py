@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Pretrain the embedded tiny GLA or Mamba2 on MQAR + synthetic text, on the CPU, from nothing.
+"""Pretrain an architecture's embedded tiny model on MQAR + synthetic text, on the CPU, from nothing.
 
   python tools/pretrain_tiny.py --arch gla                      # -> statex_dist/pretrained/tiny-gla
   python tools/pretrain_tiny.py --arch mamba2 --seed 1 --out runs/pretrained/tiny-mamba2-seed1
 
-The output is a Hugging Face folder in the source library's own format (fla GLA; transformers Mamba2:
-config.json + model.safetensors) plus pretrain.json (the command, the loss curve and the final MQAR
+The output is a Hugging Face folder in the source library's own format (fla's for GLA and Gated DeltaNet,
+transformers' for Mamba2: config.json + model.safetensors) plus pretrain.json (the command, the loss curve and the final MQAR
 accuracy per N and text perplexity), written atomically. The same flags give the same weights on the same
 torch build. One process, plain torch AdamW: a model of 0.1M parameters gains nothing from DeepSpeed, and
 the post-training (statex_dist.train) is where the distributed stack is exercised.
