@@ -77,7 +77,17 @@ def run_overrides(arch: str, shards, run_dir, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def engine_worker(rank, world, overrides_list, torch_reference: bool = False):
+def engine_runs_worker(rank, world, runs: list, torch_reference: bool = False):
+    """Several runs (override lists) in turn in the same processes, one spawn for all: engine_worker's
+    result for each."""
+    from statex_dist.parallel import state
+    try:
+        return [engine_worker(rank, world, o, torch_reference, destroy=False) for o in runs]
+    finally:
+        state.destroy()
+
+
+def engine_worker(rank, world, overrides_list, torch_reference: bool = False, destroy: bool = True):
     """One rank of a run: its losses, the engine's grad norm after each step, and its live parameters
     (this rank's TP slice of its stage's parameters, under the model's own names; ZeRO-3 gathered).
     ``torch_reference`` (one process, no pipeline): also the same run in plain torch (torch_adamw) from the
@@ -114,7 +124,8 @@ def engine_worker(rank, world, overrides_list, torch_reference: bool = False):
     where = {"rank": rank, "tp_rank": run.tp_rank, "dp_rank": run.dp_rank, "stage": run.stage,
              "tp": run.cfg.parallel.tp}
     extra = {"torch": torch_adamw(run.cfg, run.model_config, first, batches)} if torch_reference else {}
-    state.destroy()
+    if destroy:
+        state.destroy()
     return {**where, "losses": out["losses"], "norms": norms, "params": params, **extra}
 
 
@@ -161,16 +172,17 @@ def shards(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, shards):
-    """The one-process run of an arch (1 micro-batch of 8), made once per session on first use."""
+    """The one-process run of each arch (1 micro-batch of 8), all made in one process on first use."""
     made = {}
 
     def get(arch):
-        if arch not in made:
-            root = tmp_path_factory.mktemp(f"ref-{arch}")
-            (res,) = run_workers(engine_worker, 1, run_overrides(arch, shards, root / "run", **{"data.micro_batch": 8}),
-                                 True, tmp_path=root / "w", timeout=300)
-            made[arch] = (res, final_weights(root / "run"))
-            assert max(res["norms"]) > 0.3, res["norms"]      # the clip acts in the reference
+        if not made:
+            root = tmp_path_factory.mktemp("ref")
+            runs = [run_overrides(a, shards, root / a, **{"data.micro_batch": 8}) for a in ARCHS]
+            (results,) = run_workers(engine_runs_worker, 1, runs, True, tmp_path=root / "w", timeout=600)
+            for a, res in zip(ARCHS, results):
+                made[a] = (res, final_weights(root / a))
+                assert max(res["norms"]) > 0.3, (a, res["norms"])      # the clip acts in the reference
         return made[arch]
     return get
 
@@ -258,23 +270,28 @@ LAYOUTS = {  # id: (processes, overrides)
 CHEAP = {"dp2", "tp2", "pp2"}
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
 @pytest.mark.parametrize("layout", [pytest.param(k, marks=() if k in CHEAP else pytest.mark.slow) for k in LAYOUTS])
-def test_layout_equals_one_process(tmp_path, shards, reference, arch, layout):
+def test_layout_equals_one_process(tmp_path, shards, reference, layout):
+    """Every architecture at ``layout``, one after the other in the same processes."""
     world, extra = LAYOUTS[layout]
-    ref = reference(arch)
-    results = run_workers(engine_worker, world, run_overrides(arch, shards, tmp_path / "run", **extra),
-                          tmp_path=tmp_path / "w", timeout=600)
-    check_equal(f"{arch} {layout}", results, tmp_path / "run", ref)
+    per_rank = run_workers(engine_runs_worker, world,
+                           [run_overrides(arch, shards, tmp_path / arch, **extra) for arch in ARCHS],
+                           tmp_path=tmp_path / "w", timeout=900)
+    for i, arch in enumerate(ARCHS):
+        check_equal(f"{arch} {layout}", [r[i] for r in per_rank], tmp_path / arch, reference(arch))
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("case,extra", [
-    ("4x2-accumulated", {"data.micro_batch": 2}),             # 4 micro-batches of 2 vs the reference's 1 of 8
-    ("recomputed", {"data.micro_batch": 8, "parallel.activation_checkpointing": True}),
-])
-def test_one_process_variants(tmp_path, shards, reference, arch, case, extra):
-    ref = reference(arch)
-    results = run_workers(engine_worker, 1, run_overrides(arch, shards, tmp_path / "run", **extra),
-                          tmp_path=tmp_path / "w", timeout=300)
-    check_equal(f"{arch} {case}", results, tmp_path / "run", ref)
+VARIANTS = {  # one process, against the reference's 1 micro-batch of 8
+    "4x2-accumulated": {"data.micro_batch": 2},
+    "recomputed": {"data.micro_batch": 8, "parallel.activation_checkpointing": True},
+}
+
+
+def test_one_process_variants(tmp_path, shards, reference):
+    """Every architecture in both variants, one after the other in one process."""
+    cases = [(arch, case) for arch in ARCHS for case in VARIANTS]
+    (results,) = run_workers(engine_runs_worker, 1, [run_overrides(arch, shards, tmp_path / f"{arch}-{case}",
+                                                                   **VARIANTS[case]) for arch, case in cases],
+                             tmp_path=tmp_path / "w", timeout=900)
+    for (arch, case), res in zip(cases, results):
+        check_equal(f"{arch} {case}", [res], tmp_path / f"{arch}-{case}", reference(arch))

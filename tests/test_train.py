@@ -83,17 +83,6 @@ def test_kill9_during_checkpoint_then_resume_is_exact(tmp_path, shards):
     assert all(got[s] == want[s] for s in got), {s: (got[s], want[s]) for s in got}  # bitwise (float32)
 
 
-def test_resume_tp1_checkpoint_at_tp2(tmp_path, shards):
-    # TP=1 for 5 steps, a checkpoint at step 4; then TP=2 from that checkpoint: its first loss is step 5's
-    ov = overrides(GLA, shards, tmp_path / "tp1", steps=5, **{"checkpoint.every": 4})
-    tp1 = run_workers(train_worker, 1, ov, tmp_path=tmp_path / "w1", timeout=300)[0]
-    ck = tmp_path / "tp1" / "checkpoints" / "step00000004"
-    ov2 = overrides(GLA, shards, tmp_path / "tp2", steps=5, **{"parallel.tp": 2, "checkpoint.resume": str(ck)})
-    tp2 = run_workers(train_worker, 2, ov2, tmp_path=tmp_path / "w2", timeout=300)[0]
-    assert len(tp2) == 1
-    assert abs(tp2[0] - tp1[4]) <= 1e-5 * abs(tp1[4])
-
-
 def test_bad_config_fails_before_any_process_group(tmp_path, shards):
     gla = _train_cli(overrides(GLA, shards, tmp_path / "gla", steps=2), timeout=300)
     assert gla.returncode == 0, gla.stderr[-2000:]
