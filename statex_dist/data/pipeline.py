@@ -37,8 +37,11 @@ Remote folders (``statex_dist/data/remote.py``): the same readers stream the tar
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import multiprocessing as mp
+import os
 import random
 import signal
 from itertools import islice
@@ -235,12 +238,32 @@ def _merge(chunks: list[dict]) -> Optional[dict]:
     return {k: a[order] for k, a in out.items()}
 
 
-def _leave_stop_signals_to_the_rank(worker_id: int) -> None:
-    """A loader worker ignores a scheduler's stop signals (torch makes SIGTERM fatal to it). Slurm signals every
-    process of a job: the rank checkpoints first (statex_dist.training.preemption) and needs its workers for
-    that step; a worker whose rank is gone exits on its own (torch's watchdog)."""
+_rank_exiting = None   # set when this process's interpreter exits; made before its first loader worker forks
+
+
+def _exiting_event():
+    """An event the workers share with their rank, set by the rank's exit (an ``atexit`` function, which runs
+    before multiprocessing's own, the one that terminates the workers with SIGTERM)."""
+    global _rank_exiting
+    if _rank_exiting is None:
+        _rank_exiting = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Event()
+        atexit.register(_rank_exiting.set)
+    return _rank_exiting
+
+
+def _stop_signal(exiting, signum, frame) -> None:
+    if exiting.is_set():   # the rank is exiting and terminates its workers: go
+        os._exit(0)
+    # else a scheduler's warning, sent to every process of the job: the rank checkpoints first and may need
+    # this worker's batches for the step it is in; it ends the worker when it is done
+
+
+def _leave_stop_signals_to_the_rank(exiting, worker_id: int) -> None:
+    """A loader worker leaves a scheduler's stop signals to its rank (torch makes SIGTERM fatal to it, which
+    makes the rank fail at once): see statex_dist.training.preemption. A worker whose rank is gone exits on
+    its own (torch's watchdog)."""
     for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(s, signal.SIG_IGN)
+        signal.signal(s, functools.partial(_stop_signal, exiting))
 
 
 def _keep(batch):
@@ -275,8 +298,9 @@ class ShardLoader:
         # fork: a worker starts in milliseconds and needs nothing from CUDA; under spawn (the default in
         # processes that were themselves spawned) each start re-imports torch, seconds per worker
         ctx = "fork" if self.workers and "fork" in mp.get_all_start_methods() else None
+        init = functools.partial(_leave_stop_signals_to_the_rank, _exiting_event())
         chunks = iter(DataLoader(ds, batch_size=None, num_workers=self.workers, multiprocessing_context=ctx,
-                                 collate_fn=_keep, worker_init_fn=_leave_stop_signals_to_the_rank))
+                                 collate_fn=_keep, worker_init_fn=init))
         B, drop, pending = self.micro_batch, partial * self.micro_batch, None
         while True:
             got = list(islice(chunks, W))          # one step: a chunk from each worker, round robin
