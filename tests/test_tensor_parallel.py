@@ -11,29 +11,64 @@ A_log, dt_bias and a_proj of Mamba2 and Gated DeltaNet: each a sum over every po
 DeltaNet's TP=2 and TP=4 cases, with and without sequence parallelism, measured 1.3e-6 to 2.4e-6). Divided by the slice's own max
 instead, a TP=4 rank's few heads of dt_bias gave 9.3e-6, too near the bound for CPUs that round otherwise.
 A wrong shard or a missing DP average is off by order 1 (an unaveraged DP=2 gradient is twice the
-reference)."""
+reference).
+
+Each (TP, world) layout runs all its cases in one set of processes (``tp_dp_cases_worker``); the default and
+the slow cases separately, so the default set starts no process for a slow one."""
 import pytest
 
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, batch, compare_ranks, reference_weights, single_process, tp_dp_worker
+from tests.parallel_cases import CASES, batch, compare_ranks, reference_weights, single_process, tp_dp_step
 
 TOL = 1e-5
 
 
-@pytest.mark.parametrize("case,tp,world", [
-    ("gla-mixed", 2, 2), ("mamba2-g1", 2, 2), ("mamba2-g2", 2, 2),
-    ("gla-mixed", 2, 4), ("mamba2-g1", 2, 4), ("gdn-mixed", 2, 2),
-    pytest.param("gla-tied", 2, 2, marks=pytest.mark.slow),
-    pytest.param("gla-mixed", 4, 4, marks=pytest.mark.slow),
-    pytest.param("mamba2-g2", 4, 4, marks=pytest.mark.slow),
-    pytest.param("gdn-mixed", 4, 4, marks=pytest.mark.slow),
-])
-def test_tp_dp_equals_single_process(tmp_path, case, tp, world):
+RUNS = {  # (default or slow, TP, world) -> its cases, run together
+    ("default", 2, 2): ["gla-mixed", "mamba2-g1", "mamba2-g2", "gdn-mixed"],
+    ("default", 2, 4): ["gla-mixed", "mamba2-g1"],
+    ("slow", 2, 2): ["gla-tied"],
+    ("slow", 4, 4): ["gla-mixed", "mamba2-g2", "gdn-mixed"],
+}
+
+
+def tp_dp_cases_worker(rank, world, tp, cases: dict):
+    """tp_dp_step for each case (name -> its arguments) on the same TP x DP groups."""
+    from statex_dist.parallel import state
+    state.initialize(tp, 1)
+    try:
+        return {name: tp_dp_step(tp, *args) for name, args in cases.items()}
+    finally:
+        state.destroy()
+
+
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory):
+    """(kind, tp, world) -> (references, every rank's results), made on first use."""
+    made = {}
+
+    def get(kind, tp, world):
+        if (kind, tp, world) not in made:
+            refs, args = {}, {}
+            for name in RUNS[kind, tp, world]:
+                cfg = CASES[name]
+                weights = reference_weights(cfg)
+                ids, labels = batch(cfg)
+                refs[name] = single_process(cfg, weights, ids, labels, logits=True), labels
+                args[name] = (cfg.to_dict(), weights, ids, labels)
+            got = run_workers(tp_dp_cases_worker, world, tp, args,
+                              tmp_path=tmp_path_factory.mktemp(f"tp{tp}-w{world}"), timeout=600)
+            made[kind, tp, world] = refs, got
+        return made[kind, tp, world]
+    return get
+
+
+@pytest.mark.parametrize("kind,case,tp,world", [
+    pytest.param(kind, case, tp, world, marks=() if kind == "default" else pytest.mark.slow)
+    for (kind, tp, world), cases in RUNS.items() for case in cases])
+def test_tp_dp_equals_single_process(layout_runs, kind, case, tp, world):
     cfg = CASES[case]
-    weights = reference_weights(cfg)
-    ids, labels = batch(cfg)
-    ref = single_process(cfg, weights, ids, labels, logits=True)
-    got = run_workers(tp_dp_worker, world, tp, cfg.to_dict(), weights, ids, labels, tmp_path=tmp_path)
+    refs, per_rank = layout_runs(kind, tp, world)
+    (ref, labels), got = refs[case], [r[case] for r in per_rank]
     worst = compare_ranks(cfg, ref, labels, got, TOL)
     print(f"\n{case} TP={tp} on {world} ranks: max relative error " +
           "; ".join(f"{k} {e:.1e} ({where})" for k, (e, where) in worst.items()))
