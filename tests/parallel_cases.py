@@ -174,8 +174,17 @@ def compare_ranks(cfg, ref, labels, results, tol: float) -> dict:
     return worst
 
 
+def pipeline_cases_worker(rank, world, tp, pp, cases: dict):
+    """pipeline_worker for each case (name -> its arguments after ``pp``) in the same processes."""
+    from statex_dist.parallel import state
+    try:
+        return {name: pipeline_worker(rank, world, tp, pp, *args, destroy=False) for name, args in cases.items()}
+    finally:
+        state.destroy()
+
+
 def pipeline_worker(rank, world, tp, pp, cfg_dict, weights, ids, labels, micro_batch, grad_accum, clip=0.0,
-                    ckpt_interval=0):
+                    ckpt_interval=0, destroy=True):
     """One rank of a TP x PP x DP run through DeepSpeed's pipeline engine (ZeRO-1, fp32, torch SGD).
 
     Returns on rank 0: (loss, full grads, full weights after the step, gap between the two copies of a
@@ -236,7 +245,8 @@ def pipeline_worker(rank, world, tp, pp, cfg_dict, weights, ids, labels, micro_b
         dist.all_gather_object(copies, stage.get(emb), group=ps.get_pipeline_model_parallel_group())
         tied_gap = (copies[0] - copies[-1]).abs().max().item()
     keep = rank == 0
-    state.destroy()
+    if destroy:
+        state.destroy()
     return (loss, grads, new, tied_gap) if keep else None
 
 

@@ -12,8 +12,9 @@ import torch
 
 from tests.conftest import rel_err
 from tests.dist_utils import run_workers
-from tests.parallel_cases import (CASES, LR, batch, engine_tp_worker, pipeline_start_errors_worker, pipeline_worker,
-                                  reference_weights, single_process, trim_padding)
+from tests.parallel_cases import (CASES, LR, batch, engine_tp_worker, pipeline_cases_worker,
+                                  pipeline_start_errors_worker, pipeline_worker, reference_weights, single_process,
+                                  trim_padding)
 
 TOL = 1e-5
 MICRO, ACCUM = 2, 2  # with batch()'s 4 sequences: 2 micro-batches per pipeline at DP = 1
@@ -44,16 +45,41 @@ def _compare(ref, got, new_ref=None):
     assert tied_gap == 0.0, f"the two copies of the tied embedding drifted apart by {tied_gap}"
 
 
-@pytest.mark.parametrize("case,tp,pp,world", [
-    ("gla-mixed", 1, 2, 2),   # untied head; 4-head and 1-head layers
-    ("mamba2-g1", 1, 2, 2),   # tied embedding on the first and last stage
-    ("gla-mixed", 2, 2, 4),   # head- and value-sharded layers inside a pipeline
-    ("mamba2-g1", 2, 2, 4),   # whole B/C and a spanning gated norm, tied embedding, TP x PP
-    ("gdn-mixed", 2, 2, 4),   # Gated DeltaNet: grouped head-sharded and value-sharded layers, TP x PP
-])
-def test_pipeline_equals_single_process(tmp_path, case, tp, pp, world):
-    _, _, ref, got = _run(tmp_path, case, tp, pp, world)
-    _compare(ref, got)
+PIPELINES = {  # (TP, PP, world) -> its cases, run together in one set of processes
+    (1, 2, 2): ["gla-mixed",    # untied head; 4-head and 1-head layers
+                "mamba2-g1"],   # tied embedding on the first and last stage
+    (2, 2, 4): ["gla-mixed",    # head- and value-sharded layers inside a pipeline
+                "mamba2-g1",    # whole B/C and a spanning gated norm, tied embedding, TP x PP
+                "gdn-mixed"],   # Gated DeltaNet: grouped head-sharded and value-sharded layers, TP x PP
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(tmp_path_factory):
+    """(tp, pp, world) -> ({case: one-process reference}, rank 0's results by case), made on first use."""
+    made = {}
+
+    def get(tp, pp, world):
+        if (tp, pp, world) not in made:
+            refs, args = {}, {}
+            for name in PIPELINES[tp, pp, world]:
+                cfg = CASES[name]
+                weights = reference_weights(cfg)
+                ids, labels = batch(cfg)
+                assert (labels != -100).all()  # equal token counts per micro-batch: mean of means = the mean
+                refs[name] = single_process(cfg, weights, ids, labels)
+                args[name] = (cfg.to_dict(), weights, ids, labels, MICRO, ACCUM)
+            got = run_workers(pipeline_cases_worker, world, tp, pp, args,
+                              tmp_path=tmp_path_factory.mktemp(f"pp{pp}"), timeout=600)[0]
+            made[tp, pp, world] = refs, got
+        return made[tp, pp, world]
+    return get
+
+
+@pytest.mark.parametrize("case,tp,pp,world", [(c, *k) for k, cases in PIPELINES.items() for c in cases])
+def test_pipeline_equals_single_process(pipeline_runs, case, tp, pp, world):
+    refs, got = pipeline_runs(tp, pp, world)
+    _compare(refs[case], got[case])
 
 
 @pytest.mark.slow
