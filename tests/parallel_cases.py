@@ -64,6 +64,19 @@ def single_process(cfg, weights, ids, labels, logits: bool = False):
     return (loss.item(), grads, new, captured[0]) if logits else (loss.item(), grads, new)
 
 
+def prepared(names, logits: bool = False) -> tuple[dict, dict]:
+    """For each case of ``names``: ({name: (one-process reference, labels)}, {name: (config dict, weights,
+    ids, labels)}), the second the arguments a worker runs it with."""
+    refs, args = {}, {}
+    for name in names:
+        cfg = CASES[name]
+        weights = reference_weights(cfg)
+        ids, labels = batch(cfg)
+        refs[name] = single_process(cfg, weights, ids, labels, logits=logits), labels
+        args[name] = (cfg.to_dict(), weights, ids, labels)
+    return refs, args
+
+
 def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
     """One rank of a TP x DP run without a pipeline: this rank's own copies (tp_dp_step), on every rank."""
     from statex_dist.parallel import state

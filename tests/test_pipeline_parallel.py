@@ -13,8 +13,8 @@ import torch
 from tests.conftest import rel_err
 from tests.dist_utils import run_workers
 from tests.parallel_cases import (CASES, LR, batch, engine_tp_worker, pipeline_cases_worker,
-                                  pipeline_start_errors_worker, pipeline_worker, reference_weights, single_process,
-                                  trim_padding)
+                                  pipeline_start_errors_worker, pipeline_worker, prepared, reference_weights,
+                                  single_process, trim_padding)
 
 TOL = 1e-5
 MICRO, ACCUM = 2, 2  # with batch()'s 4 sequences: 2 micro-batches per pipeline at DP = 1
@@ -61,14 +61,10 @@ def pipeline_runs(tmp_path_factory):
 
     def get(tp, pp, world):
         if (tp, pp, world) not in made:
-            refs, args = {}, {}
-            for name in PIPELINES[tp, pp, world]:
-                cfg = CASES[name]
-                weights = reference_weights(cfg)
-                ids, labels = batch(cfg)
-                assert (labels != -100).all()  # equal token counts per micro-batch: mean of means = the mean
-                refs[name] = single_process(cfg, weights, ids, labels)
-                args[name] = (cfg.to_dict(), weights, ids, labels, MICRO, ACCUM)
+            refs, args = prepared(PIPELINES[tp, pp, world])
+            # equal token counts per micro-batch: the mean of their means is the one-process mean
+            assert all((labels != -100).all() for _, labels in refs.values())
+            args = {name: (*a, MICRO, ACCUM) for name, a in args.items()}
             got = run_workers(pipeline_cases_worker, world, tp, pp, args,
                               tmp_path=tmp_path_factory.mktemp(f"pp{pp}"), timeout=600)[0]
             made[tp, pp, world] = refs, got
@@ -79,7 +75,7 @@ def pipeline_runs(tmp_path_factory):
 @pytest.mark.parametrize("case,tp,pp,world", [(c, *k) for k, cases in PIPELINES.items() for c in cases])
 def test_pipeline_equals_single_process(pipeline_runs, case, tp, pp, world):
     refs, got = pipeline_runs(tp, pp, world)
-    _compare(refs[case], got[case])
+    _compare(refs[case][0], got[case])
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ the slow cases separately, so the default set starts no process for a slow one."
 import pytest
 
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, batch, compare_ranks, reference_weights, single_process, tp_dp_step
+from tests.parallel_cases import CASES, compare_ranks, prepared, tp_dp_step
 
 TOL = 1e-5
 
@@ -48,13 +48,7 @@ def layout_runs(tmp_path_factory):
 
     def get(kind, tp, world):
         if (kind, tp, world) not in made:
-            refs, args = {}, {}
-            for name in RUNS[kind, tp, world]:
-                cfg = CASES[name]
-                weights = reference_weights(cfg)
-                ids, labels = batch(cfg)
-                refs[name] = single_process(cfg, weights, ids, labels, logits=True), labels
-                args[name] = (cfg.to_dict(), weights, ids, labels)
+            refs, args = prepared(RUNS[kind, tp, world], logits=True)
             got = run_workers(tp_dp_cases_worker, world, tp, args,
                               tmp_path=tmp_path_factory.mktemp(f"tp{tp}-w{world}"), timeout=600)
             made[kind, tp, world] = refs, got
