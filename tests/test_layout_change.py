@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.dist_utils import run_workers
-from tests.test_engine_equality import engine_worker, run_overrides
+from tests.test_engine_equality import ARCHS, engine_runs_worker, engine_worker, run_overrides
 from tests.train_helpers import aligned_shards
 
 TOL = 1e-5
@@ -104,28 +104,29 @@ def _optimizer(run_dir, step: int) -> tuple[dict, object]:
     return out, ck.config
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
 @pytest.mark.parametrize("case", [pytest.param(k, marks=() if k in CHEAP else pytest.mark.slow) for k in CASES])
-def test_resume_at_another_layout(tmp_path, shards, arch, case, capfd):
+def test_resume_at_another_layout(tmp_path, shards, case, capfd):
+    """Every architecture, one after the other in the same processes (one set saving, one resuming)."""
     (w1, o1), (w2, o2) = CASES[case]
-    first = run_workers(engine_worker, w1, run_overrides(arch, shards, tmp_path / "a", **o1, **{"checkpoint.every": 5}),
-                        tmp_path=tmp_path / "wa", timeout=600)
-    ref = first[0]["losses"]
-    resume = tmp_path / "a" / "checkpoints" / "step00000005"
-    second = [r[0] for r in run_workers(resumed_worker, w2, [run_overrides(arch, shards, tmp_path / "b", **o2, **{
-        "checkpoint.every": 5, "checkpoint.resume": str(resume)})], tmp_path=tmp_path / "wb", timeout=600)]
+    first = run_workers(engine_runs_worker, w1, [run_overrides(arch, shards, tmp_path / f"a-{arch}", **o1, **{
+        "checkpoint.every": 5}) for arch in ARCHS], tmp_path=tmp_path / "wa", timeout=900)
+    second = run_workers(resumed_worker, w2, [run_overrides(arch, shards, tmp_path / f"b-{arch}", **o2, **{
+        "checkpoint.every": 5, "checkpoint.resume": str(tmp_path / f"a-{arch}" / "checkpoints" / "step00000005")})
+        for arch in ARCHS], tmp_path=tmp_path / "wb", timeout=900)
     out = capfd.readouterr().out
-    assert "converted from" in out and "AdamW moments (step 5)" in out, out[-2000:]
-
-    (saved, config), (converted, _) = _optimizer(tmp_path / "a", 5), _optimizer(tmp_path / "b", 5)
-    assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
-    n = check_restored(saved, config, second, case)
-    assert saved.keys() == converted.keys()
-    for key, t in saved.items():
-        assert torch.equal(converted[key], t), (case, key)
-    err = check_losses(second, ref[5:], case)
-    print(f"\n{arch} {case}: {n} restored tensors equal to the saved ones on {len(second)} ranks; max relative "
-          f"loss error over the 5 resumed steps {err:.1e}")
+    assert out.count("converted from") == len(ARCHS) and "AdamW moments (step 5)" in out, out[-2000:]
+    for i, arch in enumerate(ARCHS):
+        label = f"{arch} {case}"
+        ranks = [r[i] for r in second]
+        (saved, config), (converted, _) = _optimizer(tmp_path / f"a-{arch}", 5), _optimizer(tmp_path / f"b-{arch}", 5)
+        assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
+        n = check_restored(saved, config, ranks, label)
+        assert saved.keys() == converted.keys()
+        for key, t in saved.items():
+            assert torch.equal(converted[key], t), (label, key)
+        err = check_losses(ranks, first[0][i]["losses"][5:], label)
+        print(f"\n{label}: {n} restored tensors equal to the saved ones on {len(ranks)} ranks; max relative "
+              f"loss error over the 5 resumed steps {err:.1e}")
 
 
 def test_weights_only_resume_is_outside_the_bound(tmp_path, shards):
@@ -163,43 +164,46 @@ def test_launch_resume_at_another_layout_says_so(tmp_path, arch):
     assert "step 3/3" in text
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
-def test_tp1_checkpoint_resumes_at_tp2(tmp_path, shards, arch, capfd):
+def test_tp1_checkpoint_resumes_at_tp2(tmp_path, shards, capfd):
     """A TP=1 run's step-5 checkpoint continued at TP=2 in two ways, one after the other in the same two
     processes: resumed directly (converted in the run), and through tools/reshard_expand.py --tp 2 (which
-    writes the weights and the optimizer state at TP=2). Each way, on both ranks: the fp32 master weights
-    and AdamW moments held after the resume are the rank's slice of those saved, bitwise; the first save
-    holds them exactly; the 5 steps' losses are the uninterrupted run's for steps 6..10 within 1e-5."""
+    writes the weights and the optimizer state at TP=2). Each way and architecture, on both ranks: the fp32
+    master weights and AdamW moments held after the resume are the rank's slice of those saved, bitwise; the
+    first save holds them exactly; the 5 steps' losses are the uninterrupted run's for steps 6..10 within
+    1e-5. Every architecture runs in the same processes (one saving, one resuming)."""
     import subprocess
     import sys
 
-    from tests.train_helpers import ROOT
-    first = run_workers(engine_worker, 1, run_overrides(arch, shards, tmp_path / "a", **{"checkpoint.every": 5}),
-                        tmp_path=tmp_path / "wa", timeout=600)
-    src, dst = tmp_path / "a" / "checkpoints" / "step00000005", tmp_path / "tp2"
-    r = subprocess.run([sys.executable, "tools/reshard_expand.py", "--src", str(src), "--dst", str(dst), "--tp", "2"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "(sharded TP=2 x PP=1, with the optimizer state)" in r.stdout, r.stdout
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
-    assert ShardedCheckpoint(dst / "optimizer" / "exp_avg").tp == 2
+    from tests.train_helpers import ROOT
+    (first,) = run_workers(engine_runs_worker, 1, [run_overrides(arch, shards, tmp_path / f"a-{arch}", **{
+        "checkpoint.every": 5}) for arch in ARCHS], tmp_path=tmp_path / "wa", timeout=900)
+    ways = {}
+    for arch in ARCHS:
+        src, dst = tmp_path / f"a-{arch}" / "checkpoints" / "step00000005", tmp_path / f"tp2-{arch}"
+        r = subprocess.run([sys.executable, "tools/reshard_expand.py", "--src", str(src), "--dst", str(dst),
+                            "--tp", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "(sharded TP=2 x PP=1, with the optimizer state)" in r.stdout, r.stdout
+        assert ShardedCheckpoint(dst / "optimizer" / "exp_avg").tp == 2
+        ways.update({(arch, "direct"): src, (arch, "reshard-tool"): dst})
     capfd.readouterr()
-    ways = {"direct": src, "reshard-tool": dst}
-    per_rank = run_workers(resumed_worker, 2, [run_overrides(arch, shards, tmp_path / way, **{
-        "parallel.tp": 2, "checkpoint.every": 5, "checkpoint.resume": str(ck)}) for way, ck in ways.items()],
-        tmp_path=tmp_path / "wb", timeout=600)
+    per_rank = run_workers(resumed_worker, 2, [run_overrides(arch, shards, tmp_path / f"{way}-{arch}", **{
+        "parallel.tp": 2, "checkpoint.every": 5, "checkpoint.resume": str(ck)}) for (arch, way), ck in ways.items()],
+        tmp_path=tmp_path / "wb", timeout=900)
     out = capfd.readouterr().out
-    assert (f"resumed from {src} at step 5: converted from TP=1 PP=1 DP=1 ZeRO-1 to TP=2 PP=1 DP=1 ZeRO-1: "
-            f"weights, fp32 master weights and AdamW moments (step 5)") in out, out[-3000:]
-    saved, config = _optimizer(tmp_path / "a", 5)
-    assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
-    for i, way in enumerate(ways):
+    for i, ((arch, way), ck) in enumerate(ways.items()):
+        if way == "direct":
+            assert (f"resumed from {ck} at step 5: converted from TP=1 PP=1 DP=1 ZeRO-1 to TP=2 PP=1 DP=1 "
+                    f"ZeRO-1: weights, fp32 master weights and AdamW moments (step 5)") in out, out[-3000:]
+        saved, config = _optimizer(tmp_path / f"a-{arch}", 5)
+        assert any(t.abs().max() > 0 for (k, _), t in saved.items() if k == "exp_avg_sq")
         ranks = [r[i] for r in per_rank]
-        n = check_restored(saved, config, ranks, way)
-        converted, _ = _optimizer(tmp_path / way, 5)
+        n = check_restored(saved, config, ranks, f"{arch} {way}")
+        converted, _ = _optimizer(tmp_path / f"{way}-{arch}", 5)
         assert saved.keys() == converted.keys()
         for key, t in saved.items():
-            assert torch.equal(converted[key], t), (way, key)
-        err = check_losses(ranks, first[0]["losses"][5:], way)
+            assert torch.equal(converted[key], t), (arch, way, key)
+        err = check_losses(ranks, first[list(ARCHS).index(arch)]["losses"][5:], f"{arch} {way}")
         print(f"\n{arch} TP=1 -> TP=2 {way}: {n} restored tensors equal to the saved ones on 2 ranks; max "
               f"relative loss error over the 5 resumed steps {err:.1e}")
