@@ -102,14 +102,26 @@ def kill_at_random(arch, shards, run_dir: Path, log: Path, seed: int, moment: st
             f"half-written {half}")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shards):
+    """arch -> the weights of the TP=2 run of STEPS steps through launch/train.sh, never stopped (made once)."""
+    made = {}
+
+    def get(arch):
+        if arch not in made:
+            ref = tmp_path_factory.mktemp(f"uninterrupted-{arch}")
+            finish(start(arch, overrides(shards, ref, STEPS, EVERY, **{"parallel.tp": 2}), ref / "log", nproc=2),
+                   ref / "log")
+            made[arch] = checkpoint_weights(ref, STEPS)
+        return made[arch]
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, arch):
-    ref = tmp_path / "ref"
-    finish(start(arch, overrides(shards, ref, STEPS, EVERY, **{"parallel.tp": 2}), tmp_path / "ref.log", nproc=2),
-           tmp_path / "ref.log")
-    want = checkpoint_weights(ref, STEPS)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, arch):
+    want = uninterrupted(arch)
     for seed, moment in [(ARCHS.index(arch) * 2, "save"), (ARCHS.index(arch) * 2 + 1, "step")]:
         run = tmp_path / f"killed{seed}"
         hit = kill_at_random(arch, shards, run, tmp_path / f"kill{seed}.log", seed, moment)
@@ -143,16 +155,13 @@ def _launcher_pid(pgid: int) -> int:
 
 @pytest.mark.parametrize("arch, to", [("gla", "job"), ("mamba2", "job"),
                                       pytest.param("gla", "launcher", marks=pytest.mark.slow)])
-def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path, shards, arch, to):
+def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, arch, to):
     """TP=2 through launch/train.sh, no periodic checkpoints. After step 1 is logged, SIGTERM goes to every
     process of the job as Slurm sends it (``job``: launcher, ranks, loader workers), or to DeepSpeed's
     launcher alone, which forwards it (``launcher``); SIGKILL follows 30 s later, as both do. The ranks agree
     on a step, write its checkpoint and stop with one line naming it; the same command then finishes the run
     with weights bitwise equal to an uninterrupted run's."""
-    steps = 4
-    ref = tmp_path / "ref"
-    finish(start(arch, overrides(shards, ref, steps, 0, **{"parallel.tp": 2}), tmp_path / "ref.log", nproc=2),
-           tmp_path / "ref.log")
+    steps = STEPS
     run, log = tmp_path / "run", tmp_path / "stopped.log"
     proc = start(arch, overrides(shards, run, steps, 0, **{"parallel.tp": 2}), log, nproc=2)
     try:
@@ -181,7 +190,7 @@ def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path, shards, arch
     log = tmp_path / "resumed.log"
     text = finish(start(arch, overrides(shards, run, steps, 0, **{"parallel.tp": 2}), log, nproc=2), log)
     assert f"resumed from {ck} at step {k}" in text, text[-3000:]
-    want, got = checkpoint_weights(ref, steps), checkpoint_weights(run, steps)
+    want, got = uninterrupted(arch), checkpoint_weights(run, steps)
     assert set(got) == set(want) and not [n for n in want if not torch.equal(got[n], want[n])]
 
 
