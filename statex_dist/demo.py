@@ -53,9 +53,9 @@ def run_data(arch: str, root: Path, steps: int, seed: int, overrides: tuple[str,
     made once under ``root/data`` (every arm of a run with this root shares them)."""
     from statex_dist.eval import EvalConfig
     from statex_dist.run_config import load_run_config
-    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
-    offset = EvalConfig.from_run(cfg).vocab_offset  # the ids model.source learnt MQAR at
-    return cfg, make_data(root / "data", steps * cfg.data.global_batch, cfg.data.seq_len, seed, offset)
+    run_cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
+    offset = EvalConfig.from_run(run_cfg).vocab_offset  # the ids model.source learnt MQAR at
+    return run_cfg, make_data(root / "data", steps * run_cfg.data.global_batch, run_cfg.data.seq_len, seed, offset)
 
 
 def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False, seed: int = 0,
@@ -68,18 +68,19 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
     from statex_dist.statex import count_params, state_floats
     from statex_dist.train import Run
     t0 = time.time()
-    cfg, (train, valid) = run_data(arch, out.parent, steps, seed, (f"model.source={source}", *overrides))
+    run_cfg, (train, valid) = run_data(arch, out.parent, steps, seed, (f"model.source={source}", *overrides))
     name = "lpt" if lpt else "statex"
-    cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [
+    run_cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", [
         f"model.source={source}", f"data.train={train}", f"data.valid={valid}", f"logging.dir={out / name}",
         f"checkpoint.dir={out / name / 'checkpoints'}", f"schedule.total_steps={steps}", f"seed={seed}",
         f"data.seed={seed}", f"expansion.seed={seed}", f"expansion.enabled={not lpt}",
-        f"logging.every={max(1, steps // 8)}", f"schedule.warmup_steps={min(cfg.schedule.warmup_steps, steps // 2)}",
+        f"logging.every={max(1, steps // 8)}",
+        f"schedule.warmup_steps={min(run_cfg.schedule.warmup_steps, steps // 2)}",
         *overrides])
-    ev = EvalConfig.from_run(cfg, ("mqar", "ppl")).replace(mqar_pairs=PAIRS, micro_batch=4)
+    ev = EvalConfig.from_run(run_cfg, ("mqar", "ppl")).replace(mqar_pairs=PAIRS, micro_batch=4)
     pretrained = load_model(source)
     runs = {"pretrained": evaluate(pretrained, ev, dp=(0, 1, None))}
-    run = Run(cfg)
+    run = Run(run_cfg)
     base, new = run.source.base_config, run.model_config
     if not lpt:
         runs["expanded"] = evaluate(run.module, ev, dp=(0, 1, None))
@@ -89,9 +90,9 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
             "state": {"before": state_floats(base), "after": state_floats(new)},
             "params": {"before": count_params(base), "after": count_params(new)},
             "loss": {"first": result["losses"][0], "last": result["losses"][-1]},
-            "expansion": run.source.description, "init": None if lpt else cfg.expansion.init,
-            "lr": cfg.optimizer.lr, "seconds": round(time.time() - t0, 1), "checkpoint": str(run.ckpt_dir),
-            "logs": str(cfg.logging.dir)}
+            "expansion": run.source.description, "init": None if lpt else run_cfg.expansion.init,
+            "lr": run_cfg.optimizer.lr, "seconds": round(time.time() - t0, 1), "checkpoint": str(run.ckpt_dir),
+            "logs": str(run_cfg.logging.dir)}
 
 
 def table(res: dict) -> str:

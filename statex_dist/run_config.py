@@ -244,11 +244,11 @@ def load_run_config(path: Optional[str | os.PathLike], overrides: list[str] = ()
             value = v  # the field's converter says what it expected
         _set(tree, k.strip(), value)
         origins[k.strip()] = f"override {o}"
-    cfg = _build(RunConfig, tree, "", origins)
+    run_cfg = _build(RunConfig, tree, "", origins)
     if world is None and os.environ.get("WORLD_SIZE", "").isdigit():
         world = int(os.environ["WORLD_SIZE"])
-    validate(cfg, origins, world)
-    return cfg
+    validate(run_cfg, origins, world)
+    return run_cfg
 
 
 def _from(origins: Optional[dict[str, str]], key: str) -> str:
@@ -258,11 +258,11 @@ def _from(origins: Optional[dict[str, str]], key: str) -> str:
     return f" (from {origins[key]})" if key in origins else " (the default)"
 
 
-def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Optional[int] = None) -> None:
+def validate(run_cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Optional[int] = None) -> None:
     """Impossible combinations, before any process group exists; each error names the key, its value, the
     range that would work and where the value came from."""
     o = origins
-    p, d = cfg.parallel, cfg.data
+    p, d = run_cfg.parallel, run_cfg.data
     if p.pp > 1 and p.zero_stage > 1:
         raise ConfigError(f"parallel.zero_stage={p.zero_stage}{_from(o, 'parallel.zero_stage')} with "
                           f"parallel.pp={p.pp}: DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; "
@@ -272,15 +272,15 @@ def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Op
         raise ConfigError(f"parallel.sequence_parallel=true with parallel.pp={p.pp}{_from(o, 'parallel.pp')}: "
                           f"sequence parallelism is implemented for TP without a pipeline; set parallel.pp=1 or "
                           f"parallel.sequence_parallel=false")
-    for name in cfg.checkpoint.save_on_signal:
+    for name in run_cfg.checkpoint.save_on_signal:
         try:
             signal_number(name)
         except ValueError as e:
             raise ConfigError(f"{e}{_from(o, 'checkpoint.save_on_signal')}") from None
-    if cfg.schedule.warmup_steps > cfg.schedule.total_steps:
-        raise ConfigError(f"schedule.warmup_steps={cfg.schedule.warmup_steps}{_from(o, 'schedule.warmup_steps')} "
-                          f"exceeds schedule.total_steps={cfg.schedule.total_steps}; expected 0 .. "
-                          f"{cfg.schedule.total_steps}")
+    if run_cfg.schedule.warmup_steps > run_cfg.schedule.total_steps:
+        raise ConfigError(f"schedule.warmup_steps={run_cfg.schedule.warmup_steps}{_from(o, 'schedule.warmup_steps')} "
+                          f"exceeds schedule.total_steps={run_cfg.schedule.total_steps}; expected 0 .. "
+                          f"{run_cfg.schedule.total_steps}")
     # DP is only known from the launcher's process count; without one, a world of one
     dp = world // (p.tp * p.pp) if world and world % (p.tp * p.pp) == 0 else 1
     per_step = d.micro_batch * dp
@@ -297,9 +297,9 @@ def validate(cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Op
                           f"{p.tp} (or set parallel.sequence_parallel=false)")
 
 
-def dump(cfg: RunConfig) -> str:
+def dump(run_cfg: RunConfig) -> str:
     """The resolved run config as YAML: what ``--print-config`` shows and what a run will use."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(run_cfg.to_dict(), sort_keys=False, default_flow_style=None)
 
 
 def _type_text(t) -> str:

@@ -21,10 +21,10 @@ from statex_dist.training.preemption import SignalStop, signal_number
 
 
 class Run:
-    """One training run on this rank; ``Run(cfg).train()``."""
+    """One training run on this rank; ``Run(run_cfg).train()``."""
 
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
+    def __init__(self, run_cfg: RunConfig):
+        self.run_cfg = run_cfg
         self._check()         # everything that can be checked without peers, before any collective
         self._groups()        # process groups: megatron-core's TP x PP x DP, DeepSpeed's comm
         model = self._model()  # this rank's stage, its shards filled (from the source, or a checkpoint)
@@ -39,12 +39,12 @@ class Run:
     def _check(self) -> None:
         from statex_dist.training.preflight import preflight
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.checked = preflight(self.cfg, self.world)
+        self.checked = preflight(self.run_cfg, self.world)
         c = self.checked
         self.device, self.dtype, self.source, self.model_config = c.device, c.dtype, c.source, c.model_config
         self.ckpt_dir, self.resume, self.meta = c.ckpt_dir, c.resume, c.meta
         # before any process is forked (loader workers inherit the handlers: see training/preemption.py)
-        self.stop = SignalStop(self.cfg.checkpoint.save_on_signal)
+        self.stop = SignalStop(self.run_cfg.checkpoint.save_on_signal)
         if self.device.type == "cpu":
             # DeepSpeed picks its accelerator from what it finds (CUDA when present), not from this run's choice
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -59,33 +59,34 @@ class Run:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if "RANK" not in os.environ:
             os.environ.setdefault("LOCAL_RANK", "0")  # debug mode: DeepSpeed asks for it even in a world of one
-        state.initialize(self.cfg.parallel.tp, self.cfg.parallel.pp)
+        state.initialize(self.run_cfg.parallel.tp, self.run_cfg.parallel.pp)
         ensure_deepspeed_comm()
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(self.run_cfg.seed)
         self.rank = dist.get_rank()
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.stage = ps.get_pipeline_model_parallel_rank()
-        self.log(self.checked.first_line(self.cfg, dist.get_world_size(), dist.get_backend()))
-        self.log(self.checked.tokens_line(self.cfg, dist.get_world_size()))
+        self.log(self.checked.first_line(self.run_cfg, dist.get_world_size(), dist.get_backend()))
+        self.log(self.checked.tokens_line(self.run_cfg, dist.get_world_size()))
         # DeepSpeed's own files restore only the layout that wrote them (see _restore)
         m = self.meta
         self.same_layout = bool(m is not None and m.get("deepspeed", True) and (
-            m["layout"] == checkpoints.layout(self.cfg, dist.get_world_size()) if "layout" in m else
-            (m["tp"], m["pp"], m["world_size"]) == (self.cfg.parallel.tp, self.cfg.parallel.pp, dist.get_world_size())))
+            m["layout"] == checkpoints.layout(self.run_cfg, dist.get_world_size()) if "layout" in m else
+            (m["tp"], m["pp"], m["world_size"]) == (self.run_cfg.parallel.tp, self.run_cfg.parallel.pp,
+                                                     dist.get_world_size())))
 
     def _model(self):
         from statex_dist.training.initial_weights import fill
-        cfg, tp, pp = self.cfg, self.cfg.parallel.tp, self.cfg.parallel.pp
+        run_cfg, tp, pp = self.run_cfg, self.run_cfg.parallel.tp, self.run_cfg.parallel.pp
         self.pipeline = pp > 1
         if self.pipeline:
             from statex_dist.models.pipeline import pipeline_module
             model = pipeline_module(self.model_config, torch.float32, tp, pp,
-                                    activation_checkpoint_interval=1 if cfg.parallel.activation_checkpointing else 0)
+                                    activation_checkpoint_interval=int(run_cfg.parallel.activation_checkpointing))
         else:
             from statex_dist.models import build_model
             model = build_model(self.model_config, dtype=torch.float32, init=False,
-                                sequence_parallel=cfg.parallel.sequence_parallel)
-            model.activation_checkpointing = cfg.parallel.activation_checkpointing
+                                sequence_parallel=run_cfg.parallel.sequence_parallel)
+            model.activation_checkpointing = run_cfg.parallel.activation_checkpointing
         if self.resume is not None and not self.same_layout:
             # another layout: DeepSpeed's files are per rank of the old one, the sharded weights are not.
             # Loaded before the engine exists, so ZeRO's partitions start from these weights.
@@ -100,23 +101,23 @@ class Run:
 
     def _engine(self, model) -> None:
         from statex_dist.training import ds_setup, optim
-        cfg = self.cfg
+        run_cfg = self.run_cfg
         self.trainable = sum(p.numel() for p in model.parameters())
-        if cfg.optimizer.freeze_unexpanded:
+        if run_cfg.optimizer.freeze_unexpanded:
             if not self.model_config.expanded_layers:
                 raise ValueError("optimizer.freeze_unexpanded needs an expanded model (expansion.enabled or a "
                                  "StateX checkpoint)")
             self.trainable = optim.freeze_unexpanded(model, self.model_config)
-        opt = optim.adamw(model, cfg.optimizer)
-        sched = optim.scheduler(opt, cfg.schedule, cfg.optimizer.lr)
-        self.ds_config = ds_setup.deepspeed_config(cfg, self.dp, self.dtype)
+        opt = optim.adamw(model, run_cfg.optimizer)
+        sched = optim.scheduler(opt, run_cfg.schedule, run_cfg.optimizer.lr)
+        self.ds_config = ds_setup.deepspeed_config(run_cfg, self.dp, self.dtype)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
         self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
 
     def _data(self) -> None:
         from statex_dist.data import build_loader
-        d = self.cfg.data
+        d = self.run_cfg.data
         self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
                                    seed=d.seed, workers=d.workers, shuffle_buffer=d.shuffle_buffer,
                                    position=self.data_position, global_batch=d.global_batch,
@@ -127,8 +128,8 @@ class Run:
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
-            Path(self.cfg.logging.dir).mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(self.cfg.logging.dir)
+            Path(self.run_cfg.logging.dir).mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(self.run_cfg.logging.dir)
 
     def _restore(self, resume: Path, meta: dict, same_layout: bool) -> None:
         """DeepSpeed's own state from a checkpoint of this layout; from another, the layout-free optimizer
@@ -144,13 +145,13 @@ class Run:
             return
         for _ in range(meta["step"]):
             self.engine.lr_scheduler.step()
-        here = checkpoints.describe(checkpoints.layout(self.cfg, dist.get_world_size()))
+        here = checkpoints.describe(checkpoints.layout(self.run_cfg, dist.get_world_size()))
         was = (checkpoints.describe(meta["layout"]) if "layout" in meta else
                f"TP={meta['tp']} PP={meta['pp']} on {meta['world_size']} ranks")
         if optimizer_state.saved(resume):
             from statex_dist.models.names import named_internal_parameters
             optimizer_state.restore(self.engine, list(named_internal_parameters(self.module)), resume,
-                                    self.tp_rank, self.cfg.parallel.tp, meta["optimizer"]["adam_step"])
+                                    self.tp_rank, self.run_cfg.parallel.tp, meta["optimizer"]["adam_step"])
             what = (f"weights, fp32 master weights and AdamW moments (step {meta['optimizer']['adam_step']}), "
                     f"schedule and data position")
         else:
@@ -188,12 +189,13 @@ class Run:
         return float(total) / self.dp
 
     def train(self) -> dict:
-        cfg = self.cfg
-        tokens_per_step = self.checked.tokens_per_step(cfg)
-        self.log(f"{self.model_config.arch}: {self.source.description}; steps {self.step}..{cfg.schedule.total_steps}")
+        run_cfg = self.run_cfg
+        tokens_per_step = self.checked.tokens_per_step(run_cfg)
+        self.log(f"{self.model_config.arch}: {self.source.description}; "
+                 f"steps {self.step}..{run_cfg.schedule.total_steps}")
         losses = []
         t_last = time.time()
-        while self.step < cfg.schedule.total_steps:
+        while self.step < run_cfg.schedule.total_steps:
             loss = self.train_step()
             self.step += 1
             losses.append(loss)
@@ -201,23 +203,23 @@ class Run:
             dt, t_last = now - t_last, now
             if self.writer is not None:
                 self._scalars(loss, tokens_per_step, dt)
-            if self.step % cfg.logging.every == 0 or self.step == cfg.schedule.total_steps:
-                self.log(f"step {self.step}/{cfg.schedule.total_steps} loss {loss:.4f} "
+            if self.step % run_cfg.logging.every == 0 or self.step == run_cfg.schedule.total_steps:
+                self.log(f"step {self.step}/{run_cfg.schedule.total_steps} loss {loss:.4f} "
                          f"lr {self.engine.get_lr()[0]:.3e} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
             saved = None
-            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+            if run_cfg.checkpoint.every and self.step % run_cfg.checkpoint.every == 0:
                 saved = self.save()
-            if cfg.eval.every and self.step % cfg.eval.every == 0:
+            if run_cfg.eval.every and self.step % run_cfg.eval.every == 0:
                 self.evaluate()
             stop = self.stop.agreed()
-            if stop and self.step < cfg.schedule.total_steps:
+            if stop and self.step < run_cfg.schedule.total_steps:
                 path = saved or self.save()
-                self.log(f"stopped on {stop} after step {self.step}/{cfg.schedule.total_steps}: checkpoint {path} "
+                self.log(f"stopped on {stop} after step {self.step}/{run_cfg.schedule.total_steps}: checkpoint {path} "
                          f"written; the same command (checkpoint.resume=auto) continues from it")
                 return {"losses": losses, "step": self.step, "stopped": stop}
-        if not cfg.checkpoint.every or self.step % cfg.checkpoint.every:
+        if not run_cfg.checkpoint.every or self.step % run_cfg.checkpoint.every:
             self.save()
-        if not cfg.eval.every or self.step % cfg.eval.every:
+        if not run_cfg.eval.every or self.step % run_cfg.eval.every:
             self.evaluate()
         if self.writer is not None:
             self.writer.flush()
@@ -229,7 +231,7 @@ class Run:
         A pipeline stage has no ``model(ids) -> logits``: evaluate its checkpoints with
         ``python -m statex_dist.eval --ckpt .../model`` instead.
         """
-        e, d = self.cfg.eval, self.cfg.data
+        e, d = self.run_cfg.eval, self.run_cfg.data
         tasks = [t for t in e.tasks if t != "ppl" or d.valid]
         if self.pipeline or not tasks:
             return {}
@@ -237,8 +239,8 @@ class Run:
 
         from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
         from statex_dist.eval.report import summary_line
-        model = self.engine if self.cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
-        results = evaluate(model, EvalConfig.from_run(self.cfg, tasks),
+        model = self.engine if self.run_cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
+        results = evaluate(model, EvalConfig.from_run(self.run_cfg, tasks),
                            dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
         self.last_eval = results
         if self.writer is not None:
@@ -273,9 +275,9 @@ class Run:
     def save(self) -> Path:
         from statex_dist.training import checkpoints
         data_state = self.loader.state_dict()
-        return checkpoints.save(self.engine, self.module, self.cfg, self.model_config, self.step, data_state,
-                                self.ckpt_dir, self.cfg.checkpoint.keep, self.tp_rank, self.cfg.parallel.tp,
-                                self.cfg.parallel.pp, self.stage, self.dp_rank, hf=self.source.hf)
+        return checkpoints.save(self.engine, self.module, self.run_cfg, self.model_config, self.step, data_state,
+                                self.ckpt_dir, self.run_cfg.checkpoint.keep, self.tp_rank, self.run_cfg.parallel.tp,
+                                self.run_cfg.parallel.pp, self.stage, self.dp_rank, hf=self.source.hf)
 
 
 # dense peak FLOP/s per GPU by card name (the vendors' data sheets, without sparsity)
@@ -331,14 +333,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.config and "=" in args.config:  # no YAML file: overrides only
             args.overrides.insert(0, args.config)
             args.config = None
-        cfg = load_run_config(args.config, args.overrides)
+        run_cfg = load_run_config(args.config, args.overrides)
         if args.print_config:
             from statex_dist.run_config import dump
-            print(dump(cfg), end="")
+            print(dump(run_cfg), end="")
             return 0
         if args.preflight:
-            return _preflight(args, cfg)
-        run = Run(cfg)
+            return _preflight(args, run_cfg)
+        run = Run(run_cfg)
     except EXPECTED as e:  # only set-up: an error inside the steps is a bug and keeps its traceback
         return fail("statex_dist.train", e)
     from statex_dist.data.errors import ShardError
@@ -353,15 +355,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _preflight(args, cfg: RunConfig) -> int:
+def _preflight(args, run_cfg: RunConfig) -> int:
     """The launcher's check: the process count on its last stdout line (``$NPROC``, else one per GPU)."""
     from statex_dist.parallel.device import select
     from statex_dist.training.preflight import preflight
     world = os.environ.get("WORLD_SIZE", "")
     if not world.isdigit():
-        world = select(cfg.parallel.device).processes
-        cfg = load_run_config(args.config, args.overrides, world=world)  # the batch rule for that many
-    preflight(cfg, int(world))
+        world = select(run_cfg.parallel.device).processes
+        run_cfg = load_run_config(args.config, args.overrides, world=world)  # the batch rule for that many
+    preflight(run_cfg, int(world))
     print(world)
     return 0
 

@@ -53,7 +53,7 @@ def _record_forward(run) -> dict:
     import torch
 
     from statex_dist.training.precision import ForwardPrecision
-    d = run.cfg.data
+    d = run.run_cfg.data
     ids = torch.randint(0, run.model_config.vocab_size, (d.micro_batch, d.seq_len),
                         generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), ForwardPrecision(run.module) as rec:

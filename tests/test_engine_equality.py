@@ -122,8 +122,8 @@ def engine_worker(rank, world, overrides_list, torch_reference: bool = False, de
         with _zero3_gathered(p):
             params[name] = p.detach().clone()
     where = {"rank": rank, "tp_rank": run.tp_rank, "dp_rank": run.dp_rank, "stage": run.stage,
-             "tp": run.cfg.parallel.tp}
-    extra = {"torch": torch_adamw(run.cfg, run.model_config, first, batches)} if torch_reference else {}
+             "tp": run.run_cfg.parallel.tp}
+    extra = {"torch": torch_adamw(run.run_cfg, run.model_config, first, batches)} if torch_reference else {}
     if destroy:
         state.destroy()
     return {**where, "losses": out["losses"], "norms": norms, "params": params, **extra}

@@ -55,7 +55,7 @@ def resumed_worker(rank, world, runs: list, restored: bool = True):
         run.save()
         losses = run.train()["losses"]
         out.append({"losses": losses, "restored": held, "rank": rank, "tp_rank": run.tp_rank,
-                    "tp": run.cfg.parallel.tp})
+                    "tp": run.run_cfg.parallel.tp})
     state.destroy()
     return out
 

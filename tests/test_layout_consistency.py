@@ -123,12 +123,12 @@ def test_factory_builds_the_layer_its_spec_names():
     from statex_dist.parallel import layers, state
     from statex_dist.parallel.factory import linear
     from statex_dist.parallel.sharding import ShardSpec
-    mcfg = state.megatron_config()
-    built = {kind: type(linear(ShardSpec((8, 4), **kw), mcfg)) for kind, kw in {
+    mp_cfg = state.megatron_config()
+    built = {kind: type(linear(ShardSpec((8, 4), **kw), mp_cfg)) for kind, kw in {
         "replicated": {}, "column": dict(dim=0), "row": dict(dim=1),
         "packed-column": dict(dim=0, parts=(4, 4)), "packed-row": dict(dim=1, parts=(2, 2))}.items()}
     assert built == {"replicated": layers.ReplicatedLinear, "column": mtp.ColumnParallelLinear,
                      "row": mtp.RowParallelLinear, "packed-column": layers.PackedColumnParallelLinear,
                      "packed-row": layers.PackedRowParallelLinear}
     with pytest.raises(ValueError, match="column-parallel layer reads the gathered input"):
-        linear(ShardSpec((8, 4), dim=0), mcfg, sequence_parallel=True)
+        linear(ShardSpec((8, 4), dim=0), mp_cfg, sequence_parallel=True)

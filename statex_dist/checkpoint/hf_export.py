@@ -27,9 +27,9 @@ def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: It
     names = list(specs)
     if needs_remote_code(config) and fmt.remote_code_format is not None:   # the one layout the remote code reads
         fmt, base_config = fmt.remote_code_format, None
-    cfg = fmt.write_config(config, base_config)
-    cfg["torch_dtype" if "torch_dtype" in cfg else "dtype"] = str(dtypes[names[0]]).replace("torch.", "")
-    if set_model_type(cfg, config):
+    hf_cfg = fmt.write_config(config, base_config)
+    hf_cfg["torch_dtype" if "torch_dtype" in hf_cfg else "dtype"] = str(dtypes[names[0]]).replace("torch.", "")
+    if set_model_type(hf_cfg, config):
         write_templates(folder)
-    write_json(cfg, folder / "config.json")
+    write_json(hf_cfg, folder / "config.json")
     fmt.write_weights(folder, config, tensors, dtypes, {n: s.checkpoint_shape for n, s in specs.items()}, progress)

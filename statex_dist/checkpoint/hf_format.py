@@ -43,33 +43,33 @@ class HFFormat:
     remote_code_format: Optional[type["HFFormat"]] = None
 
     @classmethod
-    def read_per_layer(cls, cfg: dict, uniform: int, layers: int) -> list[int]:
+    def read_per_layer(cls, hf_cfg: dict, uniform: int, layers: int) -> list[int]:
         """Each layer's value of the per-layer shape: its ``statex_*`` list, else the stock key's ``uniform``."""
-        return list(cfg.get(cls.per_layer_key) or [uniform] * layers)
+        return list(hf_cfg.get(cls.per_layer_key) or [uniform] * layers)
 
     @staticmethod
-    def read_expanded(cfg: dict) -> list[int]:
-        return list(cfg.get(EXPANDED_KEY, []))
+    def read_expanded(hf_cfg: dict) -> list[int]:
+        return list(hf_cfg.get(EXPANDED_KEY, []))
 
     @classmethod
-    def write_statex_keys(cls, cfg: dict, per_layer: list[int], expanded: list[int]) -> bool:
-        """Set the ``statex_*`` keys of ``cfg`` for this model (dropping a base config's stale ones); the
+    def write_statex_keys(cls, hf_cfg: dict, per_layer: list[int], expanded: list[int]) -> bool:
+        """Set the ``statex_*`` keys of ``hf_cfg`` for this model (dropping a base config's stale ones); the
         per-layer list only where layers differ. Returns whether they differ."""
         for k in (cls.per_layer_key, EXPANDED_KEY):
-            cfg.pop(k, None)
+            hf_cfg.pop(k, None)
         differ = len(set(per_layer)) > 1
         if differ:
-            cfg[cls.per_layer_key] = list(per_layer)
+            hf_cfg[cls.per_layer_key] = list(per_layer)
         if expanded:
-            cfg[EXPANDED_KEY] = list(expanded)
+            hf_cfg[EXPANDED_KEY] = list(expanded)
         return differ
 
     @classmethod
-    def matches(cls, cfg: dict) -> bool:
+    def matches(cls, hf_cfg: dict) -> bool:
         raise NotImplementedError
 
     @classmethod
-    def read_config(cls, cfg: dict) -> ModelConfig:
+    def read_config(cls, hf_cfg: dict) -> ModelConfig:
         raise NotImplementedError
 
     @classmethod

@@ -21,20 +21,20 @@ def detect_format(folder: str | os.PathLike) -> tuple[type[HFFormat], dict]:
         raise MissingCheckpointError(f"{folder}: does not exist (not a folder); pass the checkpoint's directory")
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder; pass the checkpoint's directory")
-    cfg = read_json(folder / "config.json")
+    hf_cfg = read_json(folder / "config.json")
     for fmt in archs.FORMATS:
-        if fmt.matches(cfg):
-            return fmt, cfg
+        if fmt.matches(hf_cfg):
+            return fmt, hf_cfg
     known = [f.description for f in archs.FORMATS]
     raise CheckpointError(
-        f"{folder / 'config.json'}: unknown architecture (model_type={cfg.get('model_type')!r}, "
-        f"architectures={cfg.get('architectures')}); supported: {', '.join(known[:-1])} and {known[-1]}")
+        f"{folder / 'config.json'}: unknown architecture (model_type={hf_cfg.get('model_type')!r}, "
+        f"architectures={hf_cfg.get('architectures')}); supported: {', '.join(known[:-1])} and {known[-1]}")
 
 
 def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConfig]:
-    fmt, cfg = detect_format(folder)
+    fmt, hf_cfg = detect_format(folder)
     try:
-        return fmt, fmt.read_config(cfg)
+        return fmt, fmt.read_config(hf_cfg)
     except KeyError as e:
         raise CheckpointError(f"{Path(folder) / 'config.json'}: missing key {e} for a {fmt.name} config") from e
     except ValueError as e:

@@ -69,11 +69,11 @@ def vocab_offset(args, ckpt: str) -> int:
 def eval_config(args, ckpt: Optional[str] = None):
     """The evaluation the flags ask for; with ``ckpt``, at that checkpoint's MQAR vocabulary offset."""
     from statex_dist.eval.config import EvalConfig
-    cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
+    eval_cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
                      batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, lengths=args.lengths,
                      depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer, data=args.data,
                      ppl_batches=args.ppl_batches, micro_batch=args.micro_batch)
-    return cfg if ckpt is None else cfg.replace(vocab_offset=vocab_offset(args, ckpt))
+    return eval_cfg if ckpt is None else eval_cfg.replace(vocab_offset=vocab_offset(args, ckpt))
 
 
 def run_names(ckpts: list[str], names) -> list[str]:

@@ -21,29 +21,29 @@ def data_parallel() -> tuple[int, int, Any]:
 
 
 def _model_vocab(model) -> Optional[int]:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "vocab_size", None) if cfg is not None else getattr(model, "vocab", None)
+    model_config = getattr(model, "config", None)
+    return getattr(model_config, "vocab_size", None) if model_config is not None else getattr(model, "vocab", None)
 
 
-def check(model, cfg: EvalConfig) -> None:
+def check(model, eval_cfg: EvalConfig) -> None:
     """Fail before any work for a task that cannot run (unknown name, no data, ids outside the vocabulary)."""
-    unknown = [t for t in cfg.tasks if t not in TASKS]
+    unknown = [t for t in eval_cfg.tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown eval task(s) {unknown}; choose from {', '.join(TASKS)}")
-    if "ppl" in cfg.tasks and not cfg.data:
+    if "ppl" in eval_cfg.tasks and not eval_cfg.data:
         raise ValueError("the ppl task needs held-out shards (EvalConfig.data / --data)")
     vocab = _model_vocab(model)
     if vocab is not None:
-        if "mqar" in cfg.tasks and cfg.vocab_offset + 256 > vocab:
-            raise ValueError(f"mqar uses ids {cfg.vocab_offset}..{cfg.vocab_offset + 255} but the model has "
+        if "mqar" in eval_cfg.tasks and eval_cfg.vocab_offset + 256 > vocab:
+            raise ValueError(f"mqar uses ids {eval_cfg.vocab_offset}..{eval_cfg.vocab_offset + 255} but the model has "
                              f"{vocab} tokens; set vocab_offset (--vocab-offset) or drop mqar")
-        if cfg.tokenizer in (None, "bytes") and 256 > vocab and {"passkey", "niah"} & set(cfg.tasks):
+        if eval_cfg.tokenizer in (None, "bytes") and 256 > vocab and {"passkey", "niah"} & set(eval_cfg.tasks):
             raise ValueError(f"passkey/niah with the byte tokenizer need ids 0..255; the model has {vocab} tokens")
 
 
-def evaluate(model: torch.nn.Module, cfg: Optional[EvalConfig] = None,
+def evaluate(model: torch.nn.Module, eval_cfg: Optional[EvalConfig] = None,
              dp: Optional[tuple[int, int, Any]] = None, **overrides) -> dict:
-    """Run ``cfg.tasks`` on ``model`` (any module mapping input_ids [B, T] to logits [B, T, V]).
+    """Run ``eval_cfg.tasks`` on ``model`` (any module mapping input_ids [B, T] to logits [B, T, V]).
 
     dp: (dp_rank, dp_size, dp_group) to split the work over data-parallel replicas (same numbers as one
     rank); default: the running job's groups. All TP ranks of a group must call this together.
@@ -54,22 +54,23 @@ def evaluate(model: torch.nn.Module, cfg: Optional[EvalConfig] = None,
     from statex_dist.eval.niah import evaluate_niah
     from statex_dist.eval.passkey import evaluate_passkey
     from statex_dist.eval.perplexity import evaluate_ppl
-    cfg = (cfg or EvalConfig()).replace(**overrides)
-    if isinstance(cfg.tasks, str):  # "mqar,ppl" as a run config or command line writes it
-        cfg = cfg.replace(tasks=[t.strip() for t in cfg.tasks.split(",") if t.strip()])
-    check(model, cfg)
+    eval_cfg = (eval_cfg or EvalConfig()).replace(**overrides)
+    if isinstance(eval_cfg.tasks, str):  # "mqar,ppl" as a run config or command line writes it
+        eval_cfg = eval_cfg.replace(tasks=[t.strip() for t in eval_cfg.tasks.split(",") if t.strip()])
+    check(model, eval_cfg)
     dp_rank, dp_size, group = dp if dp is not None else data_parallel()
     par = dict(dp_rank=dp_rank, dp_size=dp_size, dp_group=group)
-    grid = dict(lengths=cfg.lengths, depths=cfg.depths, n=cfg.grid_n, tokenizer=cfg.tokenizer, batch=cfg.batch,
-                seed=cfg.seed, **par)
+    grid = dict(lengths=eval_cfg.lengths, depths=eval_cfg.depths, n=eval_cfg.grid_n, tokenizer=eval_cfg.tokenizer,
+                batch=eval_cfg.batch, seed=eval_cfg.seed, **par)
     runs = {
-        "mqar": lambda: evaluate_mqar(model, cfg.mqar_pairs, cfg.mqar_n, cfg.batch, cfg.seed, cfg.vocab_offset, **par),
-        "passkey": lambda: evaluate_passkey(model, digits=cfg.passkey_digits, **grid),
-        "niah": lambda: evaluate_niah(model, distractors=cfg.niah_distractors, **grid),
-        "ppl": lambda: evaluate_ppl(model, cfg.data, cfg.ppl_batches, cfg.micro_batch, **par),
+        "mqar": lambda: evaluate_mqar(model, eval_cfg.mqar_pairs, eval_cfg.mqar_n, eval_cfg.batch, eval_cfg.seed,
+                                      eval_cfg.vocab_offset, **par),
+        "passkey": lambda: evaluate_passkey(model, digits=eval_cfg.passkey_digits, **grid),
+        "niah": lambda: evaluate_niah(model, distractors=eval_cfg.niah_distractors, **grid),
+        "ppl": lambda: evaluate_ppl(model, eval_cfg.data, eval_cfg.ppl_batches, eval_cfg.micro_batch, **par),
     }
     out, secs = {}, {}
-    for task in cfg.tasks:
+    for task in eval_cfg.tasks:
         t0 = time.time()
         out[task] = runs[task]()
         secs[task] = round(time.time() - t0, 3)

@@ -41,14 +41,14 @@ class CausalLM(nn.Module):
         state.ensure_initialized()
         self.config = config
         self.sequence_parallel = sp = sequence_parallel and state.tp_size() > 1
-        mcfg = state.megatron_config(dtype)
+        mp_cfg = state.megatron_config(dtype)
         specs = specs_for(config, state.tp_size())
         emb = specs[f"{self.EMBEDDING}.weight"]
-        setattr(self, self.EMBEDDING, embedding(emb, mcfg, sequence_parallel=sp))
-        self.layers = nn.ModuleList([self.BLOCK(config, i, mcfg, sequence_parallel=sp)
+        setattr(self, self.EMBEDDING, embedding(emb, mp_cfg, sequence_parallel=sp))
+        self.layers = nn.ModuleList([self.BLOCK(config, i, mp_cfg, sequence_parallel=sp)
                                      for i in range(config.num_layers)])
         setattr(self, self.NORM, RMSNorm(specs[f"{self.NORM}.weight"], config.norm_eps, dtype, sequence_parallel=sp))
-        self.lm_head = LMHead(specs.get("lm_head.weight", emb), config.vocab_size, mcfg, config.tie_word_embeddings,
+        self.lm_head = LMHead(specs.get("lm_head.weight", emb), config.vocab_size, mp_cfg, config.tie_word_embeddings,
                               sequence_parallel=sp)
         self.activation_checkpointing = False  # recompute each block in backward (the run config's option)
         if init:

@@ -72,13 +72,13 @@ class SwiGLUMLP(nn.Module):
     Shapes: x [B, T, hidden] -> [B, T, hidden]; with ``sequence_parallel`` [B, T / TP, hidden] in and out.
     """
 
-    def __init__(self, specs: dict[str, ShardSpec], cfg, sequence_parallel: bool = False):
+    def __init__(self, specs: dict[str, ShardSpec], mp_cfg, sequence_parallel: bool = False):
         """``specs``: the layout's ``gate_proj.weight``, ``up_proj.weight`` and ``down_proj.weight``."""
         super().__init__()
         self.sequence_parallel = sequence_parallel
-        self.gate_proj = linear(specs["gate_proj.weight"], cfg, shared_input=True)
-        self.up_proj = linear(specs["up_proj.weight"], cfg, shared_input=True)
-        self.down_proj = linear(specs["down_proj.weight"], cfg, sequence_parallel=sequence_parallel)
+        self.gate_proj = linear(specs["gate_proj.weight"], mp_cfg, shared_input=True)
+        self.up_proj = linear(specs["up_proj.weight"], mp_cfg, shared_input=True)
+        self.down_proj = linear(specs["down_proj.weight"], mp_cfg, sequence_parallel=sequence_parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_column_input(x, self.sequence_parallel)
@@ -108,15 +108,15 @@ class FlaBlock(nn.Module):
     """
     MIXER: type = nn.Module
 
-    def __init__(self, cfg, layer: int, mcfg, sequence_parallel: bool = False):
+    def __init__(self, config, layer: int, mp_cfg, sequence_parallel: bool = False):
         super().__init__()
         self.layer = layer
         sp = sequence_parallel
-        specs = fla_block_specs(cfg, layer, {})
-        self.attn_norm = RMSNorm(specs["attn_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
-        self.attn = self.MIXER(cfg, layer, mcfg, sequence_parallel=sp)
-        self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
-        self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mcfg, sequence_parallel=sp)
+        specs = fla_block_specs(config, layer, {})
+        self.attn_norm = RMSNorm(specs["attn_norm.weight"], config.norm_eps, mp_cfg.params_dtype, sequence_parallel=sp)
+        self.attn = self.MIXER(config, layer, mp_cfg, sequence_parallel=sp)
+        self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], config.norm_eps, mp_cfg.params_dtype, sequence_parallel=sp)
+        self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mp_cfg, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x))

@@ -69,12 +69,12 @@ class EmbeddingPiece(nn.Module):
 
     def __init__(self, config, dtype: torch.dtype):
         super().__init__()
-        mcfg = _megatron_config(dtype)
+        mp_cfg = _megatron_config(dtype)
         self.attr = archs.of(config).embedding
         spec = _spec(config, f"{self.attr}.weight")
-        setattr(self, self.attr, embedding(spec, mcfg))
+        setattr(self, self.attr, embedding(spec, mp_cfg))
         if config.tie_word_embeddings:
-            self.head = LMHead(spec, config.vocab_size, mcfg, tied=True)
+            self.head = LMHead(spec, config.vocab_size, mp_cfg, tied=True)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -133,11 +133,11 @@ def layer_specs(config, dtype: torch.dtype = torch.float32) -> list:
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
     arch = archs.of(config)
     emb_attr, block_cls = arch.embedding, arch.model_class.BLOCK
-    mcfg = _megatron_config(dtype)
+    mp_cfg = _megatron_config(dtype)
     tied = config.tie_word_embeddings
     specs = [TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, tied_weight_attr=[f"{emb_attr}.weight"])
              if tied else LayerSpec(EmbeddingPiece, config, dtype)]
-    specs += [LayerSpec(block_cls, config, i, mcfg) for i in range(config.num_layers)]
+    specs += [LayerSpec(block_cls, config, i, mp_cfg) for i in range(config.num_layers)]
     specs.append(LayerSpec(FinalNorm, config, dtype))
     specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPiece, config, dtype, forward_fn=tied_head_forward,
                                tied_weight_attr=[f"{emb_attr}.weight"])

@@ -19,9 +19,9 @@ from statex_dist.parallel.megatron_layers import column, row
 from statex_dist.parallel.sharding import ShardSpec
 
 
-def linear(spec: ShardSpec, mcfg, *, bias_spec: Optional[ShardSpec] = None, shared_input: bool = False,
+def linear(spec: ShardSpec, mp_cfg, *, bias_spec: Optional[ShardSpec] = None, shared_input: bool = False,
            sequence_parallel: bool = False) -> nn.Module:
-    """The layer of weight ``spec`` ([out, in]) on this TP rank, built with megatron-core config ``mcfg``.
+    """The layer of weight ``spec`` ([out, in]) on this TP rank, built with megatron-core config ``mp_cfg``.
 
     Args:
         bias_spec: the bias's spec (column-parallel and replicated layers only).
@@ -35,7 +35,7 @@ def linear(spec: ShardSpec, mcfg, *, bias_spec: Optional[ShardSpec] = None, shar
         a module mapping x [..., in (local for row-parallel)] -> [..., out (local for column-parallel)];
         megatron-core's layers return ``(y, bias)`` as they always do.
     """
-    tp, dtype = state.tp_size(), mcfg.params_dtype
+    tp, dtype = state.tp_size(), mp_cfg.params_dtype
     if spec.dim is None:
         return ReplicatedLinear(spec, bias_spec, dtype=dtype, shared_input=shared_input,
                                 sequence_parallel=sequence_parallel)
@@ -48,7 +48,7 @@ def linear(spec: ShardSpec, mcfg, *, bias_spec: Optional[ShardSpec] = None, shar
                              f"slice: build it without sequence_parallel ({spec})")
         if spec.parts is not None:
             return PackedColumnParallelLinear(spec, tp, dtype, shared_input=shared_input)
-        return column(spec, mcfg, bias_spec=bias_spec, shared_input=shared_input)
+        return column(spec, mp_cfg, bias_spec=bias_spec, shared_input=shared_input)
     if spec.parts is not None:
         return PackedRowParallelLinear(spec, tp, dtype, sequence_parallel=sequence_parallel)
-    return row(spec, mcfg, sequence_parallel=sequence_parallel)
+    return row(spec, mp_cfg, sequence_parallel=sequence_parallel)

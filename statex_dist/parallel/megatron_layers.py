@@ -24,13 +24,13 @@ def _never_called(weight: torch.Tensor) -> None:
     raise AssertionError("megatron-core initialised a weight; state.megatron_config() turns that off")
 
 
-def column(spec: ShardSpec, cfg, *, bias_spec: Optional[ShardSpec] = None, shared_input: bool = False):
+def column(spec: ShardSpec, mp_cfg, *, bias_spec: Optional[ShardSpec] = None, shared_input: bool = False):
     """megatron-core ColumnParallelLinear of the layout's ``spec`` (weight [out, in], out split), which it
     carries. ``shared_input``: the caller feeds it an input that already passed copy-to-region, shared by
     the sibling projections, so their input gradients are summed over TP in one all-reduce, not one each.
     """
     out_f, in_f = spec.shape
-    lin = mtp.ColumnParallelLinear(in_f, out_f, config=cfg, init_method=_never_called,
+    lin = mtp.ColumnParallelLinear(in_f, out_f, config=mp_cfg, init_method=_never_called,
                                    bias=bias_spec is not None, gather_output=False, tp_group=state.tp_group(),
                                    disable_grad_reduce=shared_input)
     mark(lin.weight, spec)
@@ -49,12 +49,12 @@ class SequenceParallelRowLinear(mtp.RowParallelLinear):
         return reduce_scatter_seq(F.linear(input_, self.weight)), None
 
 
-def row(spec: ShardSpec, cfg, *, sequence_parallel: bool = False):
+def row(spec: ShardSpec, mp_cfg, *, sequence_parallel: bool = False):
     """megatron-core RowParallelLinear of the layout's ``spec`` (weight [out, in], in split; output
     all-reduced, or reduce-scattered along time with ``sequence_parallel``), which it carries."""
     out_f, in_f = spec.shape
     cls = SequenceParallelRowLinear if sequence_parallel else mtp.RowParallelLinear
-    lin = cls(in_f, out_f, config=cfg, init_method=_never_called, bias=False,
+    lin = cls(in_f, out_f, config=mp_cfg, init_method=_never_called, bias=False,
               input_is_parallel=True, skip_bias_add=False, tp_group=state.tp_group())
     mark(lin.weight, spec)
     return lin
@@ -79,12 +79,12 @@ class SequenceParallelEmbedding(mtp.VocabParallelEmbedding):
         return reduce_scatter_seq(out)
 
 
-def embedding(spec: ShardSpec, cfg, *, sequence_parallel: bool = False) -> mtp.VocabParallelEmbedding:
+def embedding(spec: ShardSpec, mp_cfg, *, sequence_parallel: bool = False) -> mtp.VocabParallelEmbedding:
     """megatron-core VocabParallelEmbedding of the layout's ``spec`` ([padded vocab, hidden], rows split).
     ids [B, T] -> [B, T, hidden] ([B, T / TP, hidden] with ``sequence_parallel``)."""
     padded_vocab, hidden = spec.shape
     cls = SequenceParallelEmbedding if sequence_parallel else mtp.VocabParallelEmbedding
-    emb = cls(padded_vocab, hidden, init_method=_never_called, config=cfg, tp_group=state.tp_group())
+    emb = cls(padded_vocab, hidden, init_method=_never_called, config=mp_cfg, tp_group=state.tp_group())
     mark(emb.weight, spec)
     return emb
 
@@ -99,7 +99,7 @@ class LMHead(nn.Module):
     gradient reduce-scattered back, in place of the column-parallel layer's all-reduce).
     """
 
-    def __init__(self, spec: ShardSpec, vocab: int, cfg, tied: bool, sequence_parallel: bool = False):
+    def __init__(self, spec: ShardSpec, vocab: int, mp_cfg, tied: bool, sequence_parallel: bool = False):
         """``spec``: the layout's ``lm_head.weight`` [padded vocab, hidden], or the embedding's when tied."""
         super().__init__()
         padded_vocab, hidden = spec.shape
@@ -107,11 +107,11 @@ class LMHead(nn.Module):
         self.sequence_parallel = sequence_parallel
         # The weight lives here (named `lm_head.weight`), or in the embedding when tied; megatron-core's
         # layer is used for its TP semantics only.
-        self.proj = mtp.ColumnParallelLinear(hidden, padded_vocab, config=cfg, init_method=_never_called,
+        self.proj = mtp.ColumnParallelLinear(hidden, padded_vocab, config=mp_cfg, init_method=_never_called,
                                              bias=False, gather_output=False, skip_weight_param_allocation=True,
                                              tp_group=state.tp_group(), disable_grad_reduce=sequence_parallel)
         if not tied:
-            self.weight = local_parameter(spec, state.tp_size(), cfg.params_dtype)
+            self.weight = local_parameter(spec, state.tp_size(), mp_cfg.params_dtype)
 
     def forward(self, h: torch.Tensor, embedding_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         w = embedding_weight if self.tied else self.weight

@@ -22,12 +22,12 @@ from statex_dist import archs
 from statex_dist.models.config import ModelConfig
 
 
-def forward_flops_per_token(cfg: ModelConfig) -> int:
+def forward_flops_per_token(config: ModelConfig) -> int:
     """Forward FLOPs of the whole model for one token (see the module docstring for what counts)."""
-    layer = archs.of(cfg).layer_flops
-    return sum(layer(cfg, i) for i in range(cfg.num_layers)) + 2 * cfg.hidden_size * cfg.vocab_size
+    layer = archs.of(config).layer_flops
+    return sum(layer(config, i) for i in range(config.num_layers)) + 2 * config.hidden_size * config.vocab_size
 
 
-def train_flops_per_token(cfg: ModelConfig) -> int:
+def train_flops_per_token(config: ModelConfig) -> int:
     """Forward + backward FLOPs for one trained token: 3 x forward."""
-    return 3 * forward_flops_per_token(cfg)
+    return 3 * forward_flops_per_token(config)

@@ -29,55 +29,55 @@ class FlaGatedDeltaNet(HFFormat):
     per_layer_key = "statex_num_heads"
 
     @classmethod
-    def matches(cls, cfg: dict) -> bool:
+    def matches(cls, hf_cfg: dict) -> bool:
         # statex_gated_deltanet: heads differing per layer
-        return cfg.get("model_type") in ("gated_deltanet", "statex_gated_deltanet")
+        return hf_cfg.get("model_type") in ("gated_deltanet", "statex_gated_deltanet")
 
     @classmethod
-    def read_config(cls, cfg: dict) -> GDNConfig:
+    def read_config(cls, hf_cfg: dict) -> GDNConfig:
         for key, want in UNSUPPORTED.items():
-            if cfg.get(key, want) != want:
-                raise CheckpointError(f"config.json: {key}={cfg[key]!r} is not supported (needs {want!r})")
-        act = cfg.get("output_gate_activation", "swish")
+            if hf_cfg.get(key, want) != want:
+                raise CheckpointError(f"config.json: {key}={hf_cfg[key]!r} is not supported (needs {want!r})")
+        act = hf_cfg.get("output_gate_activation", "swish")
         if act not in OUTPUT_GATE_ACTIVATIONS:
             raise CheckpointError(f"config.json: output_gate_activation={act!r} is not supported "
                                   f"(needs one of {list(OUTPUT_GATE_ACTIVATIONS)})")
-        layers = cfg["num_hidden_layers"]
+        layers = hf_cfg["num_hidden_layers"]
         # fla: key_dim = num_heads * head_dim, value_dim = num_v_heads * int(head_dim * expand_v)
-        h, head_dim = cfg.get("num_heads", 6), cfg.get("head_dim", 256)
-        hv = cfg.get("num_v_heads") or h
-        head_v = int(head_dim * cfg.get("expand_v", 2.0))
+        h, head_dim = hf_cfg.get("num_heads", 6), hf_cfg.get("head_dim", 256)
+        hv = hf_cfg.get("num_v_heads") or h
+        head_v = int(head_dim * hf_cfg.get("expand_v", 2.0))
         return GDNConfig(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=layers,
-            num_heads=cls.read_per_layer(cfg, h, layers),
-            num_v_heads=list(cfg.get(V_HEADS_KEY) or [hv] * layers),
+            vocab_size=hf_cfg["vocab_size"], hidden_size=hf_cfg["hidden_size"], num_layers=layers,
+            num_heads=cls.read_per_layer(hf_cfg, h, layers),
+            num_v_heads=list(hf_cfg.get(V_HEADS_KEY) or [hv] * layers),
             key_dim=h * head_dim, value_dim=hv * head_v,
-            hidden_ratio=cfg.get("hidden_ratio") or 4, intermediate_size=cfg.get("intermediate_size"),
-            use_gate=cfg.get("use_gate", True), use_short_conv=cfg.get("use_short_conv", True),
-            conv_size=cfg.get("conv_size", 4), output_gate_activation=act, norm_eps=cfg.get("norm_eps", 1e-6),
-            tie_word_embeddings=cfg.get("tie_word_embeddings", False), fuse_norm=cfg.get("fuse_norm", True),
-            expanded_layers=cls.read_expanded(cfg),
+            hidden_ratio=hf_cfg.get("hidden_ratio") or 4, intermediate_size=hf_cfg.get("intermediate_size"),
+            use_gate=hf_cfg.get("use_gate", True), use_short_conv=hf_cfg.get("use_short_conv", True),
+            conv_size=hf_cfg.get("conv_size", 4), output_gate_activation=act, norm_eps=hf_cfg.get("norm_eps", 1e-6),
+            tie_word_embeddings=hf_cfg.get("tie_word_embeddings", False), fuse_norm=hf_cfg.get("fuse_norm", True),
+            expanded_layers=cls.read_expanded(hf_cfg),
         )
 
     @classmethod
     def write_config(cls, config: GDNConfig, base: dict | None = None) -> dict:
-        cfg = dict(base or {"architectures": ["GatedDeltaNetForCausalLM"], "model_type": "gated_deltanet"})
+        hf_cfg = dict(base or {"architectures": ["GatedDeltaNetForCausalLM"], "model_type": "gated_deltanet"})
         # the stock keys describe the layer of the most heads (every layer alike: each layer); the totals
         # key_dim = num_heads * head_dim and value_dim = num_v_heads * head_dim * expand_v hold in every layer
         h, hv = max(config.num_heads), max(config.num_v_heads)
         head_dim = config.key_dim // h
-        cfg.update(
+        hf_cfg.update(
             vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
             num_heads=h, num_v_heads=hv, head_dim=head_dim, expand_v=expand_v_of(config.value_dim // hv, head_dim),
             hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
             use_gate=config.use_gate, use_short_conv=config.use_short_conv, conv_size=config.conv_size,
             output_gate_activation=config.output_gate_activation, norm_eps=config.norm_eps,
             tie_word_embeddings=config.tie_word_embeddings, fuse_norm=config.fuse_norm)
-        cfg.pop(V_HEADS_KEY, None)
-        if cls.write_statex_keys(cfg, config.num_heads, config.expanded_layers) or len(set(config.num_v_heads)) > 1:
-            cfg[cls.per_layer_key] = list(config.num_heads)
-            cfg[V_HEADS_KEY] = list(config.num_v_heads)
-        return cfg
+        hf_cfg.pop(V_HEADS_KEY, None)
+        if cls.write_statex_keys(hf_cfg, config.num_heads, config.expanded_layers) or len(set(config.num_v_heads)) > 1:
+            hf_cfg[cls.per_layer_key] = list(config.num_heads)
+            hf_cfg[V_HEADS_KEY] = list(config.num_v_heads)
+        return hf_cfg
 
     @classmethod
     def hf_names(cls, internal: str, config: GDNConfig) -> list[str]:

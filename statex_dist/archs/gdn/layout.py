@@ -21,16 +21,16 @@ def tp_mode(heads: int, tp: int) -> str:
     return "heads" if heads % tp == 0 else "values"
 
 
-def attn_specs(cfg: GDNConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+def attn_specs(config: GDNConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     """fla's ``GatedDeltaNet`` parameters of layer ``layer`` (``q_proj.weight``, ``A_log``, ...).
 
     Shapes: D hidden, K key dim, V value dim, Hv value heads, dv = V / Hv, W conv width. Per value head:
     a_proj / b_proj rows, A_log, dt_bias; per value channel: v_proj / g_proj rows, v conv, o_proj columns.
     """
-    D, K, V, Hv, W = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_v_heads[layer], cfg.conv_size
-    dv = cfg.head_v_dim(layer)
+    D, K, V, Hv, W = config.hidden_size, config.key_dim, config.value_dim, config.num_v_heads[layer], config.conv_size
+    dv = config.head_v_dim(layer)
     rep = dict(grad_reduce=True, layer=layer)
-    if tp_mode(cfg.num_heads[layer], tp) == "heads":
+    if tp_mode(config.num_heads[layer], tp) == "heads":
         qk = per_head = dict(dim=0, layer=layer)
         val = dict(dim=0, layer=layer)
         out = dict(dim=1, layer=layer)
@@ -49,16 +49,16 @@ def attn_specs(cfg: GDNConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
         "A_log": ShardSpec((Hv,), **per_head), "dt_bias": ShardSpec((Hv,), **per_head),
         "o_norm.weight": norm, "o_proj.weight": ShardSpec((D, V), **out),
     }
-    if cfg.use_gate:
+    if config.use_gate:
         specs["g_proj.weight"] = ShardSpec((V, D), **val)
-    if cfg.use_short_conv:
+    if config.use_short_conv:
         specs.update(short_conv_specs(K, V, W, qk, val))
     return specs
 
 
-def block_specs(cfg: GDNConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+def block_specs(config: GDNConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     """The specs of block ``layer`` under its own names (``attn.q_proj.weight``, ``mlp_norm.weight``, ...)."""
-    return fla_block_specs(cfg, layer, attn_specs(cfg, layer, tp))
+    return fla_block_specs(config, layer, attn_specs(config, layer, tp))
 
 
 def param_specs(config: GDNConfig, tp: int = 1) -> dict[str, ShardSpec]:

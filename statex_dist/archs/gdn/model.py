@@ -39,8 +39,9 @@ class GatedDeltaNet(nn.Module):
     q, k = l2norm(silu(conv(q_proj x))), ..., v = silu(conv(v_proj x)); per value head the log decay
     g = -exp(A_log) * softplus(a_proj x + dt_bias) and the write strength beta = sigmoid(b_proj x); the
     gated delta rule (``statex_dist.ops.gated_delta_rule``: fla's chunk kernel on CUDA with its in-kernel
-    norm, sigmoid and gate off, so those are computed here, their gradients from autograd); o_norm, a gated RMSNorm over each value head's channels (norm(o) * w * silu(g_proj x),
-    a plain RMSNorm without ``use_gate``); o_proj. Grouped value attention: key head j's q and k are repeated
+    norm, sigmoid and gate off, so those are computed here, their gradients from autograd); o_norm, a gated
+    RMSNorm over each value head's channels (norm(o) * w * silu(g_proj x), a plain RMSNorm without
+    ``use_gate``); o_proj. Grouped value attention: key head j's q and k are repeated
     for the value heads it serves before the scan.
 
     TP by heads (see :func:`tp_mode`): q/k/v/a/b/g are megatron-core column-parallel (a rank's key heads
@@ -67,29 +68,29 @@ class GatedDeltaNet(nn.Module):
     and its gated norm loads the weight as fp32.
     """
 
-    def __init__(self, cfg: GDNConfig, layer: int, mcfg, sequence_parallel: bool = False):
+    def __init__(self, config: GDNConfig, layer: int, mp_cfg, sequence_parallel: bool = False):
         super().__init__()
         tp = state.tp_size()
-        H, Hv = cfg.num_heads[layer], cfg.num_v_heads[layer]
-        self.cfg, self.layer, self.mode = cfg, layer, tp_mode(H, tp)
+        H, Hv = config.num_heads[layer], config.num_v_heads[layer]
+        self.config, self.layer, self.mode = config, layer, tp_mode(H, tp)
         self.sequence_parallel = sp = sequence_parallel
-        specs = attn_specs(cfg, layer, tp)   # every shape and split below is the layout's
-        dtype = mcfg.params_dtype
-        self.head_k = cfg.head_k_dim(layer)
+        specs = attn_specs(config, layer, tp)   # every shape and split below is the layout's
+        dtype = mp_cfg.params_dtype
+        self.head_k = config.head_k_dim(layer)
         self.head_v = specs["o_norm.weight"].local_shape(tp)[0]   # this rank's value channels of a value head
-        self.value_width = cfg.head_v_dim(layer)                   # one value head's full width: the norm's denominator
+        self.value_width = config.head_v_dim(layer)   # one value head's full width: the norm's denominator
         self.heads = specs["q_proj.weight"].local_shape(tp)[0] // self.head_k
         self.v_heads = specs["a_proj.weight"].local_shape(tp)[0]
         # q, k, v, a, b, g read one input that passed copy-to-region once (one all-reduce of its gradient); the
         # layout picks each layer (column- or row-parallel by heads, packed by value channels, or replicated)
         self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj = (
-            linear(specs[f"{n}_proj.weight"], mcfg, shared_input=True) for n in "qkvab")
-        if cfg.use_gate:
-            self.g_proj = linear(specs["g_proj.weight"], mcfg, shared_input=True)
-        self.o_proj = linear(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
+            linear(specs[f"{n}_proj.weight"], mp_cfg, shared_input=True) for n in "qkvab")
+        if config.use_gate:
+            self.g_proj = linear(specs["g_proj.weight"], mp_cfg, shared_input=True)
+        self.o_proj = linear(specs["o_proj.weight"], mp_cfg, sequence_parallel=sp)
         self.A_log = local_parameter(specs["A_log"], tp, dtype)
         self.dt_bias = local_parameter(specs["dt_bias"], tp, dtype)
-        if cfg.use_short_conv:
+        if config.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
         self.o_norm = nn.Module()
@@ -107,7 +108,7 @@ class GatedDeltaNet(nn.Module):
         B, T, _ = xs.shape
         h, hv, dk, dv = self.heads, self.v_heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        if self.cfg.use_short_conv:
+        if self.config.use_short_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
@@ -127,8 +128,8 @@ class GatedDeltaNet(nn.Module):
         """o_norm: RMSNorm over each value head's channels times silu(g_proj(xs)) (fla's FusedRMSNormGated,
         all in fp32), or the plain RMSNorm without ``use_gate``. o [B, T, hv, dv_local]."""
         width = None if self.mode == "heads" else self.value_width
-        y = head_rms_norm(o, maybe_reduced(self.o_norm.weight), self.cfg.norm_eps, width)
-        if self.cfg.use_gate:
+        y = head_rms_norm(o, maybe_reduced(self.o_norm.weight), self.config.norm_eps, width)
+        if self.config.use_gate:
             y = y * F.silu(self._out(self.g_proj(xs)).float()).reshape(o.shape)
         return y.to(o.dtype)
 

@@ -17,39 +17,39 @@ class FlaGLA(HFFormat):
     per_layer_key = "statex_num_heads"
 
     @classmethod
-    def matches(cls, cfg: dict) -> bool:
-        return cfg.get("model_type") in ("gla", "statex_gla")  # statex_gla: heads differing per layer
+    def matches(cls, hf_cfg: dict) -> bool:
+        return hf_cfg.get("model_type") in ("gla", "statex_gla")  # statex_gla: heads differing per layer
 
     @classmethod
-    def read_config(cls, cfg: dict) -> GLAConfig:
+    def read_config(cls, hf_cfg: dict) -> GLAConfig:
         for key, want in UNSUPPORTED.items():
-            if cfg.get(key, want) != want:
-                raise CheckpointError(f"config.json: {key}={cfg[key]!r} is not supported (needs {want!r})")
-        layers = cfg["num_hidden_layers"]
+            if hf_cfg.get(key, want) != want:
+                raise CheckpointError(f"config.json: {key}={hf_cfg[key]!r} is not supported (needs {want!r})")
+        layers = hf_cfg["num_hidden_layers"]
         return GLAConfig(
-            vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_layers=layers,
-            num_heads=cls.read_per_layer(cfg, cfg.get("num_heads", 4), layers),
-            expand_k=cfg.get("expand_k", 0.5), expand_v=cfg.get("expand_v", 1.0),
-            hidden_ratio=cfg.get("hidden_ratio") or 4, intermediate_size=cfg.get("intermediate_size"),
-            use_short_conv=cfg.get("use_short_conv", False), conv_size=cfg.get("conv_size", 4),
-            use_output_gate=cfg.get("use_output_gate", True), clamp_min=cfg.get("clamp_min"),
-            norm_eps=cfg.get("norm_eps", 1e-6), tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            fuse_norm=cfg.get("fuse_norm", True), expanded_layers=cls.read_expanded(cfg),
+            vocab_size=hf_cfg["vocab_size"], hidden_size=hf_cfg["hidden_size"], num_layers=layers,
+            num_heads=cls.read_per_layer(hf_cfg, hf_cfg.get("num_heads", 4), layers),
+            expand_k=hf_cfg.get("expand_k", 0.5), expand_v=hf_cfg.get("expand_v", 1.0),
+            hidden_ratio=hf_cfg.get("hidden_ratio") or 4, intermediate_size=hf_cfg.get("intermediate_size"),
+            use_short_conv=hf_cfg.get("use_short_conv", False), conv_size=hf_cfg.get("conv_size", 4),
+            use_output_gate=hf_cfg.get("use_output_gate", True), clamp_min=hf_cfg.get("clamp_min"),
+            norm_eps=hf_cfg.get("norm_eps", 1e-6), tie_word_embeddings=hf_cfg.get("tie_word_embeddings", False),
+            fuse_norm=hf_cfg.get("fuse_norm", True), expanded_layers=cls.read_expanded(hf_cfg),
         )
 
     @classmethod
     def write_config(cls, config: GLAConfig, base: dict | None = None) -> dict:
-        cfg = dict(base or {"architectures": ["GLAForCausalLM"], "model_type": "gla"})
+        hf_cfg = dict(base or {"architectures": ["GLAForCausalLM"], "model_type": "gla"})
         uniform = len(set(config.num_heads)) == 1
-        cfg.update(
+        hf_cfg.update(
             vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
             num_heads=config.num_heads[0] if uniform else max(config.num_heads), expand_k=config.expand_k,
             expand_v=config.expand_v, hidden_ratio=config.hidden_ratio, intermediate_size=config.intermediate_size,
             use_short_conv=config.use_short_conv, conv_size=config.conv_size,
             use_output_gate=config.use_output_gate, clamp_min=config.clamp_min, norm_eps=config.norm_eps,
             tie_word_embeddings=config.tie_word_embeddings, fuse_norm=config.fuse_norm)
-        cls.write_statex_keys(cfg, config.num_heads, config.expanded_layers)
-        return cfg
+        cls.write_statex_keys(hf_cfg, config.num_heads, config.expanded_layers)
+        return hf_cfg
 
     @classmethod
     def hf_names(cls, internal: str, config: GLAConfig) -> list[str]:

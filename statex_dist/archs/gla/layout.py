@@ -19,9 +19,10 @@ def tp_mode(heads: int, tp: int) -> str:
     return "heads" if heads % tp == 0 else "values"
 
 
-def attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
-    D, K, V, H, r = cfg.hidden_size, cfg.key_dim, cfg.value_dim, cfg.num_heads[layer], cfg.gate_low_rank_dim
-    dv, W = V // H, cfg.conv_size
+def attn_specs(config: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+    D, K, V = config.hidden_size, config.key_dim, config.value_dim
+    H, r = config.num_heads[layer], config.gate_low_rank_dim
+    dv, W = V // H, config.conv_size
     rep = dict(grad_reduce=True, layer=layer)
     if tp_mode(H, tp) == "heads":
         qk = dict(dim=0, layer=layer)
@@ -41,16 +42,16 @@ def attn_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
         "gk_proj.1.weight": ShardSpec((K, r), **qk), "gk_proj.1.bias": ShardSpec((K,), **qk),
         "o_proj.weight": ShardSpec((D, V), **out), "g_norm.weight": norm,
     }
-    if cfg.use_output_gate:
+    if config.use_output_gate:
         specs["g_proj.weight"] = ShardSpec((V, D), **val)
-    if cfg.use_short_conv:
+    if config.use_short_conv:
         specs.update(short_conv_specs(K, V, W, qk, val))
     return specs
 
 
-def block_specs(cfg: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
+def block_specs(config: GLAConfig, layer: int, tp: int) -> dict[str, ShardSpec]:
     """The specs of block ``layer`` under its own names (``attn.q_proj.weight``, ``mlp_norm.weight``, ...)."""
-    return fla_block_specs(cfg, layer, attn_specs(cfg, layer, tp))
+    return fla_block_specs(config, layer, attn_specs(config, layer, tp))
 
 
 def param_specs(config: GLAConfig, tp: int = 1) -> dict[str, ShardSpec]:

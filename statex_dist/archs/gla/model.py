@@ -53,34 +53,34 @@ class GatedLinearAttention(nn.Module):
     gates in fp32 (fla's ``chunk_local_cumsum`` as well).
     """
 
-    def __init__(self, cfg: GLAConfig, layer: int, mcfg, sequence_parallel: bool = False):
+    def __init__(self, config: GLAConfig, layer: int, mp_cfg, sequence_parallel: bool = False):
         super().__init__()
         tp = state.tp_size()
-        H = cfg.num_heads[layer]
-        self.cfg, self.layer, self.mode = cfg, layer, tp_mode(H, tp)
+        H = config.num_heads[layer]
+        self.config, self.layer, self.mode = config, layer, tp_mode(H, tp)
         self.sequence_parallel = sp = sequence_parallel
-        specs = attn_specs(cfg, layer, tp)   # every shape and split below is the layout's
-        dtype = mcfg.params_dtype
-        self.head_k = cfg.key_dim // H
+        specs = attn_specs(config, layer, tp)   # every shape and split below is the layout's
+        dtype = mp_cfg.params_dtype
+        self.head_k = config.key_dim // H
         self.head_v = specs["g_norm.weight"].local_shape(tp)[0]   # this rank's value channels of a head
         self.heads = specs["v_proj.weight"].local_shape(tp)[0] // self.head_v
         self.value_width = specs["g_norm.weight"].shape[0]         # one head's full value width: the norm's denominator
         # q, k, v, g read one input that passed copy-to-region once (one all-reduce of its gradient); the
         # layout picks each layer (column- or row-parallel by heads, packed by value channels, or replicated)
-        self.q_proj = linear(specs["q_proj.weight"], mcfg, shared_input=True)
-        self.k_proj = linear(specs["k_proj.weight"], mcfg, shared_input=True)
-        self.v_proj = linear(specs["v_proj.weight"], mcfg, shared_input=True)
-        if cfg.use_output_gate:
-            self.g_proj = linear(specs["g_proj.weight"], mcfg, shared_input=True)
-        self.o_proj = linear(specs["o_proj.weight"], mcfg, sequence_parallel=sp)
-        if cfg.use_short_conv:
+        self.q_proj = linear(specs["q_proj.weight"], mp_cfg, shared_input=True)
+        self.k_proj = linear(specs["k_proj.weight"], mp_cfg, shared_input=True)
+        self.v_proj = linear(specs["v_proj.weight"], mp_cfg, shared_input=True)
+        if config.use_output_gate:
+            self.g_proj = linear(specs["g_proj.weight"], mp_cfg, shared_input=True)
+        self.o_proj = linear(specs["o_proj.weight"], mp_cfg, sequence_parallel=sp)
+        if config.use_short_conv:
             for name in ("q", "k", "v"):
                 setattr(self, f"{name}_conv1d", ShortConvolution(specs[f"{name}_conv1d.weight"], tp, dtype))
         # gk_proj.0 reads x, not the gathered copy: gk_proj.1 returns its input gradient already summed over
         # TP, so with SP the gather after gk_proj.0 only slices it back to this rank's tokens, and gk_proj.0's
         # weight gradient (from this rank's tokens) is summed over TP
-        self.gk_proj = nn.ModuleList([linear(specs["gk_proj.0.weight"], mcfg, sequence_parallel=sp),
-                                      linear(specs["gk_proj.1.weight"], mcfg, bias_spec=specs["gk_proj.1.bias"])])
+        self.gk_proj = nn.ModuleList([linear(specs["gk_proj.0.weight"], mp_cfg, sequence_parallel=sp),
+                                      linear(specs["gk_proj.1.weight"], mp_cfg, bias_spec=specs["gk_proj.1.bias"])])
         self.g_norm = nn.Module()
         self.g_norm.weight = local_parameter(specs["g_norm.weight"], tp, dtype)
 
@@ -96,7 +96,7 @@ class GatedLinearAttention(nn.Module):
         B, T, _ = xs.shape
         h, dk, dv = self.heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        if self.cfg.use_short_conv:
+        if self.config.use_short_conv:
             q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
         low = self.gk_proj[0](x)
         if self.sequence_parallel:
@@ -104,14 +104,14 @@ class GatedLinearAttention(nn.Module):
         gk = self._out(self.gk_proj[1](low))
         q, k, gk = (t.reshape(B, T, h, dk) for t in (q, k, gk))
         v = v.reshape(B, T, h, dv)
-        gk = F.logsigmoid(gk) / self.cfg.gate_logit_normalizer
-        if self.cfg.clamp_min is not None:
-            gk = gk.clamp_min(self.cfg.clamp_min)
+        gk = F.logsigmoid(gk) / self.config.gate_logit_normalizer
+        if self.config.clamp_min is not None:
+            gk = gk.clamp_min(self.config.clamp_min)
         o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5, initial_state=initial_state,
                                        output_final_state=output_final_state)
         o = self._norm(o)
         o = o.reshape(B, T, h * dv)
-        if self.cfg.use_output_gate:
+        if self.config.use_output_gate:
             o = o * F.silu(self._out(self.g_proj(xs)))
         out = self._out(self.o_proj(o))
         return (out, final_state) if output_final_state else out
@@ -119,7 +119,7 @@ class GatedLinearAttention(nn.Module):
     def _norm(self, o: torch.Tensor) -> torch.Tensor:
         """RMSNorm over each head's value channels; o [B, T, h, dv_local]."""
         width = None if self.mode == "heads" else self.value_width
-        return head_rms_norm(o, maybe_reduced(self.g_norm.weight), self.cfg.norm_eps, width).to(o.dtype)
+        return head_rms_norm(o, maybe_reduced(self.g_norm.weight), self.config.norm_eps, width).to(o.dtype)
 
 
 class GLABlock(FlaBlock):

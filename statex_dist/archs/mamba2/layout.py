@@ -14,8 +14,9 @@ from statex_dist.parallel.sharding import ShardSpec
 EMBEDDING, NORM = "embedding", "norm_f"   # mamba_ssm's names of the embedding and the final norm
 
 
-def mixer_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
-    E, G, N, Hh, W, D = cfg.d_inner, cfg.ngroups, cfg.d_state[layer], cfg.nheads, cfg.d_conv, cfg.hidden_size
+def mixer_specs(config: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
+    E, G, N = config.d_inner, config.ngroups, config.d_state[layer]
+    Hh, W, D = config.nheads, config.d_conv, config.hidden_size
     # Every block splits evenly over TP. When the groups divide over TP a rank's B/C rows are its own
     # groups; otherwise (ngroups=1, every public checkpoint; Megatron-LM refuses this case) a rank computes
     # a slice of the B/C channels and the model all-gathers them, so the model stays exactly a G-group
@@ -38,10 +39,10 @@ def param_specs(config: Mamba2Config, tp: int = 1) -> dict[str, ShardSpec]:
     return causal_lm_specs(config, tp, EMBEDDING, NORM, block_specs)
 
 
-def block_specs(cfg: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
+def block_specs(config: Mamba2Config, layer: int, tp: int) -> dict[str, ShardSpec]:
     """The specs of block ``layer`` under its own names (``norm.weight``, ``mixer.in_proj.weight``, ...)."""
-    return {"norm.weight": ShardSpec((cfg.hidden_size,), layer=layer),
-            **{"mixer." + k: v for k, v in mixer_specs(cfg, layer, tp).items()}}
+    return {"norm.weight": ShardSpec((config.hidden_size,), layer=layer),
+            **{"mixer." + k: v for k, v in mixer_specs(config, layer, tp).items()}}
 
 
 def _divisors(n: int) -> list[int]:

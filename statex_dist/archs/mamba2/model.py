@@ -50,14 +50,14 @@ class Mamba2Mixer(nn.Module):
     They are made here rather than left to the scan, so every scan path receives fp32 A, dt_bias and D.
     """
 
-    def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
+    def __init__(self, config: Mamba2Config, layer: int, mp_cfg, sequence_parallel: bool = False):
         super().__init__()
         self.sequence_parallel = sequence_parallel
         tp = state.tp_size()
-        G, N = cfg.ngroups, cfg.d_state[layer]
-        self.cfg, self.layer = cfg, layer
-        specs = mixer_specs(cfg, layer, tp)   # every shape and split below is the layout's
-        dtype = mcfg.params_dtype
+        G, N = config.ngroups, config.d_state[layer]
+        self.config, self.layer = config, layer
+        specs = mixer_specs(config, layer, tp)   # every shape and split below is the layout's
+        dtype = mp_cfg.params_dtype
         self.bc_gathered = G % tp != 0  # B/C channels split over TP, then all-gathered (see mixer_specs)
         # With B/C gathered, a rank's heads all lie in one group (tp % G == 0): the group this rank reads.
         self.group = state.tp_rank() // (tp // G) if self.bc_gathered else 0
@@ -67,7 +67,7 @@ class Mamba2Mixer(nn.Module):
         self.E_l, _, self.GN_in, _, self.local_heads = self.parts
         self.N = N
         # with SP the gather in forward replaces in_proj's own copy-to-region
-        self.in_proj = linear(specs["in_proj.weight"], mcfg, shared_input=sequence_parallel)
+        self.in_proj = linear(specs["in_proj.weight"], mp_cfg, shared_input=sequence_parallel)
         self.conv1d = nn.Module()
         self.conv1d.weight = local_parameter(specs["conv1d.weight"], tp, dtype)
         self.conv1d.bias = local_parameter(specs["conv1d.bias"], tp, dtype, 0.0)
@@ -76,7 +76,7 @@ class Mamba2Mixer(nn.Module):
         self.D = local_parameter(specs["D"], tp, dtype, 1.0)
         self.norm = nn.Module()
         self.norm.weight = local_parameter(specs["norm.weight"], tp, dtype, 1.0)
-        self.out_proj = linear(specs["out_proj.weight"], mcfg, sequence_parallel=sequence_parallel)
+        self.out_proj = linear(specs["out_proj.weight"], mp_cfg, sequence_parallel=sequence_parallel)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mamba_ssm's RMSNormGated(norm_before_gate=False, group_size=E/G): norm(y * silu(z)) per group.
@@ -87,14 +87,14 @@ class Mamba2Mixer(nn.Module):
         u = y.float() * torch.nn.functional.silu(z.float())
         if not self.bc_gathered:
             u = u.reshape(*u.shape[:-1], self.local_groups, -1)
-            u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps)
+            u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
         else:
-            G = self.cfg.ngroups
+            G = self.config.ngroups
             ss = u.pow(2).sum(-1, keepdim=True)
             slots = torch.zeros(*ss.shape[:-1], G, dtype=ss.dtype, device=ss.device)
             slots = slots.index_copy(-1, torch.tensor([self.group], device=ss.device), ss)
             total = all_reduce_sum(slots)[..., self.group:self.group + 1]
-            u = u * torch.rsqrt(total / (self.cfg.d_inner // G) + self.cfg.norm_eps)
+            u = u * torch.rsqrt(total / (self.config.d_inner // G) + self.config.norm_eps)
         return (u.reshape(y.shape) * self.norm.weight.float()).to(y.dtype)
 
     def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
@@ -110,8 +110,8 @@ class Mamba2Mixer(nn.Module):
             Bm, Cm = (gather_last_dim(t).reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
         out = ssd_scan(
             xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
-            Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.cfg.chunk_size,
-            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.cfg.dt_limit,
+            Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.config.chunk_size,
+            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.config.dt_limit,
             initial_states=initial_state, return_final_states=output_final_state)
         y, final_state = out if output_final_state else (out, None)
         y = self._gated_norm(y.reshape(B, T, E), z)
@@ -128,14 +128,14 @@ class Mamba2Block(nn.Module):
     mamba_ssm's fused blocks carry an fp32 residual from block to block.
     """
 
-    def __init__(self, cfg: Mamba2Config, layer: int, mcfg, sequence_parallel: bool = False):
+    def __init__(self, config: Mamba2Config, layer: int, mp_cfg, sequence_parallel: bool = False):
         super().__init__()
         self.layer = layer
-        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.residual_in_fp32 = config.residual_in_fp32
         sp = sequence_parallel
-        spec = block_specs(cfg, layer, state.tp_size())["norm.weight"]
-        self.norm = RMSNorm(spec, cfg.norm_eps, mcfg.params_dtype, sequence_parallel=sp)
-        self.mixer = Mamba2Mixer(cfg, layer, mcfg, sequence_parallel=sp)
+        spec = block_specs(config, layer, state.tp_size())["norm.weight"]
+        self.norm = RMSNorm(spec, config.norm_eps, mp_cfg.params_dtype, sequence_parallel=sp)
+        self.mixer = Mamba2Mixer(config, layer, mp_cfg, sequence_parallel=sp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.mixer(self.norm(x))
