@@ -315,3 +315,24 @@ def test_two_epochs_once_each_in_a_seeded_order_and_resumable(shards):
                         n - k)
         assert _indices(resumed) == _indices(streams[r][k:]), r
         assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(resumed, streams[r][k:]))
+
+
+_KEPT = []
+
+
+def _kept_iterator_worker(rank, world, shard_dir):
+    """A batch from a loader with 2 workers, its iterator kept alive until this process exits (as a reference
+    cycle through a Run keeps it), then the process returns."""
+    it = iter(build_loader(shard_dir, 0, 1, B, workers=2, shuffle_buffer=16))
+    _KEPT.append(it)
+    return next(it)["input_ids"].shape
+
+
+def test_a_process_exits_with_its_loader_workers_running(tmp_path, shards):
+    """Workers ignore a scheduler's SIGTERM while their rank runs (training/preemption.py), so the SIGTERM that
+    multiprocessing sends them when their rank exits must end them: the rank's exit sets the event they check.
+    Without it this spawned process waits for its workers for ever (run_workers' timeout then fails it)."""
+    import time
+    t0 = time.time()
+    assert run_workers(_kept_iterator_worker, 1, shards, tmp_path=tmp_path, timeout=60) == [(B, 32)]
+    assert time.time() - t0 < 60

@@ -37,10 +37,10 @@ Remote folders (``statex_dist/data/remote.py``): the same readers stream the tar
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import random
 import signal
@@ -238,16 +238,17 @@ def _merge(chunks: list[dict]) -> Optional[dict]:
     return {k: a[order] for k, a in out.items()}
 
 
-_rank_exiting = None   # set when this process's interpreter exits; made before its first loader worker forks
+_rank_exiting = None   # set when this process exits; made before its first loader worker forks
 
 
 def _exiting_event():
-    """An event the workers share with their rank, set by the rank's exit (an ``atexit`` function, which runs
-    before multiprocessing's own, the one that terminates the workers with SIGTERM)."""
+    """An event the workers share with their rank, set when the rank exits: by a multiprocessing finalizer,
+    which runs before multiprocessing terminates the workers with SIGTERM, in a main process (at exit) and
+    in a process multiprocessing started (which runs no ``atexit`` function) alike."""
     global _rank_exiting
     if _rank_exiting is None:
         _rank_exiting = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Event()
-        atexit.register(_rank_exiting.set)
+        mp_util.Finalize(None, _rank_exiting.set, exitpriority=100)
     return _rank_exiting
 
 
