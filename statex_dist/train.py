@@ -107,7 +107,7 @@ class Run:
             if not self.model_config.expanded_layers:
                 raise ValueError("optimizer.freeze_unexpanded needs an expanded model (expansion.enabled or a "
                                  "StateX checkpoint)")
-            self.trainable = optim.freeze_unexpanded(model, self.model_config)
+            self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
         opt = optim.adamw(model, run_cfg.optimizer)
         sched = optim.scheduler(opt, run_cfg.schedule, run_cfg.optimizer.lr)
         self.ds_config = ds_setup.deepspeed_config(run_cfg, self.dp, self.dtype)

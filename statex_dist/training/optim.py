@@ -11,11 +11,12 @@ from statex_dist.models import specs_for
 from statex_dist.models.names import named_internal_parameters
 
 
-def freeze_unexpanded(model: nn.Module, model_cfg) -> int:
-    """Leave only the expanded layers trainable (the layer of a parameter is its ShardSpec's); returns the
-    number of trainable parameters left."""
-    keep = set(model_cfg.expanded_layers)
-    specs = specs_for(model_cfg, 1)  # the owning layer does not depend on TP
+def freeze_unexpanded(model: nn.Module, expanded: list[int]) -> int:
+    """Leave only the layers ``expanded`` trainable (a parameter's layer is its ShardSpec's); returns the
+    number of trainable parameters left. ``model``: a CausalLM or the pipeline's PipelineModule."""
+    keep = set(expanded)
+    config = getattr(model, "model_config", None) or model.config
+    specs = specs_for(config, 1)  # the owning layer does not depend on TP
     n = 0
     for name, p in named_internal_parameters(model):
         p.requires_grad_(specs[name].layer in keep)
