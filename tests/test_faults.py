@@ -137,11 +137,15 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, a
 
 # --- a scheduler's warning (SIGTERM), then resume=auto -------------------------------------------------------
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    """Whether a process of group ``pgid`` still runs (zombies, dead but not yet reaped, do not count)."""
+    import psutil
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return False
 
 
 def _launcher_pid(pgid: int) -> int:
