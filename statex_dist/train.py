@@ -67,7 +67,7 @@ class Run:
         self.stage = ps.get_pipeline_model_parallel_rank()
         self.log(self.checked.first_line(self.run_cfg, dist.get_world_size(), dist.get_backend()))
         self.log(self.checked.tokens_line(self.run_cfg, dist.get_world_size()))
-        # DeepSpeed's own files restore only the layout that wrote them (see _restore)
+        # DeepSpeed's own files, which only older checkpoints hold, restore only the layout that wrote them
         m = self.meta
         self.same_layout = bool(m is not None and m.get("deepspeed", True) and (
             m["layout"] == checkpoints.layout(self.run_cfg, dist.get_world_size()) if "layout" in m else
@@ -88,8 +88,8 @@ class Run:
                                 sequence_parallel=run_cfg.parallel.sequence_parallel)
             model.activation_checkpointing = run_cfg.parallel.activation_checkpointing
         if self.resume is not None and not self.same_layout:
-            # another layout: DeepSpeed's files are per rank of the old one, the sharded weights are not.
-            # Loaded before the engine exists, so ZeRO's partitions start from these weights.
+            # the sharded weights, at any layout. Loaded before the engine exists, so ZeRO's partitions start
+            # from these weights.
             from statex_dist.checkpoint.sharded import ShardedCheckpoint
             from statex_dist.models.names import by_internal_name
             ShardedCheckpoint(self.resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
@@ -132,22 +132,27 @@ class Run:
             self.writer = SummaryWriter(self.run_cfg.logging.dir)
 
     def _restore(self, resume: Path, meta: dict, same_layout: bool) -> None:
-        """DeepSpeed's own state from a checkpoint of this layout; from another, the layout-free optimizer
-        state (training/optimizer_state.py), the schedule advanced to the step, and the data position."""
+        """The layout-free optimizer state (training/optimizer_state.py; the weights were loaded in _model),
+        the schedule advanced to the step, DeepSpeed's step counters and the data position; from a checkpoint
+        written with DeepSpeed's own files at this layout, those files."""
         from statex_dist.training import checkpoints, optimizer_state
         self.step = meta["step"]
         # the position is layout-free (statex_dist.data.pipeline): every DP rank of any layout takes it
         self.data_position = meta["data"]["0"]
         if same_layout:
             checkpoints.load(self.engine, resume)
-            self.log(f"resumed from {resume} at step {self.step}: model, optimizer and schedule, and the data "
-                     f"position")
+            self.log(f"resumed from {resume} at step {self.step}: model, optimizer and schedule (DeepSpeed's "
+                     f"files), and the data position")
             return
         for _ in range(meta["step"]):
             self.engine.lr_scheduler.step()
+        # what engine.step counts; nothing numerical reads them, DeepSpeed's logs and monitors do
+        self.engine.global_steps = meta["step"]
+        self.engine.global_samples = meta["step"] * self.engine.train_batch_size()
         here = checkpoints.describe(checkpoints.layout(self.run_cfg, dist.get_world_size()))
         was = (checkpoints.describe(meta["layout"]) if "layout" in meta else
                f"TP={meta['tp']} PP={meta['pp']} on {meta['world_size']} ranks")
+        how = f"at {here} as saved" if was == here else f"converted from {was} to {here}"
         if optimizer_state.saved(resume):
             from statex_dist.models.names import named_internal_parameters
             optimizer_state.restore(self.engine, list(named_internal_parameters(self.module)), resume,
@@ -157,7 +162,7 @@ class Run:
         else:
             what = "weights, schedule and data position; this checkpoint holds no layout-free optimizer state, " \
                    "so AdamW's moments start afresh"
-        self.log(f"resumed from {resume} at step {self.step}: converted from {was} to {here}: {what}")
+        self.log(f"resumed from {resume} at step {self.step}: {how}: {what}")
 
     def log(self, msg: str) -> None:
         if self.rank == 0:

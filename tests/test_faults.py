@@ -18,7 +18,7 @@ import torch
 from statex_dist.parallel.rendezvous import free_port
 from tests.train_helpers import ROOT, checkpoint_weights, make_shards
 
-ARCHS = ["gla", "mamba2"]
+ARCHS = ["gla", "mamba2", "gdn"]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def _launcher_pid(pgid: int) -> int:
     raise AssertionError("no deepspeed.launcher.launch process in the run's group")
 
 
-@pytest.mark.parametrize("arch, to", [("gla", "job"), ("mamba2", "job"),
+@pytest.mark.parametrize("arch, to", [("gla", "job"), ("mamba2", "job"), ("gdn", "job"),
                                       pytest.param("gla", "launcher", marks=pytest.mark.slow)])
 def test_sigterm_checkpoints_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, arch, to):
     """TP=2 through launch/train.sh, no periodic checkpoints. After step 1 is logged, SIGTERM goes to every

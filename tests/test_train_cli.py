@@ -63,9 +63,37 @@ def test_resume_after_a_clean_stop(tmp_path, shards, arch):
     assert a.returncode == 0, a.stderr[-3000:]
     b = launch(cfg, *short(shards, tmp_path / "run", 3, 2), "checkpoint.resume=auto")
     assert b.returncode == 0, b.stderr[-3000:]
-    assert "resumed from" in b.stdout and "step00000002 at step 2: model, optimizer and schedule" in b.stdout, b.stdout
+    assert ("resumed from" in b.stdout and "step00000002 at step 2: at TP=1 PP=1 DP=1 ZeRO-1 as saved: weights, "
+            "fp32 master weights and AdamW moments (step 2)" in b.stdout), b.stdout
     meta = json.loads((tmp_path / "run" / "checkpoints" / "step00000003" / "statex.json").read_text())
     assert meta["step"] == 3
+    assert_each_tensor_once(tmp_path / "run" / "checkpoints" / "step00000003", cfg)
+
+
+def assert_each_tensor_once(ckpt: Path, cfg: str) -> None:
+    """Every file of a training checkpoint, by name and bytes: the weights once (model/), the optimizer state
+    once (optimizer/: fp32 master and two moments), the metadata and the source's side files; no file of
+    DeepSpeed's, which held all of it again. Its tensor bytes are within 5% of what fp32 weights, master and
+    moments need (16 bytes a parameter: the rest is safetensors headers)."""
+    from safetensors import safe_open
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    files = sorted(str(f.relative_to(ckpt)) for f in ckpt.rglob("*") if f.is_file())
+    tensors = [f for f in files if f.endswith(".safetensors")]
+    other = [f for f in files if f not in tensors and f != "statex.json" and not f.endswith("manifest.json")]
+    assert not [f for f in other if not f.startswith("model/") or "/" in f[len("model/"):]], files
+    assert not [f for f in other if f.endswith((".pt", ".bin", ".safetensors"))], other   # side files only
+    names: dict = {}
+    for f in tensors:
+        with safe_open(ckpt / f, "pt") as st:
+            for n in st.keys():
+                names.setdefault((f.split("/weights/")[0], n), []).append(f)
+    assert {k: v for k, v in names.items() if len(v) > 1} == {}, "a tensor stored twice in one folder"
+    folders = sorted({folder for folder, _ in names})
+    assert folders == ["model", "optimizer/exp_avg", "optimizer/exp_avg_sq", "optimizer/fp32"], folders
+    model = ShardedCheckpoint(ckpt / "model")
+    params = sum(model.get(n).numel() for n in model.names())
+    stored = sum((ckpt / f).stat().st_size for f in tensors)
+    assert 16 * params <= stored <= 1.05 * 16 * params, (stored, params, cfg)
 
 
 def test_two_processes_leave_no_shared_memory_behind(tmp_path, shards):

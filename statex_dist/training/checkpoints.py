@@ -1,14 +1,20 @@
-"""Training checkpoints: DeepSpeed's own (model, optimizer, scheduler) plus this project's metadata and
-the model weights in the sharded format, so tools/reshard_expand.py reads a training checkpoint directly.
+"""Training checkpoints: the model weights and the optimizer state in the sharded, layout-free format, each
+tensor once, and this project's metadata, so a resume at any layout and tools/reshard_expand.py read the same
+files.
 
     <dir>/step00000100/            a complete checkpoint (renamed into place only once every rank is done)
-        <DeepSpeed files>          engine.save_checkpoint(..., tag)
         model/manifest.json        sharded format (statex_dist.checkpoint.sharded), one file per TP x PP rank
         model/weights/tpRR-ppSS.safetensors
-        optimizer/{fp32,exp_avg,exp_avg_sq}/   the optimizer state in the same format (optimizer_state.py),
-                                   read when a resume changes the layout
-        statex.json                run config, step, data position, RNG states, model config (written last)
+        optimizer/{fp32,exp_avg,exp_avg_sq}/   the optimizer state in the same format (optimizer_state.py)
+        statex.json                run config, step, data position, RNG states, model config, AdamW's step
+                                   count (written last)
     <dir>/.staging/step...         where a checkpoint is written; a job killed here leaves only this
+
+DeepSpeed's own files (``engine.save_checkpoint``) are not written: they would hold every weight and optimizer
+tensor a second time, per rank of one layout, and what they hold beyond the tensors is rebuilt on resume (the
+schedule is a function of the step; DeepSpeed's step counters are set; no loss scaler runs in fp32 or bf16).
+Checkpoints written before hold them (``statex.json`` without ``"deepspeed": false``) and still resume
+through them at their own layout (:func:`load`).
 
 Resume picks the newest ``step*`` folder holding ``statex.json``; anything in ``.staging`` is ignored.
 """
@@ -195,7 +201,6 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
             (staging / name).mkdir(parents=True, exist_ok=True)
     dist.barrier()
     with _writing(ckpt_dir, name):
-        engine.save_checkpoint(str(staging), tag=name, client_state={"step": step}, save_latest=False)
         # one writer per (TP rank, stage)
         part = _write_shards(staging / name, engine, module, model_config, tp_rank, tp, stage, write=dp_rank == 0)
     parts: list = [None] * dist.get_world_size()
@@ -221,7 +226,7 @@ def save(engine, module, run_cfg, model_config, step: int, data_state: dict, ckp
                 # every DP rank holds the same layout-free position (statex_dist.data.pipeline)
                 "data": {str(d[0]): d[1] for _, d, _ in parts},
                 "rng": {str(r): s for r, (_, _, s) in enumerate(parts)}, "world_size": dist.get_world_size(),
-                "tp": tp, "pp": pp, "layout": layout(run_cfg, dist.get_world_size()),
+                "tp": tp, "pp": pp, "layout": layout(run_cfg, dist.get_world_size()), "deepspeed": False,
                 "optimizer": {"adam_step": optimizer_state.adam_step(engine)}}
         if os.environ.get("STATEX_KILL_DURING_SAVE_STEP") == str(step):
             # fault injection for the resume tests: die as a real crash would, mid-checkpoint
@@ -258,7 +263,8 @@ def read_meta(path: Path) -> dict:
 
 
 def load(engine, path: Path) -> dict:
-    """Restore DeepSpeed's state (model, optimizer, scheduler) from ``path``, saved with the same layout;
+    """Restore DeepSpeed's state (model, optimizer, scheduler) from DeepSpeed's own files in ``path``, which
+    checkpoints written before the layout-free format became the only one hold, saved with the same layout;
     returns this project's metadata."""
     meta = read_meta(path)
     engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True)
