@@ -1,11 +1,13 @@
 """The README's main-job command, shortened: the embedded tiny model, evaluation, StateX, DeepSpeed
-post-training, evaluation, table (here the Mamba2, whose export has d_state per layer); then its checkpoint exported to Hugging Face format generates text
-through transformers' AutoModelForCausalLM (trust_remote_code) exactly as load_model decodes it."""
+post-training, evaluation, table (the Mamba2 and the Gated DeltaNet runs: exports with per-layer shapes); then
+its checkpoint exported to Hugging Face format generates text through transformers' AutoModelForCausalLM
+(trust_remote_code) exactly as load_model decodes it."""
 import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.train_helpers import ROOT
@@ -27,24 +29,31 @@ def test_main_job_default_gla_short(tmp_path):
     assert (tmp_path / "gla" / "statex" / "eval.json").exists()
 
 
-def test_main_job_short_then_export_generates(tmp_path):
-    r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--arch", "mamba2", "--steps", "6", "--out", str(tmp_path),
+# the state row (pretrained, expanded, post-trained): Mamba2's layer 0 d_state 8 -> 64 (d_inner 128); Gated
+# DeltaNet's layer 0, 8 value heads of 16 x 8 -> one head of 64 x 64, layers 1 and 2 kept (1,024 each)
+STATE = {"mamba2": ["2,048", "9,216", "9,216"], "gdn": ["3,072", "6,144", "6,144"]}
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "gdn"])
+def test_main_job_short_then_export_generates(tmp_path, arch):
+    r = subprocess.run(["bash", str(ROOT / "launch" / "train.sh"), "--arch", arch, "--steps", "6", "--out", str(tmp_path),
                         "eval.mqar_n=32", "data.micro_batch=4", "data.global_batch=4"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT,
                        env=dict(os.environ, PYTHON=sys.executable))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     state_row = next(line for line in out.splitlines() if line.startswith("recurrent state"))
-    assert state_row.split()[-3:] == ["2,048", "9,216", "9,216"]    # layer 0's d_state 8 -> 64 (d_inner 128)
+    assert state_row.split()[-3:] == STATE[arch]
     rows = {line[:30].strip(): line[30:].split() for line in out.splitlines() if line[:30].strip()}
-    for N in (8, 16, 32, 64):   # `preserve` keeps the function: the expanded model scores what the pretrained did
+    for N in (8, 16, 32, 64) if arch == "mamba2" else ():
+        # `preserve` keeps the function: the expanded model scores what the pretrained did
         pretrained, expanded, _ = rows[f"MQAR accuracy, N={N}"]
         assert expanded == pretrained, (N, rows)
     # beside the table, what the study measured: LPT at its best lr, and the paper's default mode
     assert "  LPT at its best lr " in out and "  StateX reinit (the paper's default) at lr " in out, out[-2000:]
     for row in ("MQAR accuracy, N=64", "held-out perplexity", "parameters"):
         assert row in out
-    run = tmp_path / "mamba2" / "statex"
+    run = tmp_path / arch / "statex"
     ckpt = run / "checkpoints" / "step00000006" / "model"
     assert (ckpt / "manifest.json").exists()
     assert list(run.glob("events.out.tfevents.*")) and (run / "mqar.png").exists()
@@ -59,7 +68,7 @@ def test_main_job_short_then_export_generates(tmp_path):
     from statex_dist.api import load_model
     from statex_dist.data.tokenizer import ByteTokenizer
     tok = ByteTokenizer()
-    assert json.loads((hf / "config.json").read_text())["model_type"] == "statex_mamba2"  # d_state per layer
+    assert json.loads((hf / "config.json").read_text())["model_type"] == f"statex_{arch}"  # per-layer shapes
     model = AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True).eval()
     prompt = torch.from_numpy(tok.encode_batch(["the code of "])[0])[None]
     gen = model.generate(prompt, max_new_tokens=24, do_sample=False)[0, prompt.shape[1]:]

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from statex_dist import load_model  # noqa: E402
 from statex_dist.reshard import run  # noqa: E402
-from tests.fla_reference import make_fla_gla  # noqa: E402
+from tests.fla_reference import make_fla_gdn, make_fla_gla  # noqa: E402
 from tests.test_export_tokenizer import save_tokenizer  # noqa: E402
 from tests.test_model_mamba2 import make_hf_mamba2  # noqa: E402
 from tests.train_helpers import ROOT  # noqa: E402
@@ -31,7 +31,8 @@ if MISSING and os.environ.get("STATEX_REQUIRE_LM_EVAL") == "1":
 pytestmark = pytest.mark.skipif(MISSING, reason="lm-eval is not installed (pip install '.[eval]', README: Evaluate)")
 
 TASK = ROOT / "tests" / "lm_eval_tasks" / "statex_tiny.jsonl"
-EXPAND = {"gla": ("--expand-layers", "0", "--init", "merge"), "mamba2": ("--expand-layers", "0", "--d-state", "32")}
+EXPAND = {"gla": ("--expand-layers", "0", "--init", "merge"), "mamba2": ("--expand-layers", "0", "--d-state", "32"),
+          "gdn": ("--expand-layers", "0", "--heads", "1", "--init", "merge")}
 # Log-likelihoods in nats. The remote code's logits equal load_model's to a relative 1e-5 (tests/test_remote_code.py)
 # with logits of at most a few units here, so a log-softmax differs by some 1e-5 at most; every continuation of the
 # task is one token. Scoring a wrong token, a shifted position or without the context moves a value by far more:
@@ -44,6 +45,8 @@ def make_source(folder, arch):
         # initializer_range 0.1: with fla's 0.02 the tiny GLA's next-token distribution hardly depends on the
         # context (1e-5 between contexts), and a scorer that dropped the context would pass
         make_fla_gla(folder, vocab_size=101, use_short_conv=True, initializer_range=0.1)
+    elif arch == "gdn":
+        make_fla_gdn(folder, vocab_size=101, initializer_range=0.1)
     else:
         make_hf_mamba2(folder)
     save_tokenizer(folder)
@@ -62,7 +65,7 @@ def loglikelihood(model, tok, context, continuation):
     return rows.gather(1, cont[:, None]).sum().item(), bool(torch.equal(rows.argmax(-1), cont))
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
+@pytest.mark.parametrize("arch", ["gla", "mamba2", "gdn"])
 def test_lm_eval_loglikelihoods_equal_load_model(tmp_path, arch):
     src = tmp_path / "src"
     make_source(src, arch)

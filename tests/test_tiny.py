@@ -27,7 +27,7 @@ def test_stream_follows_the_mix():
     assert all(torch.equal(a, b[1]) for a, b in zip(again, [b for _, b in zip(range(4), tiny.batches(mix, 5))]))
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
+@pytest.mark.parametrize("arch", ["gla", "mamba2", "gdn"])
 def test_shipped_model_recalls(arch):
     """The shipped model loads with load_model and scores on MQAR what its pretrain.json records, at the
     offset the record names (the one evaluations read)."""
