@@ -65,10 +65,12 @@ def test_main_job_short_then_export_generates(tmp_path, arch):
     assert r.returncode == 0, r.stderr[-3000:]
     from transformers import AutoModelForCausalLM
 
+    from statex_dist import archs
     from statex_dist.api import load_model
     from statex_dist.data.tokenizer import ByteTokenizer
     tok = ByteTokenizer()
-    assert json.loads((hf / "config.json").read_text())["model_type"] == f"statex_{arch}"  # per-layer shapes
+    # per-layer shapes: the remote code's model type
+    assert json.loads((hf / "config.json").read_text())["model_type"] == archs.get(arch).remote.model_type
     model = AutoModelForCausalLM.from_pretrained(hf, trust_remote_code=True).eval()
     prompt = torch.from_numpy(tok.encode_batch(["the code of "])[0])[None]
     gen = model.generate(prompt, max_new_tokens=24, do_sample=False)[0, prompt.shape[1]:]

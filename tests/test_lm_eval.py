@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from statex_dist import load_model  # noqa: E402
+from statex_dist import archs, load_model  # noqa: E402
 from statex_dist.reshard import run  # noqa: E402
 from tests.fla_reference import make_fla_gdn, make_fla_gla  # noqa: E402
 from tests.test_export_tokenizer import save_tokenizer  # noqa: E402
@@ -71,7 +71,7 @@ def test_lm_eval_loglikelihoods_equal_load_model(tmp_path, arch):
     make_source(src, arch)
     export = tmp_path / "export"
     run(["--src", str(src), "--dst", str(export), "--format", "hf", *EXPAND[arch]])
-    assert json.loads((export / "config.json").read_text())["model_type"] == f"statex_{arch}"
+    assert json.loads((export / "config.json").read_text())["model_type"] == archs.get(arch).remote.model_type
     out = tmp_path / "results"
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "datasets"))
     # README's command, with the task of tests/lm_eval_tasks, the CPU, the export's own dtype and every request logged
