@@ -114,13 +114,13 @@ def restore(engine, named: list, ckpt: Path, tp_rank: int, tp: int, step: int) -
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
     from statex_dist.models.names import Named
     ensure_state(engine)
-    local = {}
-    for k in KEYS:
-        targets = [(n, torch.empty(_local_shape(p), dtype=torch.float32)) for n, p in named]
-        ShardedCheckpoint(Path(ckpt) / FOLDER / k).load_into(Named(targets), tp_rank, tp)
-        local[k] = dict(targets)
+    stored = {k: ShardedCheckpoint(Path(ckpt) / FOLDER / k) for k in KEYS}
+    # parameter by parameter: a resume holds one parameter's master and moments beyond the steady state
     for n, p in named:
-        set_full_state(engine, p, {k: local[k][n] for k in KEYS})
+        values = {k: torch.empty(_local_shape(p), dtype=torch.float32) for k in KEYS}
+        for k in KEYS:
+            stored[k].load_into(Named([(n, values[k])]), tp_rank, tp)
+        set_full_state(engine, p, values)
     set_adam_step(engine, step)
 
 
