@@ -4,15 +4,17 @@ The whole check, builds included, has 6 minutes (``--budget``): an item that wou
 is skipped with its reason, and every figure goes to ``$OUT/gpu_bench.json``.
 
 Items:
-- kernels-*: the CUDA dispatch (fla chunk_gla, mamba_ssm mamba_chunk_scan_combined, causal_conv1d_fn) against
+- kernels-*: the CUDA dispatch (fla chunk_gla and chunk_gated_delta_rule, mamba_ssm mamba_chunk_scan_combined,
+  causal_conv1d_fn) against
   the PyTorch paths on the same GPU inputs, fp32 and bf16, outputs, final states and every input gradient.
   Each item forces its kernel (``STATEX_KERNELS``): a kernel that does not import is a FAIL, never PyTorch
   compared with PyTorch. GLA at GLA-340M heads (4 x 128 x 256) and a merged 1-head layer of GLA-1.3B (key
-  dim 1024, value 2048). The reference runs in fp32 on the same (for bf16: bf16-rounded) inputs, so the error
+  dim 1024, value 2048); Gated DeltaNet at fla's 1.3B heads (6 x 256 x 512) and their merged 1-head layer.
+  The reference runs in fp32 on the same (for bf16: bf16-rounded) inputs, so the error
   is the kernel's own. Bounds, max|a - b| / max|b|: fp32 1e-2 (Triton's fp32 dots run in TF32, 10-bit
   mantissa, on Hopper), bf16 5e-2 (bf16 inputs to the dots, 8-bit mantissa, fp32 accumulation); the
   measured errors are printed.
-- train-gla, train-mamba2: the product itself, ``NPROC=1 bash launch/train.sh configs/cpu-ARCH-tiny.yaml``
+- train-gla, train-gdn, train-mamba2: the product itself, ``NPROC=1 bash launch/train.sh configs/cpu-ARCH-tiny.yaml``
   through DeepSpeed's launcher, 3 bf16 steps of the tiny model with its StateX-expanded layer 0 (GLA heads
   merged; Mamba2 d_state 16 -> 64), evaluation and a checkpoint, kernels forced on CUDA
   (``STATEX_KERNELS=kernel``). It fails unless the run's first line names the device, the backend (NCCL on
@@ -87,6 +89,24 @@ def kernels_gla(dtype):
         scale = K ** -0.5
         e = compare(lambda **t: gla_attention(**t, scale=scale, output_final_state=True),
                     lambda **t: chunk_gla_torch(**t, scale=scale, output_final_state=True), inputs, dtype)
+        errs.update({f"{label}:{k}": v for k, v in e.items()})
+    return _verdict(errs, dtype)
+
+
+def kernels_gdn(dtype):
+    from statex_dist.ops import chunk_gated_delta_rule_torch, gated_delta_rule
+    torch.manual_seed(0)
+    errs = {}
+    # fla's 1.3B defaults (6 heads of d_k 256, expand_v 2) and a merged 1-head layer of them
+    for label, (B, T, H, K, V) in {"1.3B": (2, 1024, 6, 256, 512), "merged-1h": (1, 1024, 1, 1536, 3072)}.items():
+        d = dict(device="cuda")
+        nrm = torch.nn.functional.normalize
+        inputs = dict(q=nrm(torch.randn(B, T, H, K, **d), dim=-1), k=nrm(torch.randn(B, T, H, K, **d), dim=-1),
+                      v=torch.randn(B, T, H, V, **d), g=torch.nn.functional.logsigmoid(torch.randn(B, T, H, **d)) / 8,
+                      beta=torch.rand(B, T, H, **d), initial_state=torch.randn(B, H, K, V, **d))
+        scale = K ** -0.5
+        e = compare(lambda **t: gated_delta_rule(**t, scale=scale, output_final_state=True),
+                    lambda **t: chunk_gated_delta_rule_torch(**t, scale=scale, output_final_state=True), inputs, dtype)
         errs.update({f"{label}:{k}": v for k, v in e.items()})
     return _verdict(errs, dtype)
 
@@ -167,6 +187,7 @@ FIRST_LINE = {
     "gla": {True: ["backend nccl", "dtype bf16", "gla=fla"], False: ["dtype bf16", "gla=torch"]},
     "mamba2": {True: ["backend nccl", "dtype bf16", "ssd=mamba_ssm", "conv1d=causal_conv1d"],
                False: ["dtype bf16", "ssd=torch", "conv1d=torch"]},
+    "gdn": {True: ["backend nccl", "dtype bf16", "gdn=fla"], False: ["dtype bf16", "gdn=torch"]},
 }
 
 
@@ -177,7 +198,7 @@ def train_product(arch: str, workdir: Path, timeout: float):
     ov = [f"data.train={shards}", f"data.valid={shards}", "data.seq_len=64", f"logging.dir={workdir / arch}",
           "model.dtype=bf16", "schedule.total_steps=3", "schedule.warmup_steps=1", "checkpoint.every=3",
           "eval.tasks=[ppl]", "logging.every=1"]
-    if arch == "gla":
+    if arch in ("gla", "gdn"):
         ov.append("model.config.use_short_conv=false")   # fla alone: it need not wait for the conv build
     env = dict(os.environ, NPROC="1", MASTER_PORT=str(29517 + len(arch)), PYTHON=sys.executable,
                STATEX_KERNELS="kernel" if CUDA else "auto")
@@ -286,9 +307,11 @@ def items(phase: str):
     tags = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
     if phase == "main":
         out = [(f"kernels-{op}-{tags[dt]}", True, 30, forced(lib, lambda f=f, dt=dt: f(dt)))
-               for dt in tags for op, lib, f in (("gla", "fla", kernels_gla), ("ssd", "mamba_ssm", kernels_ssd))]
+               for dt in tags for op, lib, f in (("gla", "fla", kernels_gla), ("gdn", "fla", kernels_gdn),
+                                                 ("ssd", "mamba_ssm", kernels_ssd))]
         return out + [
             ("train-gla", False, 60, lambda w, left: train_product("gla", w, left)),
+            ("train-gdn", False, 60, lambda w, left: train_product("gdn", w, left)),
             ("generate-export", False, 30, lambda w, left: generate_export(w)),
             ("throughput-GLA-340M", True, 40, lambda w, left: throughput("GLA-340M")),
         ]
