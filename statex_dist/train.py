@@ -25,13 +25,20 @@ class Run:
 
     def __init__(self, run_cfg: RunConfig):
         self.run_cfg = run_cfg
+        from statex_dist.training import memory_report
+        self.memory = memory_report.from_env()  # STATEX_MEMORY_REPORT=<folder>: bytes by kind, per rank
         self._check()         # everything that can be checked without peers, before any collective
         self._groups()        # process groups: megatron-core's TP x PP x DP, DeepSpeed's comm
+        self.memory.point("libraries")
         model = self._model()  # this rank's stage, its shards filled (from the source, or a checkpoint)
+        self.memory.point("model")
         self._engine(model)   # AdamW, the schedule and DeepSpeed's engine around the model
+        self.memory.attach(self)
+        self.memory.point("engine")
         self.step, self.data_position = 0, None
         if self.resume is not None:
-            self._restore(self.resume, self.meta, self.same_layout)
+            with self.memory.phase("restore"):
+                self._restore(self.resume, self.meta, self.same_layout)
         self._data()          # the loader, at the resumed position
         self._logging()
 
@@ -201,7 +208,8 @@ class Run:
         losses = []
         t_last = time.time()
         while self.step < run_cfg.schedule.total_steps:
-            loss = self.train_step()
+            with self.memory.phase(f"step{self.step + 1}", kind="step", activations=True):
+                loss = self.train_step()
             self.step += 1
             losses.append(loss)
             now = time.time()
@@ -280,9 +288,11 @@ class Run:
     def save(self) -> Path:
         from statex_dist.training import checkpoints
         data_state = self.loader.state_dict()
-        return checkpoints.save(self.engine, self.module, self.run_cfg, self.model_config, self.step, data_state,
-                                self.ckpt_dir, self.run_cfg.checkpoint.keep, self.tp_rank, self.run_cfg.parallel.tp,
-                                self.run_cfg.parallel.pp, self.stage, self.dp_rank, hf=self.source.hf)
+        with self.memory.phase(f"save{self.step}", kind="save"):
+            return checkpoints.save(self.engine, self.module, self.run_cfg, self.model_config, self.step,
+                                    data_state, self.ckpt_dir, self.run_cfg.checkpoint.keep, self.tp_rank,
+                                    self.run_cfg.parallel.tp, self.run_cfg.parallel.pp, self.stage, self.dp_rank,
+                                    hf=self.source.hf)
 
 
 # dense peak FLOP/s per GPU by card name (the vendors' data sheets, without sparsity)
