@@ -104,6 +104,7 @@ class EvalSection:
     lengths: list[Positive] = field(default_factory=lambda: list(EvalConfig.lengths))   # passkey / niah contexts
     depths: list[Fraction] = field(default_factory=lambda: list(EvalConfig.depths))
     grid_n: Positive = EvalConfig.grid_n         # examples per (length, depth) cell
+    segment_len: Optional[Positive] = EvalConfig.segment_len  # tokens per forward pass, state carried; null: whole
 
 
 @dataclass

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--examples", type=positive_int, default=d.grid_n, help="passkey/NIAH examples per (length, depth)")
     ap.add_argument("--tokenizer", default=d.tokenizer, metavar="bytes|PATH",
                     help="'bytes' or a tokenizer folder (passkey, NIAH)")
+    ap.add_argument("--segment-len", type=positive_int, default=d.segment_len, metavar="TOKENS",
+                    help="run longer sequences in segments of TOKENS, carrying the recurrent state (memory does "
+                         "not grow with the length: passkey/NIAH at 1M tokens); default: one forward pass")
     ap.add_argument("--ppl-batches", type=positive_int, default=d.ppl_batches, help="held-out micro-batches for ppl")
     ap.add_argument("--micro-batch", type=positive_int, default=d.micro_batch, help="ppl sequences per forward pass")
     return ap
@@ -72,7 +75,7 @@ def eval_config(args, ckpt: Optional[str] = None):
     eval_cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
                      batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, lengths=args.lengths,
                      depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer, data=args.data,
-                     ppl_batches=args.ppl_batches, micro_batch=args.micro_batch)
+                     ppl_batches=args.ppl_batches, micro_batch=args.micro_batch, segment_len=args.segment_len)
     return eval_cfg if ckpt is None else eval_cfg.replace(vocab_offset=vocab_offset(args, ckpt))
 
 

@@ -1,12 +1,14 @@
-"""What every evaluation shares: running any ``model(ids) -> logits`` module without gradients, scoring
-answer tokens, tokenising prompt pieces, and splitting work over data-parallel ranks.
+"""What every evaluation shares: running any ``model(ids) -> logits`` module without gradients (whole, or in
+segments that carry the recurrent state: any length in bounded memory), scoring answer tokens, tokenising
+prompt pieces, and splitting work over data-parallel ranks.
 
 Shapes: B batch, T time, V vocab, A answer tokens per sequence.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+import inspect
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -36,12 +38,72 @@ def inference(model: torch.nn.Module):
 
 def logits_of(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """``model(ids)`` as a float tensor [B, T, V]; also accepts outputs with ``.logits`` or a tuple."""
-    out = model(ids.to(model_device(model)))
+    return _logits(model(ids.to(model_device(model))))
+
+
+def takes_state(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``state=`` (a RecurrentState carried between calls: CausalLM)."""
+    try:
+        return "state" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def segments(model: torch.nn.Module, ids: torch.Tensor, segment_len: Optional[int] = None,
+             labels: Optional[torch.Tensor] = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Runs ``model`` over ids [B, T] in consecutive segments of ``segment_len`` tokens (the last one
+    shorter), carrying one RecurrentState from each to the next: yields (start, out) per segment, out
+    being the segment's float logits [B, S, V], or with ``labels`` [B, T] the model's mean loss over the
+    segment's labels. Only one segment's activations and logits exist at a time, so memory does not grow
+    with T; the logits equal the whole forward pass's (up to the scans' re-chunking at the boundaries).
+
+    ``segment_len`` None or >= T: one whole forward pass (no state), i.e. exactly ``model(ids)``.
+    """
+    T = ids.shape[1]
+    if segment_len is None or segment_len >= T:
+        yield 0, _logits(model(ids.to(model_device(model)))) if labels is None else _loss(model, ids, labels)
+        return
+    if segment_len < 1:
+        raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+    if not takes_state(model):
+        raise TypeError(f"segment_len={segment_len} needs a model whose forward carries a recurrent state "
+                        f"(state=, statex_dist's CausalLM); {type(model).__name__} does not: unset segment_len")
+    from statex_dist.models.recurrent_state import RecurrentState
+    state = RecurrentState(len(model.layers))
+    for s in range(0, T, segment_len):
+        piece = ids[:, s:s + segment_len]
+        if labels is None:
+            yield s, _logits(model(piece.to(model_device(model)), state=state))
+        else:
+            yield s, _loss(model, piece, labels[:, s:s + segment_len], state=state)
+
+
+def _logits(out) -> torch.Tensor:
     if hasattr(out, "logits"):
         out = out.logits
     elif isinstance(out, (tuple, list)):
         out = out[0]
     return out.float()
+
+
+def _loss(model, ids: torch.Tensor, labels: torch.Tensor, **state) -> torch.Tensor:
+    dev = model_device(model)
+    return model(ids.to(dev), labels=labels.to(dev), **state)
+
+
+def logits_at(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
+              segment_len: Optional[int] = None) -> torch.Tensor:
+    """The float logits at ``positions`` [B, A] of ids [B, T]: [B, A, V]. With ``segment_len``, by
+    :func:`segments`, keeping only each segment's scoring positions (memory O(B (A + segment_len) V), not
+    O(B T V))."""
+    out = None
+    for start, logits in segments(model, ids, segment_len):
+        S, V = logits.shape[1], logits.shape[-1]
+        rel = positions.to(logits.device) - start
+        inside = (rel >= 0) & (rel < S)                                          # [B, A]
+        sel = logits.gather(1, rel.clamp(0, S - 1)[..., None].expand(-1, -1, V))  # [B, A, V]
+        out = sel if out is None else torch.where(inside[..., None], sel, out)
+    return out
 
 
 def score_positions(logits: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor):
@@ -51,8 +113,13 @@ def score_positions(logits: torch.Tensor, positions: torch.Tensor, targets: torc
     Returns (correct [B, A] bool, nll [B, A] float32), on the CPU.
     """
     idx = positions.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1])
-    sel = logits.gather(1, idx)                                                   # [B, A, V]
-    tgt = targets.to(logits.device)
+    return score_selected(logits.gather(1, idx), targets)
+
+
+def score_selected(sel: torch.Tensor, targets: torch.Tensor):
+    """Greedy correctness and NLL of ``targets`` [B, A] under the logits sel [B, A, V]; as
+    :func:`score_positions`."""
+    tgt = targets.to(sel.device)
     correct = sel.argmax(-1) == tgt
     nll = -F.log_softmax(sel, dim=-1).gather(-1, tgt[..., None])[..., 0]
     return correct.cpu(), nll.cpu()

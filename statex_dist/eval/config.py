@@ -17,6 +17,10 @@ class EvalConfig:
     tasks: Sequence[str] = ("mqar", "passkey", "niah")  # ppl also needs held-out shards (``data``)
     seed: int = 0                   # selects the fixed evaluation sets
     batch: int = 16                 # sequences per forward pass (mqar, passkey, niah)
+    # every task: run sequences longer than this in segments of this many tokens, carrying the recurrent and
+    # conv states between them (memory that does not grow with the length; the logits of the whole pass);
+    # None: one forward pass per sequence
+    segment_len: Optional[int] = None
     # mqar
     mqar_pairs: Sequence[int] = (8, 16, 32, 64)
     mqar_n: int = 256               # sequences per N
@@ -54,4 +58,4 @@ class EvalConfig:
         return cls(tasks=tuple(e.tasks if tasks is None else tasks), data=d.valid or None, ppl_batches=e.batches,
                    micro_batch=d.micro_batch, mqar_pairs=tuple(e.mqar_pairs), mqar_n=e.mqar_n,
                    vocab_offset=offset, lengths=tuple(e.lengths), depths=tuple(e.depths),
-                   grid_n=e.grid_n)
+                   grid_n=e.grid_n, segment_len=e.segment_len)

@@ -8,11 +8,11 @@ forward pass instead of A.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from statex_dist.eval.common import inference, logits_of, my_share, score_positions, sum_over_ranks
+from statex_dist.eval.common import inference, logits_at, my_share, score_selected, sum_over_ranks
 
 # (length, depth, example index) -> (token ids of exactly ``length``, answer length A)
 MakeExample = Callable[[int, float, int], tuple[list[int], int]]
@@ -54,8 +54,11 @@ def insert_at_depth(filler: list[list[int]], total: int, depth: float, pieces: d
 
 def evaluate_grid(model: torch.nn.Module, make_example: MakeExample, lengths: Sequence[int],
                   depths: Sequence[float], n: int, batch: int, dp_rank: int = 0, dp_size: int = 1,
-                  dp_group=None) -> dict:
+                  dp_group=None, segment_len: Optional[int] = None) -> dict:
     """Score ``n`` examples per (length, depth) cell.
+
+    ``segment_len``: run each example in segments of that many tokens, carrying the recurrent state
+    (:func:`statex_dist.eval.common.segments`): any length in memory that does not grow with it.
 
     Returns {"lengths", "depths", "accuracy", "token_accuracy", "nll"}: the last three are
     [len(lengths)][len(depths)] lists: whole-answer accuracy, per-answer-token accuracy, and the mean NLL
@@ -75,7 +78,7 @@ def evaluate_grid(model: torch.nn.Module, make_example: MakeExample, lengths: Se
                 raise ValueError(f"cell (length {L}, depth {d}): examples differ in length or answer size")
             ids = torch.tensor([e[0] for e in examples], dtype=torch.long)            # [B, L]
             pos = torch.arange(L - A - 1, L - 1).expand(len(examples), A)           # [B, A]
-            correct, nll = score_positions(logits_of(model, ids), pos, ids.gather(1, pos + 1))
+            correct, nll = score_selected(logits_at(model, ids, pos, segment_len), ids.gather(1, pos + 1))
             sums[c] += torch.tensor([float(correct.all(1).sum()), float(correct.sum()), float(correct.numel()),
                                      float(nll.sum()), float(len(examples))], dtype=torch.float64)
     sums = sum_over_ranks(sums, dp_size, dp_group)

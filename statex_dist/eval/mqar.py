@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from statex_dist.data.mqar import IGNORE, KEYS, PAD, VALUES, mqar_batch  # noqa: F401 (re-exported)
-from statex_dist.eval.common import inference, logits_of, mix_seed, my_share, sum_over_ranks
+from statex_dist.eval.common import inference, mix_seed, my_share, segments, sum_over_ranks
 from statex_dist.eval.config import EvalConfig
 
 # Evaluation sets are drawn from seeds no training stream of mqar_batch(seed=s) uses for small s.
@@ -52,12 +52,13 @@ def mqar_eval_set(n_pairs: int, n: int = EvalConfig.mqar_n, seed: int = EvalConf
 def evaluate_mqar(model: torch.nn.Module, pairs: Sequence[int] = EvalConfig.mqar_pairs,
                   n: int = EvalConfig.mqar_n, batch: int = 64, seed: int = EvalConfig.seed,
                   vocab_offset: int = EvalConfig.vocab_offset, dp_rank: int = 0, dp_size: int = 1,
-                  dp_group=None) -> dict[int, float]:
+                  dp_group=None, segment_len: Optional[int] = EvalConfig.segment_len) -> dict[int, float]:
     """Query accuracy (greedy argmax over the whole vocabulary) on ``n`` fixed sequences per N.
 
     Any module mapping input_ids [B, T] to logits [B, T, V >= vocab_offset + 256] works. Under data
     parallelism each rank scores a share of the batches and the counts are summed (same numbers as one
-    rank); every TP rank of a group computes the same batches.
+    rank); every TP rank of a group computes the same batches. ``segment_len``: run the sequences in
+    segments of that many tokens, carrying the recurrent state (statex_dist.eval.common.segments).
     Returns {N: accuracy}.
     """
     out = {}
@@ -67,9 +68,11 @@ def evaluate_mqar(model: torch.nn.Module, pairs: Sequence[int] = EvalConfig.mqar
             counts = torch.zeros(2, dtype=torch.float64)  # correct, queries
             for i in my_share(-(-n // batch), dp_rank, dp_size):
                 x, y = ids[i * batch:(i + 1) * batch], labels[i * batch:(i + 1) * batch]
-                pred = logits_of(model, x).argmax(-1).cpu()
-                mask = y != IGNORE
-                counts += torch.tensor([float((pred == y)[mask].sum()), float(mask.sum())], dtype=torch.float64)
+                for s, logits in segments(model, x, segment_len):
+                    pred, ys = logits.argmax(-1).cpu(), y[:, s:s + logits.shape[1]]
+                    mask = ys != IGNORE
+                    counts += torch.tensor([float((pred == ys)[mask].sum()), float(mask.sum())],
+                                           dtype=torch.float64)
             counts = sum_over_ranks(counts, dp_size, dp_group)
             out[int(N)] = float(counts[0] / counts[1])
     return out

@@ -13,7 +13,7 @@ depths. Every example is exactly ``length`` tokens, the value's digits being the
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -58,7 +58,9 @@ class NIAHTask:
 def evaluate_niah(model: torch.nn.Module, lengths: Sequence[int] = EvalConfig.lengths,
                   depths: Sequence[float] = EvalConfig.depths, n: int = EvalConfig.grid_n,
                   tokenizer=EvalConfig.tokenizer, distractors: int = EvalConfig.niah_distractors, batch: int = 8,
-                  seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None) -> dict:
+                  seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None,
+                  segment_len: Optional[int] = EvalConfig.segment_len) -> dict:
     """NIAH accuracy over lengths x needle depths; same output as :func:`evaluate_passkey`."""
     task = NIAHTask(tokenizer, distractors, seed)
-    return evaluate_grid(model, task.example, lengths, depths, n, batch, dp_rank, dp_size, dp_group)
+    return evaluate_grid(model, task.example, lengths, depths, n, batch, dp_rank, dp_size, dp_group,
+                         segment_len)

@@ -11,7 +11,7 @@ of the whole number).
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -53,12 +53,15 @@ class PasskeyTask:
 def evaluate_passkey(model: torch.nn.Module, lengths: Sequence[int] = EvalConfig.lengths,
                      depths: Sequence[float] = EvalConfig.depths, n: int = EvalConfig.grid_n,
                      tokenizer=EvalConfig.tokenizer, digits: int = EvalConfig.passkey_digits, batch: int = 8,
-                     seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None) -> dict:
+                     seed: int = EvalConfig.seed, dp_rank: int = 0, dp_size: int = 1, dp_group=None,
+                     segment_len: Optional[int] = EvalConfig.segment_len) -> dict:
     """Passkey accuracy over lengths (tokens per example, answer included) x needle depths.
 
     Returns {"lengths", "depths", "accuracy", "token_accuracy", "nll"}, grids [len(lengths)][len(depths)]
     (see :func:`statex_dist.eval.grid.evaluate_grid`). ``tokenizer``: "bytes" (ids 0-255), a tokenizer
-    folder, or a tokenizer object.
+    folder, or a tokenizer object. ``segment_len``: run each example in segments of that many tokens,
+    carrying the recurrent state (any length; memory does not grow with it).
     """
     task = PasskeyTask(tokenizer, digits, seed)
-    return evaluate_grid(model, task.example, lengths, depths, n, batch, dp_rank, dp_size, dp_group)
+    return evaluate_grid(model, task.example, lengths, depths, n, batch, dp_rank, dp_size, dp_group,
+                         segment_len)

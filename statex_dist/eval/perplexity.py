@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from statex_dist.eval.common import inference, logits_of, model_device, sum_over_ranks
+from statex_dist.eval.common import inference, segments, sum_over_ranks
 from statex_dist.eval.config import EvalConfig
 
 IGNORE = -100
@@ -26,26 +26,32 @@ def _takes_labels(model) -> bool:
         return False
 
 
-def _batch_nll(model, ids: torch.Tensor, labels: torch.Tensor, use_labels: bool) -> tuple[float, float]:
-    """(sum of NLL, tokens) of one batch; ids, labels [B, T]."""
-    tokens = float((labels != IGNORE).sum())
+def _batch_nll(model, ids: torch.Tensor, labels: torch.Tensor, use_labels: bool,
+               segment_len: Optional[int] = None) -> tuple[float, float]:
+    """(sum of NLL, tokens) of one batch; ids, labels [B, T]; segment by segment with ``segment_len``."""
+    total = 0.0
     if use_labels:
         # the model's own loss: under TP it is computed vocab-parallel, no rank builds the full logits
-        dev = model_device(model)
-        return float(model(ids.to(dev), labels=labels.to(dev)).double()) * tokens, tokens
-    logits = logits_of(model, ids)
-    nll = F.cross_entropy(logits.flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=IGNORE,
-                          reduction="none")
-    return float(nll.double().sum()), tokens  # fp32 per token, summed in fp64
+        step = segment_len or ids.shape[1]
+        for s, loss in segments(model, ids, segment_len, labels=labels):  # the mean over the segment's labels
+            total += float(loss.double()) * float((labels[:, s:s + step] != IGNORE).sum())
+        return total, float((labels != IGNORE).sum())
+    for s, logits in segments(model, ids, segment_len):
+        ys = labels[:, s:s + logits.shape[1]]
+        nll = F.cross_entropy(logits.flatten(0, 1), ys.to(logits.device).flatten(), ignore_index=IGNORE,
+                              reduction="none")
+        total += float(nll.double().sum())  # fp32 per token, summed in fp64
+    return total, float((labels != IGNORE).sum())
 
 
 def evaluate_ppl(model: torch.nn.Module, shard_dir, batches: int = EvalConfig.ppl_batches,
                  micro_batch: int = EvalConfig.micro_batch, dp_rank: int = 0, dp_size: int = 1, dp_group=None,
-                 use_labels: Optional[bool] = None) -> dict:
+                 use_labels: Optional[bool] = None, segment_len: Optional[int] = EvalConfig.segment_len) -> dict:
     """Perplexity of ``model`` on the first ``batches`` micro-batches [micro_batch, seq_len] of ``shard_dir``.
 
     use_labels: compute the loss with ``model(ids, labels=labels)`` (default: when the forward takes
-    ``labels``); otherwise from ``model(ids)``'s logits.
+    ``labels``); otherwise from ``model(ids)``'s logits. ``segment_len``: run the sequences in segments of that
+    many tokens, carrying the recurrent state (statex_dist.eval.common.segments).
     Returns {"ppl", "loss" (mean NLL per token, nats), "tokens"}.
     """
     from statex_dist.data import build_loader
@@ -59,7 +65,8 @@ def evaluate_ppl(model: torch.nn.Module, shard_dir, batches: int = EvalConfig.pp
             if i >= batches:
                 break
             if i % dp_size == dp_rank:
-                sums += torch.tensor(_batch_nll(model, b["input_ids"], b["labels"], use_labels), dtype=torch.float64)
+                sums += torch.tensor(_batch_nll(model, b["input_ids"], b["labels"], use_labels, segment_len),
+                                     dtype=torch.float64)
     sums = sum_over_ranks(sums, dp_size, dp_group)
     if sums[1] == 0:
         raise ValueError(f"{shard_dir}: no tokens evaluated (batches={batches})")

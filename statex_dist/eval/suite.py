@@ -32,6 +32,11 @@ def check(model, eval_cfg: EvalConfig) -> None:
         raise ValueError(f"unknown eval task(s) {unknown}; choose from {', '.join(TASKS)}")
     if "ppl" in eval_cfg.tasks and not eval_cfg.data:
         raise ValueError("the ppl task needs held-out shards (EvalConfig.data / --data)")
+    if eval_cfg.segment_len is not None:
+        from statex_dist.eval.common import takes_state
+        if eval_cfg.segment_len < 1 or not takes_state(model):
+            raise ValueError(f"segment_len={eval_cfg.segment_len} needs a positive length and a model whose forward "
+                             f"carries a recurrent state (state=, statex_dist's CausalLM)")
     vocab = _model_vocab(model)
     if vocab is not None:
         if "mqar" in eval_cfg.tasks and eval_cfg.vocab_offset + 256 > vocab:
@@ -59,7 +64,7 @@ def evaluate(model: torch.nn.Module, eval_cfg: Optional[EvalConfig] = None,
         eval_cfg = eval_cfg.replace(tasks=[t.strip() for t in eval_cfg.tasks.split(",") if t.strip()])
     check(model, eval_cfg)
     dp_rank, dp_size, group = dp if dp is not None else data_parallel()
-    par = dict(dp_rank=dp_rank, dp_size=dp_size, dp_group=group)
+    par = dict(dp_rank=dp_rank, dp_size=dp_size, dp_group=group, segment_len=eval_cfg.segment_len)
     grid = dict(lengths=eval_cfg.lengths, depths=eval_cfg.depths, n=eval_cfg.grid_n, tokenizer=eval_cfg.tokenizer,
                 batch=eval_cfg.batch, seed=eval_cfg.seed, **par)
     runs = {

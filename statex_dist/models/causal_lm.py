@@ -14,12 +14,18 @@ from statex_dist.models import specs_for
 from statex_dist.models.common import RMSNorm
 from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.models.init import initialize
+from statex_dist.models.recurrent_state import RecurrentState
 from statex_dist.parallel import state
 
 
 class CausalLM(nn.Module):
     """``forward(input_ids [B, T])`` returns logits [B, T, vocab]; with ``labels`` [B, T] it returns the mean
     cross entropy (labels equal to -100 are ignored).
+
+    ``state`` (a :class:`~statex_dist.models.recurrent_state.RecurrentState`): input_ids continue the tokens
+    that state has seen (every layer starts from its recurrent and conv states) and the states after
+    input_ids are written back, so consecutive calls on consecutive pieces of a sequence give the logits
+    of the whole sequence. None (training): every sequence starts from zero states and nothing is kept.
 
     ``sequence_parallel`` (TP > 1; a no-op at TP = 1): the hidden states between sublayers are split over
     TP along time (statex_dist.parallel.sequence); T must then be a multiple of TP.
@@ -54,14 +60,22 @@ class CausalLM(nn.Module):
         if init:
             initialize(self, config, seed)
 
-    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                state: Optional[RecurrentState] = None) -> torch.Tensor:
         emb = getattr(self, self.EMBEDDING)
         h = emb(input_ids)
-        for block in self.layers:
-            if self.activation_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
-            else:
-                h = block(h)
+        if state is None:
+            for block in self.layers:
+                if self.activation_checkpointing and self.training:
+                    h = torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+                else:
+                    h = block(h)
+        else:
+            # continue from ``state`` (layer i's scan and conv states after the tokens before input_ids) and
+            # leave in it the states after input_ids; no activation checkpointing on this path
+            for i, block in enumerate(self.layers):
+                h, state[i] = block(h, initial_state=state[i], output_final_state=True)
+            state.tokens += input_ids.shape[1]
         local_logits = self.lm_head(getattr(self, self.NORM)(h), emb.weight)
         if labels is not None:
             return self.lm_head.loss(local_logits, labels)

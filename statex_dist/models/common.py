@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from statex_dist.models.layout import fla_block_specs
+from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import causal_conv1d
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
@@ -95,8 +96,27 @@ class ShortConvolution(nn.Module):
         super().__init__()
         self.weight = local_parameter(spec, tp, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return causal_conv1d(x, maybe_reduced(self.weight)[:, 0, :], None, activation="silu")
+    def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+                output_final_state: bool = False):
+        """``initial_state``: the W-1 inputs before x [B, C_local, W-1] (zeros when None); with
+        ``output_final_state`` also returns the last W-1 inputs [B, C_local, W-1], the next call's."""
+        return causal_conv1d(x, maybe_reduced(self.weight)[:, 0, :], None, activation="silu",
+                             initial_state=initial_state, return_final_state=output_final_state)
+
+
+def short_convs(mixer: nn.Module, names, tensors, initial_state: Optional[MixerState], output_final_state: bool):
+    """``tensors`` through the mixer's short convolutions ``{name}_conv1d``, each continuing from its tail in
+    ``initial_state``; returns (outputs, {name: final tail} when ``output_final_state``, else None)."""
+    tails = initial_state.conv if initial_state is not None else {}
+    outs, finals = [], {}
+    for name, t in zip(names, tensors):
+        conv = getattr(mixer, f"{name}_conv1d")
+        if output_final_state:
+            t, finals[name] = conv(t, tails.get(name), True)
+        else:
+            t = conv(t, tails.get(name))
+        outs.append(t)
+    return outs, (finals if output_final_state else None)
 
 
 class FlaBlock(nn.Module):
@@ -118,6 +138,11 @@ class FlaBlock(nn.Module):
         self.mlp_norm = RMSNorm(specs["mlp_norm.weight"], config.norm_eps, mp_cfg.params_dtype, sequence_parallel=sp)
         self.mlp = SwiGLUMLP({k[4:]: v for k, v in specs.items() if k.startswith("mlp.")}, mp_cfg, sequence_parallel=sp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, initial_state: Optional[MixerState] = None, output_final_state: bool = False):
+        """With ``output_final_state`` returns (x, the mixer's final MixerState); ``initial_state``: the mixer's
+        state after the tokens before x (see statex_dist.models.recurrent_state)."""
+        o = self.attn(self.attn_norm(x), initial_state, output_final_state)
+        o, final = o if output_final_state else (o, None)
+        x = x + o
+        x = x + self.mlp(self.mlp_norm(x))
+        return (x, final) if output_final_state else x

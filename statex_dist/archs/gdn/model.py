@@ -16,7 +16,8 @@ from statex_dist.archs.gdn import layout
 from statex_dist.archs.gdn.config import GDNConfig
 from statex_dist.archs.gdn.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
+from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced, short_convs
+from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import gated_delta_rule
 from statex_dist.parallel import state
 from statex_dist.parallel.factory import linear
@@ -100,16 +101,18 @@ class GatedDeltaNet(nn.Module):
     def _out(y):
         return y[0] if isinstance(y, tuple) else y
 
-    def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, initial_state: Optional[MixerState] = None,
                 output_final_state: bool = False):
-        """Returns o [B, T, D] (and the final state [B, value heads, dk, dv local] when asked);
-        [B, T / TP, D] in and out with sequence parallelism."""
+        """Returns o [B, T, D], and with ``output_final_state`` the MixerState after x (the scan's state
+        [B, value heads, dk, dv local] fp32, the q/k/v conv tails); ``initial_state``: the one before x
+        (zeros when None). [B, T / TP, D] in and out with sequence parallelism."""
         xs = to_column_input(x, self.sequence_parallel)
         B, T, _ = xs.shape
         h, hv, dk, dv = self.heads, self.v_heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        tails = None
         if self.config.use_short_conv:
-            q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
+            (q, k, v), tails = short_convs(self, "qkv", (q, k, v), initial_state, output_final_state)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q, k = (l2_normalize(t.reshape(B, T, h, dk)) for t in (q, k))
@@ -119,10 +122,11 @@ class GatedDeltaNet(nn.Module):
         g = -torch.exp(maybe_reduced(self.A_log).float()) * F.softplus(a.float() + maybe_reduced(self.dt_bias).float())
         beta = torch.sigmoid(b.float())
         o, final_state = gated_delta_rule(q, k, v.reshape(B, T, hv, dv), g, beta, scale=dk ** -0.5,
-                                          initial_state=initial_state, output_final_state=output_final_state)
+                                          initial_state=None if initial_state is None else initial_state.recurrent,
+                                          output_final_state=output_final_state)
         o = self._norm(o, xs)
         out = self._out(self.o_proj(o.reshape(B, T, hv * dv)))
-        return (out, final_state) if output_final_state else out
+        return (out, MixerState(final_state, tails or {})) if output_final_state else out
 
     def _norm(self, o: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """o_norm: RMSNorm over each value head's channels times silu(g_proj(xs)) (fla's FusedRMSNormGated,

@@ -16,7 +16,8 @@ from statex_dist.archs.gla import layout
 from statex_dist.archs.gla.config import GLAConfig
 from statex_dist.archs.gla.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
-from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced
+from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced, short_convs
+from statex_dist.models.recurrent_state import MixerState
 from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.ops import gla_attention
 from statex_dist.parallel import state
@@ -88,16 +89,18 @@ class GatedLinearAttention(nn.Module):
     def _out(y):
         return y[0] if isinstance(y, tuple) else y
 
-    def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, initial_state: Optional[MixerState] = None,
                 output_final_state: bool = False):
-        """Returns o [B, T, D] (and the final state [B, heads, d_k, d_v local] when asked); [B, T / TP, D]
-        in and out with sequence parallelism."""
+        """Returns o [B, T, D], and with ``output_final_state`` the MixerState after x (the scan's state
+        [B, heads, d_k, d_v local] fp32, the q/k/v conv tails); ``initial_state``: the one before x (zeros
+        when None). [B, T / TP, D] in and out with sequence parallelism."""
         xs = to_column_input(x, self.sequence_parallel)
         B, T, _ = xs.shape
         h, dk, dv = self.heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
+        tails = None
         if self.config.use_short_conv:
-            q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
+            (q, k, v), tails = short_convs(self, "qkv", (q, k, v), initial_state, output_final_state)
         low = self.gk_proj[0](x)
         if self.sequence_parallel:
             low = gather_seq(low, grad_complete=True)
@@ -107,14 +110,15 @@ class GatedLinearAttention(nn.Module):
         gk = F.logsigmoid(gk) / self.config.gate_logit_normalizer
         if self.config.clamp_min is not None:
             gk = gk.clamp_min(self.config.clamp_min)
-        o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5, initial_state=initial_state,
+        o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5,
+                                       initial_state=None if initial_state is None else initial_state.recurrent,
                                        output_final_state=output_final_state)
         o = self._norm(o)
         o = o.reshape(B, T, h * dv)
         if self.config.use_output_gate:
             o = o * F.silu(self._out(self.g_proj(xs)))
         out = self._out(self.o_proj(o))
-        return (out, final_state) if output_final_state else out
+        return (out, MixerState(final_state, tails or {})) if output_final_state else out
 
     def _norm(self, o: torch.Tensor) -> torch.Tensor:
         """RMSNorm over each head's value channels; o [B, T, h, dv_local]."""

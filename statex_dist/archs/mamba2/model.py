@@ -16,6 +16,7 @@ from statex_dist.archs.mamba2.config import Mamba2Config
 from statex_dist.archs.mamba2.layout import block_specs, mixer_specs
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import RMSNorm
+from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import causal_conv1d, ssd_scan
 from statex_dist.parallel import state
 from statex_dist.parallel.factory import linear
@@ -97,14 +98,21 @@ class Mamba2Mixer(nn.Module):
             u = u * torch.rsqrt(total / (self.config.d_inner // G) + self.config.norm_eps)
         return (u.reshape(y.shape) * self.norm.weight.float()).to(y.dtype)
 
-    def forward(self, x: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, initial_state: Optional[MixerState] = None,
                 output_final_state: bool = False):
+        """Returns y [B, T, D], and with ``output_final_state`` the MixerState after x (the SSD state
+        [B, heads, headdim, d_state] fp32, the conv tail ``xBC`` [B, E + 2GN local, d_conv - 1]);
+        ``initial_state``: the one before x (zeros when None)."""
         if self.sequence_parallel:
             x = gather_seq(x)
         B, T, _ = x.shape
         E, GN, h, g, N = self.E_l, self.GN_in, self.local_heads, self.local_groups, self.N
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
-        xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
+        ssm0, conv0 = (None, None) if initial_state is None else (initial_state.recurrent,
+                                                                  initial_state.conv.get("xBC"))
+        xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu",
+                            initial_state=conv0, return_final_state=output_final_state)
+        xBC, conv_tail = xBC if output_final_state else (xBC, None)
         xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
         if self.bc_gathered:
             Bm, Cm = (gather_last_dim(t).reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
@@ -112,11 +120,11 @@ class Mamba2Mixer(nn.Module):
             xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
             Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.config.chunk_size,
             D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.config.dt_limit,
-            initial_states=initial_state, return_final_states=output_final_state)
+            initial_states=ssm0, return_final_states=output_final_state)
         y, final_state = out if output_final_state else (out, None)
         y = self._gated_norm(y.reshape(B, T, E), z)
         y = self.out_proj(y.to(x.dtype))[0]
-        return (y, final_state) if output_final_state else y
+        return (y, MixerState(final_state, {"xBC": conv_tail})) if output_final_state else y
 
 
 class Mamba2Block(nn.Module):
@@ -137,10 +145,14 @@ class Mamba2Block(nn.Module):
         self.norm = RMSNorm(spec, config.norm_eps, mp_cfg.params_dtype, sequence_parallel=sp)
         self.mixer = Mamba2Mixer(config, layer, mp_cfg, sequence_parallel=sp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.mixer(self.norm(x))
+    def forward(self, x: torch.Tensor, initial_state: Optional[MixerState] = None, output_final_state: bool = False):
+        """With ``output_final_state`` returns (x, the mixer's final MixerState); ``initial_state``: the mixer's
+        state after the tokens before x (see statex_dist.models.recurrent_state)."""
+        out = self.mixer(self.norm(x), initial_state, output_final_state)
+        out, final = out if output_final_state else (out, None)
         residual = x.float() if self.residual_in_fp32 else x
-        return (residual + out).to(x.dtype)
+        x = (residual + out).to(x.dtype)
+        return (x, final) if output_final_state else x
 
 
 class Mamba2ForCausalLM(CausalLM):
