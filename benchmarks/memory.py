@@ -219,7 +219,7 @@ def main(argv=None) -> int:
                 cmd, env = command(arch, layout, dtype, zero, a, shards, run_dir,
                                    a.steps + 1 if resume else a.steps, resume)
                 launch(cmd, env, run_dir / f"mem-{tag}", run_dir / f"{tag}.log", a.timeout)
-        except RuntimeError as e:
+        except RuntimeError as e:   # a failed run: named here, listed in the JSON, and the exit status is 1
             failed.append(name)
             print(f"[{i}/{len(configs)}] {name}: FAILED {str(e)[-600:]}", flush=True)
             continue

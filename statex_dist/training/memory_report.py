@@ -66,7 +66,7 @@ def _status_kb(field: str):
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except OSError:   # no procfs (not Linux): the callers fall back to psutil / getrusage
         pass
     return None
 
@@ -89,17 +89,20 @@ def reset_peak() -> bool:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
-    except OSError:
+    except OSError:   # not allowed or no procfs: reported as "peak_resettable": false in the rank's JSON
         return False
 
 
 def _children_rss() -> int:
     """The loader workers' RSS: separate processes, not in the rank's own figures."""
-    try:
-        import psutil
-        return sum(c.memory_info().rss for c in psutil.Process().children(recursive=True))
-    except Exception:
-        return 0
+    import psutil
+    total = 0
+    for c in psutil.Process().children(recursive=True):
+        try:
+            total += c.memory_info().rss
+        except psutil.Error:   # a worker that exited between the listing and the read holds nothing
+            pass
+    return total
 
 
 def _storage(t):
