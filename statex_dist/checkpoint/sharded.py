@@ -179,9 +179,10 @@ class ShardedCheckpoint:
         """The full tensor at its checkpoint shape (TP padding of the vocab removed)."""
         return self.specs[name].unpad_rows(self.padded(name))
 
-    def load_into(self, model: nn.Module, tp_rank: int, tp: int) -> None:
-        """Copy this rank's slices into ``model`` (built for ``tp``); any stored TP size works."""
-        specs = specs_for(self.config, tp)
+    def load_into(self, model: nn.Module, tp_rank: int, tp: int, specs: Optional[dict] = None) -> None:
+        """Copy this rank's slices into ``model`` (built for ``tp``); any stored TP size works. ``specs``:
+        ``specs_for(self.config, tp)`` when the caller already has them (a caller loading tensor by tensor)."""
+        specs = specs if specs is not None else specs_for(self.config, tp)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, p in params.items():

@@ -112,14 +112,16 @@ def restore(engine, named: list, ckpt: Path, tp_rank: int, tp: int, step: int) -
     """Load the layout-free state saved in ``ckpt`` into this rank's parameters ``named`` ((name, param),
     this stage's, under the models' own names) at TP size ``tp``."""
     from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    from statex_dist.models import specs_for
     from statex_dist.models.names import Named
     ensure_state(engine)
     stored = {k: ShardedCheckpoint(Path(ckpt) / FOLDER / k) for k in KEYS}
+    specs = specs_for(stored[MASTER].config, tp)   # once: every key's tensors have the parameters' specs
     # parameter by parameter: a resume holds one parameter's master and moments beyond the steady state
     for n, p in named:
         values = {k: torch.empty(_local_shape(p), dtype=torch.float32) for k in KEYS}
         for k in KEYS:
-            stored[k].load_into(Named([(n, values[k])]), tp_rank, tp)
+            stored[k].load_into(Named([(n, values[k])]), tp_rank, tp, specs)
         set_full_state(engine, p, values)
     set_adam_step(engine, step)
 
