@@ -6,6 +6,7 @@ import os
 import torch
 
 from statex_dist.checkpoint import load_hf_into, read_hf_config
+from statex_dist.checkpoint.sharded import ShardedCheckpoint, is_sharded
 from statex_dist.models import build_model, specs_for
 from statex_dist.parallel import state
 
@@ -17,7 +18,6 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> t
     sharded checkpoint of this project (any TP x PP layout).
     The returned model maps ``input_ids`` [batch, seq] (LongTensor) to logits [batch, seq, vocab_size].
     """
-    from statex_dist.checkpoint.sharded import ShardedCheckpoint, is_sharded
     state.ensure_initialized()
     if is_sharded(path):
         ckpt = ShardedCheckpoint(path)  # verifies every file against the manifest's digests

@@ -22,7 +22,15 @@ from typing import Optional
 import torch
 
 from statex_dist import archs
-from statex_dist.tiny import PAIRS
+from statex_dist.data.synthetic import write_corpus
+from statex_dist.data.tasks import write_task_shards
+from statex_dist.data.writer import ShardOptions, make_shards
+from statex_dist.eval import EvalConfig, evaluate
+from statex_dist.eval.report import write_report
+from statex_dist.run_config import load_run_config
+from statex_dist.statex import count_params, state_floats
+from statex_dist.tiny import PAIRS, pretrained_path
+from statex_dist.train import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 # post-training leans on the pair counts where the small state runs out (N >= 32 on the tiny models), and keeps
@@ -33,9 +41,6 @@ TRAIN_WEIGHTS = (1, 1, 1, 1, 2, 3)
 
 def make_data(out: Path, samples: int, seq_len: int, seed: int, vocab_offset: int) -> tuple[Path, Path]:
     """Task shards for training and a held-out text shard folder for perplexity (both made once)."""
-    from statex_dist.data.synthetic import write_corpus
-    from statex_dist.data.tasks import write_task_shards
-    from statex_dist.data.writer import ShardOptions, make_shards
     train = out / f"mqar-train-{samples}x{seq_len}-seed{seed}-offset{vocab_offset}-n{'-'.join(map(str, TRAIN_PAIRS))}"
     if not (train / "manifest.json").exists():
         write_task_shards(train, samples, seq_len, TRAIN_PAIRS, TRAIN_WEIGHTS, text_fraction=0.25, seed=seed,
@@ -51,8 +56,6 @@ def make_data(out: Path, samples: int, seq_len: int, seed: int, vocab_offset: in
 def run_data(arch: str, root: Path, steps: int, seed: int, overrides: tuple[str, ...] = ()):
     """The arch's run config (before the run's own overrides) and the shards ``steps`` steps of it read,
     made once under ``root/data`` (every arm of a run with this root shares them)."""
-    from statex_dist.eval import EvalConfig
-    from statex_dist.run_config import load_run_config
     run_cfg = load_run_config(ROOT / "configs" / f"tiny-{arch}-statex.yaml", list(overrides))
     offset = EvalConfig.from_run(run_cfg).vocab_offset  # the ids model.source learnt MQAR at
     return run_cfg, make_data(root / "data", steps * run_cfg.data.global_batch, run_cfg.data.seq_len, seed, offset)
@@ -63,10 +66,6 @@ def post_train(arch: str, source: Path, steps: int, out: Path, lpt: bool = False
     """Evaluate ``source``, post-train it (StateX, or LPT), evaluate again. Returns
     {"runs": {name: eval results}, "state": {...}, "params": {...}, "seconds", "checkpoint", "init", ...}."""
     from statex_dist.api import load_model
-    from statex_dist.eval import EvalConfig, evaluate
-    from statex_dist.run_config import load_run_config
-    from statex_dist.statex import count_params, state_floats
-    from statex_dist.train import Run
     t0 = time.time()
     run_cfg, (train, valid) = run_data(arch, out.parent, steps, seed, (f"model.source={source}", *overrides))
     name = "lpt" if lpt else "statex"
@@ -154,8 +153,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from statex_dist.eval.report import write_report
-    from statex_dist.tiny import pretrained_path
     source = Path(args.source) if args.source else pretrained_path(args.arch)
     if not (source / "config.json").exists() and not (source / "manifest.json").exists():
         raise SystemExit(f"{source}: no pretrained model there; make it with "

@@ -13,16 +13,17 @@ from tqdm import tqdm
 
 from statex_dist import archs
 from statex_dist.checkpoint.atomic import atomic_dir
-from statex_dist.checkpoint.errors import CheckpointError
+from statex_dist.checkpoint.errors import CheckpointError, MissingCheckpointError
 from statex_dist.checkpoint.hf_export import write_hf
 from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
 from statex_dist.checkpoint.side_files import SIDE_DIR, copy_side_files, side_files_of
 from statex_dist.checkpoint.sources import hf_origin, open_source
+from statex_dist.cli_errors import Parser, path_inside, positive_int, run_main
 from statex_dist.models import specs_for
 from statex_dist.models.validate import check_parallel_sizes
-from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor, state_floats
-from statex_dist.statex import count_params
+from statex_dist.statex import ExpansionPlan, count_params, expand_config, expand_tensor, state_floats
 from statex_dist.training import optimizer_state
+from statex_dist.training.checkpoints import META
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 EXAMPLE = """example:
@@ -47,7 +48,6 @@ def _labels(option: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from statex_dist.cli_errors import Parser, positive_int
     ap = Parser(
         prog="reshard_expand.py", epilog=EXAMPLE,
         description="Expand the recurrent state of chosen layers (StateX), shard for any TP x PP layout, or "
@@ -81,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_paths(src: str, dst: str) -> None:
     """Refuse a destination that would write into, or (with --overwrite) delete, the source."""
-    from statex_dist.checkpoint.errors import MissingCheckpointError
-    from statex_dist.cli_errors import path_inside
     if not Path(src).exists():
         raise MissingCheckpointError(f"--src {src}: does not exist; pass a checkpoint folder")
     if path_inside(dst, src):
@@ -112,14 +110,12 @@ def make_plan(args, config) -> Optional[ExpansionPlan]:
 def training_checkpoint(folder: Path) -> bool:
     """A training checkpoint's step folder (``checkpoints/stepNNNNNNNN``) holding the layout-free
     optimizer state beside its weights."""
-    from statex_dist.training.checkpoints import META
     return (folder / META).exists() and (folder / "model").is_dir() and optimizer_state.saved(folder)
 
 
 def write_training_meta(src: Path, dst: Path, tp: int, pp: int) -> None:
     """The step folder's statex.json for the new layout: DeepSpeed's own files are not carried, so a resume
     always converts from the layout-free state."""
-    from statex_dist.training.checkpoints import META
     meta = json.loads((src / META).read_text())
     layout = dict(meta.get("layout") or {}, tp=tp, pp=pp, dp=None)
     meta.update(tp=tp, pp=pp, layout=layout, deepspeed=False, resharded_from=str(src))
@@ -199,7 +195,6 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from statex_dist.cli_errors import run_main
 
     def body(a):
         run(a)  # its summary dict is for Python callers; the command line prints it

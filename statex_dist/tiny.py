@@ -22,6 +22,9 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from statex_dist import archs
+from statex_dist.data.tasks import TextWindows
+from statex_dist.eval.common import inference
+from statex_dist.eval.mqar import mqar_batch
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 BYTE_VOCAB = 258  # statex_dist.data.tokenizer.ByteTokenizer: 256 bytes, EOS 256, PAD 257
@@ -67,8 +70,6 @@ class TaskMix:
 
 def batches(mix: TaskMix, seed: int, text=None) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """Endless (kind, input_ids [B, T], labels [B, T]) following ``mix``; the same seed, the same stream."""
-    from statex_dist.data.tasks import TextWindows
-    from statex_dist.eval.mqar import mqar_batch
     g = torch.Generator().manual_seed(1_000_003 * seed + 17)
     text = text if text is not None or not mix.text_every else TextWindows(seed)
     step = 0
@@ -85,8 +86,6 @@ def batches(mix: TaskMix, seed: int, text=None) -> Iterator[tuple[str, torch.Ten
 
 def text_ppl(model, seed: int = 99, batches_: int = 16, T: int = 128) -> float:
     """Perplexity on held-out synthetic text (a corpus seed no training stream uses)."""
-    from statex_dist.data.tasks import TextWindows
-    from statex_dist.eval.common import inference
     text = TextWindows(seed, n_docs=100)
     g = torch.Generator().manual_seed(0)
     total = 0.0

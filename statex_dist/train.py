@@ -16,7 +16,19 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from statex_dist.run_config import RunConfig, load_run_config
+from statex_dist.checkpoint.sharded import ShardedCheckpoint
+from statex_dist.cli_errors import EXPECTED, Parser, fail
+from statex_dist.data import build_loader
+from statex_dist.data.errors import ShardError
+from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
+from statex_dist.eval.report import summary_line
+from statex_dist.models import build_model
+from statex_dist.models.names import by_internal_name, named_internal_parameters
+from statex_dist.parallel.device import select
+from statex_dist.run_config import RunConfig, dump, key_table, load_run_config, validate
+from statex_dist.training import checkpoints, ds_setup, memory_report, optim, optimizer_state
+from statex_dist.training.checkpoints import CheckpointWriteError
+from statex_dist.training.flops import train_flops_per_token
 from statex_dist.training.preemption import SignalStop, signal_number
 
 
@@ -25,7 +37,6 @@ class Run:
 
     def __init__(self, run_cfg: RunConfig):
         self.run_cfg = run_cfg
-        from statex_dist.training import memory_report
         self.memory = memory_report.from_env()  # STATEX_MEMORY_REPORT=<folder>: bytes by kind, per rank
         self._check()         # everything that can be checked without peers, before any collective
         self._groups()        # process groups: megatron-core's TP x PP x DP, DeepSpeed's comm
@@ -61,7 +72,6 @@ class Run:
 
         from statex_dist.parallel import state
         from statex_dist.parallel.deepspeed_mpu import ensure_deepspeed_comm
-        from statex_dist.training import checkpoints
         if "RANK" in os.environ and "LOCAL_RANK" in os.environ and self.device.type == "cuda":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if "RANK" not in os.environ:
@@ -90,15 +100,12 @@ class Run:
             model = pipeline_module(self.model_config, torch.float32, tp, pp,
                                     activation_checkpoint_interval=int(run_cfg.parallel.activation_checkpointing))
         else:
-            from statex_dist.models import build_model
             model = build_model(self.model_config, dtype=torch.float32, init=False,
                                 sequence_parallel=run_cfg.parallel.sequence_parallel)
             model.activation_checkpointing = run_cfg.parallel.activation_checkpointing
         if self.resume is not None and not self.same_layout:
             # the sharded weights, at any layout. Loaded before the engine exists, so ZeRO's partitions start
             # from these weights.
-            from statex_dist.checkpoint.sharded import ShardedCheckpoint
-            from statex_dist.models.names import by_internal_name
             ShardedCheckpoint(self.resume / "model").load_into(by_internal_name(model), self.tp_rank, tp)
         else:
             fill(model, self.source, self.tp_rank, tp)
@@ -107,7 +114,6 @@ class Run:
         return model
 
     def _engine(self, model) -> None:
-        from statex_dist.training import ds_setup, optim
         run_cfg = self.run_cfg
         self.trainable = sum(p.numel() for p in model.parameters())
         if run_cfg.optimizer.freeze_unexpanded:
@@ -117,13 +123,14 @@ class Run:
             self.trainable = optim.freeze_unexpanded(model, self.model_config.expanded_layers)
         opt = optim.adamw(model, run_cfg.optimizer)
         sched = optim.scheduler(opt, run_cfg.schedule, run_cfg.optimizer.lr)
+        # the batch rule, for the DP this engine really has
+        validate(run_cfg, world=self.dp * run_cfg.parallel.tp * run_cfg.parallel.pp)
         self.ds_config = ds_setup.deepspeed_config(run_cfg, self.dp, self.dtype)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
         self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
 
     def _data(self) -> None:
-        from statex_dist.data import build_loader
         d = self.run_cfg.data
         self.loader = build_loader(d.train, dp_rank=self.dp_rank, dp_size=self.dp, micro_batch=d.micro_batch,
                                    seed=d.seed, workers=d.workers, shuffle_buffer=d.shuffle_buffer,
@@ -142,7 +149,6 @@ class Run:
         """The layout-free optimizer state (training/optimizer_state.py; the weights were loaded in _model),
         the schedule advanced to the step, DeepSpeed's step counters and the data position; from a checkpoint
         written with DeepSpeed's own files at this layout, those files."""
-        from statex_dist.training import checkpoints, optimizer_state
         self.step = meta["step"]
         # the position is layout-free (statex_dist.data.pipeline): every DP rank of any layout takes it
         self.data_position = meta["data"]["0"]
@@ -161,7 +167,6 @@ class Run:
                f"TP={meta['tp']} PP={meta['pp']} on {meta['world_size']} ranks")
         how = f"at {here} as saved" if was == here else f"converted from {was} to {here}"
         if optimizer_state.saved(resume):
-            from statex_dist.models.names import named_internal_parameters
             optimizer_state.restore(self.engine, list(named_internal_parameters(self.module)), resume,
                                     self.tp_rank, self.run_cfg.parallel.tp, meta["optimizer"]["adam_step"])
             what = (f"weights, fp32 master weights and AdamW moments (step {meta['optimizer']['adam_step']}), "
@@ -250,8 +255,6 @@ class Run:
             return {}
         from megatron.core import parallel_state as ps
 
-        from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
-        from statex_dist.eval.report import summary_line
         model = self.engine if self.run_cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
         results = evaluate(model, EvalConfig.from_run(self.run_cfg, tasks),
                            dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
@@ -268,7 +271,6 @@ class Run:
         gn = self.engine.get_global_grad_norm()
         if gn is not None:
             w.add_scalar("train/grad_norm", float(gn), s)
-        from statex_dist.training.flops import train_flops_per_token
         # a step's tokens are shared by all GPUs of the job (TP and PP ranks work on the same tokens)
         per_gpu = tokens_per_step / max(dt, 1e-9) / dist.get_world_size()
         flops = train_flops_per_token(self.model_config) * per_gpu  # the whole model's, per GPU
@@ -286,7 +288,6 @@ class Run:
             w.add_scalar("train/memory_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, s)
 
     def save(self) -> Path:
-        from statex_dist.training import checkpoints
         data_state = self.loader.state_dict()
         with self.memory.phase(f"save{self.step}", kind="save"):
             return checkpoints.save(self.engine, self.module, self.run_cfg, self.model_config, self.step,
@@ -327,8 +328,6 @@ run-config keys (in the YAML file as sections, on the command line as section.ke
 
 
 def parser() -> "argparse.ArgumentParser":
-    from statex_dist.cli_errors import Parser
-    from statex_dist.run_config import key_table
     ap = Parser(prog="statex_dist.train", description=__doc__, epilog=EXAMPLE + key_table())
     ap.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="YAML run config (configs/*.yaml)")
     ap.add_argument("overrides", nargs="*", metavar="KEY.SUB=VALUE",
@@ -342,7 +341,6 @@ def parser() -> "argparse.ArgumentParser":
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from statex_dist.cli_errors import EXPECTED, fail
     try:
         args = parser().parse_intermixed_args(argv)
         if args.config and "=" in args.config:  # no YAML file: overrides only
@@ -350,7 +348,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.config = None
         run_cfg = load_run_config(args.config, args.overrides)
         if args.print_config:
-            from statex_dist.run_config import dump
             print(dump(run_cfg), end="")
             return 0
         if args.preflight:
@@ -358,8 +355,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = Run(run_cfg)
     except EXPECTED as e:  # only set-up: an error inside the steps is a bug and keeps its traceback
         return fail("statex_dist.train", e)
-    from statex_dist.data.errors import ShardError
-    from statex_dist.training.checkpoints import CheckpointWriteError
     try:
         out = run.train()
     except (ShardError, CheckpointWriteError) as e:  # met mid-run: a corrupt shard, a disk that filled up
@@ -372,7 +367,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _preflight(args, run_cfg: RunConfig) -> int:
     """The launcher's check: the process count on its last stdout line (``$NPROC``, else one per GPU)."""
-    from statex_dist.parallel.device import select
     from statex_dist.training.preflight import preflight
     world = os.environ.get("WORLD_SIZE", "")
     if not world.isdigit():

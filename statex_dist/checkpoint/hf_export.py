@@ -16,8 +16,8 @@ import torch
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.remote_code import needs_remote_code, set_model_type, write_templates
 from statex_dist.checkpoint.tensor_files import write_json
-from statex_dist.models.config import ModelConfig
 from statex_dist.models import specs_for
+from statex_dist.models.config import ModelConfig
 
 
 def write_hf(folder: Path, fmt: type[HFFormat], config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor]],

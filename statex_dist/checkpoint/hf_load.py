@@ -11,6 +11,7 @@ from statex_dist import archs
 from statex_dist.checkpoint.errors import CheckpointError, MissingCheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
+from statex_dist.models import specs_for
 from statex_dist.models.config import ModelConfig
 from statex_dist.parallel.sharding import ShardSpec
 
@@ -43,7 +44,6 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[type[HFFormat], ModelConf
 
 def checkpoint_shape(config: ModelConfig, name: str) -> tuple[int, ...]:
     """A tensor's shape in a checkpoint file (``ShardSpec.checkpoint_shape``)."""
-    from statex_dist.models import specs_for
     return specs_for(config, 1)[name].checkpoint_shape
 
 

@@ -22,8 +22,8 @@ from statex_dist.checkpoint.atomic import MANIFEST, verify_manifest, write_manif
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.checkpoint.tensor_files import SafetensorsFile
-from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.models import specs_for
+from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.parallel.sharding import ShardSpec
 
 FORMAT = "statex-sharded"

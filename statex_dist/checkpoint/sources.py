@@ -15,6 +15,7 @@ from statex_dist import archs
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
 from statex_dist.checkpoint.hf_load import check_tensor, checkpoint_shape, find_tensor, read_hf_config
+from statex_dist.checkpoint.sharded import ShardedCheckpoint, is_sharded
 from statex_dist.checkpoint.tensor_files import TensorReader, read_json
 from statex_dist.models import specs_for
 
@@ -50,7 +51,6 @@ class HFSource:
 
 def open_source(path: str | os.PathLike):
     """A sharded checkpoint when the folder holds this project's manifest, else a Hugging Face folder."""
-    from statex_dist.checkpoint.sharded import ShardedCheckpoint, is_sharded
     path = Path(path)
     if is_sharded(path):
         return ShardedCheckpoint(path)

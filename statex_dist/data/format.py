@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from statex_dist.checkpoint.atomic import atomic_write, sha256
+from statex_dist.data import remote
 from statex_dist.data.errors import DataError, MissingDataError, ShardError
 
 FORMAT = "statex-dist-shards/1"
@@ -50,7 +52,6 @@ def write_manifest(folder: Path, *, seq_len: int, dtype: str, tokenizer: dict, s
                    total_tokens: int, loss_mask: bool = False, **extra) -> dict:
     """Write ``folder/manifest.json`` (by rename) and return it: the fields every reader needs, then ``extra``
     (what the writer records about itself: documents, inputs, options, a task's parameters)."""
-    from statex_dist.checkpoint.atomic import atomic_write
     manifest = {"format": FORMAT, "seq_len": seq_len, "sample_tokens": seq_len + 1, "token_dtype": dtype,
                 "sample_field": sample_field(dtype), **({"loss_mask": True} if loss_mask else {}),
                 "tokenizer": tokenizer, "total_samples": sum(s["samples"] for s in shards),
@@ -129,11 +130,6 @@ class Manifest:
                              f"'{MASK_FIELD}' member, {self.dir / MANIFEST} promises {self.seq_len} bytes; the shard "
                              f"is corrupt")
         return np.frombuffer(data, dtype=np.uint8).astype(bool)
-
-
-def _sha256(path: Path) -> str:
-    from statex_dist.checkpoint.atomic import sha256
-    return sha256(path)
 
 
 _BLOCK = 512  # a tar header, and the unit its data is padded to
@@ -219,7 +215,6 @@ def check_shards(shard_dir, verify_hashes: bool = False, layout: bool = True) ->
     if not str(shard_dir or ""):
         raise MissingDataError("no shard folder given (data.train, data.valid or --data); make one with "
                                "tools/make_shards.py")
-    from statex_dist.data import remote
     if remote.is_remote(shard_dir):
         folder = remote.folder(str(shard_dir))
         mpath = folder / MANIFEST
@@ -263,7 +258,7 @@ def check_shards(shard_dir, verify_hashes: bool = False, layout: bool = True) ->
         if size != s.bytes:
             raise ShardError(f"shard {s.path} is {size} bytes, {mpath} says {s.bytes}: truncated or replaced; "
                              f"re-create it with tools/make_shards.py")
-        if verify_hashes and _sha256(s.path) != s.sha256:
+        if verify_hashes and sha256(s.path) != s.sha256:
             raise ShardError(f"shard {s.path}: sha256 differs from {mpath}; the shard is corrupt")
         if layout:
             _check_layout(s, m, mpath)

@@ -10,10 +10,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from statex_dist.checkpoint.atomic import atomic_dir
 from statex_dist.data import format as fmt
 from statex_dist.data.errors import DataError
 from statex_dist.data.mqar import IGNORE, mqar_batch
+from statex_dist.data.synthetic import documents
 from statex_dist.data.tokenizer import ByteTokenizer
+from statex_dist.data.writer import shard_table, shard_writer, tokenizer_entry
 
 
 class TextWindows:
@@ -21,7 +24,6 @@ class TextWindows:
     every ``seed`` draws other documents from the same lexicon."""
 
     def __init__(self, seed: int, n_docs: int = 400):
-        from statex_dist.data.synthetic import documents
         tok = ByteTokenizer()
         parts = []
         for ids in tok.encode_batch(documents(n_docs, seed=seed, lexicon_seed=0)):
@@ -43,8 +45,6 @@ def write_task_shards(out_dir, samples: int, seq_len: int, pairs: Sequence[int] 
     ``text_fraction``, a window of synthetic text (corpus seed ``seed``), loss everywhere. ``vocab_offset``
     moves the MQAR ids to ``offset .. offset + 255`` (statex_dist.eval.mqar); the manifest's vocabulary then
     spans both blocks. Returns the manifest."""
-    from statex_dist.checkpoint.atomic import atomic_dir
-    from statex_dist.data.writer import shard_table, shard_writer, tokenizer_entry
 
     out = Path(out_dir)
     if out.exists() and not overwrite:

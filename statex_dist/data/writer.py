@@ -38,6 +38,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from statex_dist.checkpoint.atomic import atomic_write, move_into_place, sha256
+from statex_dist.cli_errors import path_inside
 from statex_dist.data import format as fmt
 from statex_dist.data.errors import DataError
 from statex_dist.data.sources import Input, MegatronIndex, Piece, iter_piece, list_inputs, plan_pieces
@@ -79,7 +81,6 @@ _TOK = None
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    from statex_dist.checkpoint.atomic import atomic_write
     atomic_write(path, data)
 
 
@@ -174,7 +175,6 @@ def shard_writer(folder: Path, samples_per_shard: int):
 
 def shard_table(folder: Path, samples: int, samples_per_shard: int) -> list[dict]:
     """The manifest's ``shards`` list for the tars a :func:`shard_writer` wrote: name, samples, bytes, sha256."""
-    from statex_dist.checkpoint.atomic import sha256
     return [{"file": f.name, "samples": min(samples_per_shard, samples - i * samples_per_shard),
              "bytes": f.stat().st_size, "sha256": sha256(f)} for i, f in enumerate(sorted(folder.glob("shard-*.tar")))]
 
@@ -234,7 +234,6 @@ class _Split:
         self.in_tar = 0
 
     def _close(self):
-        from statex_dist.checkpoint.atomic import sha256
         self.tar.close()
         self.file.close()
         os.replace(str(self.path) + ".tmp", self.path)
@@ -288,7 +287,6 @@ def _input_digest(inp: Input) -> str:
 
 def _finish_renames(work: _Work, state: dict) -> dict:
     """The last step, also of a run killed inside it: the finished folders into place, the work folder away."""
-    from statex_dist.checkpoint.atomic import move_into_place
     for name in ("valid", "train"):
         dst = state["outputs"].get(name)
         if dst and (work.dir / name).exists():
@@ -351,7 +349,6 @@ def make_shards(inputs: Sequence[str | Path], out_dir: str | Path, opts: ShardOp
     if valid_out is not None and valid_out == out:
         raise DataError(f"--valid-output is the output folder {out}")
     inputs_ = list_inputs(inputs)
-    from statex_dist.cli_errors import path_inside
     for inp in inputs_:
         for dst in filter(None, (out, valid_out)):
             if path_inside(inp.path, dst):  # writing the folder (or --overwrite) would remove the corpus it reads

@@ -19,8 +19,13 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from statex_dist import load_model
+from statex_dist.cli_errors import Parser, count, fraction_list, int_list, positive_int, run_main
+from statex_dist.data import check_shards
+from statex_dist.data.tokenizer import load_tokenizer
+from statex_dist.eval.config import TASKS, EvalConfig
+from statex_dist.eval.report import format_table, summary_line, write_report
 from statex_dist.parallel.rendezvous import free_port
-
 
 EXAMPLE = """example:
   python -m statex_dist.eval --ckpt statex_dist/pretrained/tiny-gla --tasks mqar,passkey --pairs 8,16,32 \\
@@ -29,8 +34,6 @@ EXAMPLE = """example:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from statex_dist.cli_errors import Parser, count, fraction_list, int_list, positive_int
-    from statex_dist.eval.config import TASKS, EvalConfig
     d = EvalConfig  # every evaluation default lives there (also the training YAML's eval section reads it)
     ap = Parser(prog="python -m statex_dist.eval", description=__doc__, epilog=EXAMPLE)
     ap.add_argument("--ckpt", action="append", required=True, metavar="PATH",
@@ -71,7 +74,6 @@ def vocab_offset(args, ckpt: str) -> int:
 
 def eval_config(args, ckpt: Optional[str] = None):
     """The evaluation the flags ask for; with ``ckpt``, at that checkpoint's MQAR vocabulary offset."""
-    from statex_dist.eval.config import EvalConfig
     eval_cfg = EvalConfig(tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], seed=args.seed,
                      batch=args.batch, mqar_pairs=args.pairs, mqar_n=args.mqar_n, lengths=args.lengths,
                      depths=args.depths, grid_n=args.examples, tokenizer=args.tokenizer, data=args.data,
@@ -96,7 +98,6 @@ def evaluate_checkpoints(args) -> dict:
     """The body every rank runs (process groups already made); returns {name: results}."""
     import torch
 
-    from statex_dist import load_model
     from statex_dist.eval.suite import evaluate
     from statex_dist.parallel.device import current
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -133,10 +134,8 @@ def check_inputs(args) -> None:
         if "mqar" in tasks:
             vocab_offset(args, c)  # a damaged pretrain.json stops the run here, not after the first model
     if "ppl" in tasks:
-        from statex_dist.data import check_shards
         check_shards(args.data)
     if {"passkey", "niah"} & set(tasks) and args.tokenizer != "bytes":
-        from statex_dist.data.tokenizer import load_tokenizer
         load_tokenizer(args.tokenizer)
 
 
@@ -171,7 +170,6 @@ def run(argv=None) -> int:
 
 
 def report(args, results: dict, seconds: float, world: int) -> None:
-    from statex_dist.eval.report import format_table, summary_line, write_report
     print(format_table(results), flush=True)
     where = ""
     if args.out:
@@ -193,6 +191,7 @@ def _worker(rank: int, world: int, port: int, argv: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     import torch
+
     from statex_dist.parallel.device import select
     if select(build_parser().parse_args(argv).device).type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # the workers share the cores
@@ -215,6 +214,5 @@ def spawn(n: int, argv: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    from statex_dist.cli_errors import run_main
     rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
     return run_main(f"statex_dist.eval{rank}", run, argv)

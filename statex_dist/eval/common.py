@@ -14,6 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from statex_dist.data.tokenizer import load_tokenizer
+from statex_dist.models.recurrent_state import RecurrentState
+
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for modules without parameters)."""
@@ -68,7 +71,6 @@ def segments(model: torch.nn.Module, ids: torch.Tensor, segment_len: Optional[in
     if not takes_state(model):
         raise TypeError(f"segment_len={segment_len} needs a model whose forward carries a recurrent state "
                         f"(state=, statex_dist's CausalLM); {type(model).__name__} does not: unset segment_len")
-    from statex_dist.models.recurrent_state import RecurrentState
     state = RecurrentState(len(model.layers))
     for s in range(0, T, segment_len):
         piece = ids[:, s:s + segment_len]
@@ -152,7 +154,6 @@ def encoder(tokenizer) -> Callable[[str], list[int]]:
     if tokenizer is None or tokenizer == "bytes" or tokenizer is bytes:
         return lambda s: list(s.encode("utf-8"))
     if isinstance(tokenizer, str):
-        from statex_dist.data.tokenizer import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
     if hasattr(tokenizer, "encode_batch"):
         return lambda s: [int(i) for i in tokenizer.encode_batch([s])[0]]

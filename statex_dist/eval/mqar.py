@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from statex_dist.checkpoint.side_files import PRETRAIN_RECORD, side_files_of
 from statex_dist.data.mqar import IGNORE, KEYS, PAD, VALUES, mqar_batch  # noqa: F401 (re-exported)
 from statex_dist.eval.common import inference, mix_seed, my_share, segments, sum_over_ranks
 from statex_dist.eval.config import EvalConfig
@@ -25,7 +26,6 @@ OFFSET_KEY = "mqar_vocab_offset"
 def trained_vocab_offset(checkpoint: Union[str, os.PathLike]) -> int:
     """Where the model at ``checkpoint`` (an HF folder, a sharded checkpoint, a training checkpoint's
     ``model/``) has its MQAR 0-255 block: the offset its pretraining record names, else 0."""
-    from statex_dist.checkpoint.side_files import PRETRAIN_RECORD, side_files_of
     record = side_files_of(Path(checkpoint)) / PRETRAIN_RECORD  # reshard and training checkpoints carry it
     if not record.is_file():
         return EvalConfig.vocab_offset

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from statex_dist.data import build_loader
 from statex_dist.eval.common import inference, segments, sum_over_ranks
 from statex_dist.eval.config import EvalConfig
 
@@ -54,7 +55,6 @@ def evaluate_ppl(model: torch.nn.Module, shard_dir, batches: int = EvalConfig.pp
     many tokens, carrying the recurrent state (statex_dist.eval.common.segments).
     Returns {"ppl", "loss" (mean NLL per token, nats), "tokens"}.
     """
-    from statex_dist.data import build_loader
     if use_labels is None:
         use_labels = _takes_labels(model)
     loader = build_loader(shard_dir, dp_rank=0, dp_size=1, micro_batch=micro_batch, seed=0, workers=0,

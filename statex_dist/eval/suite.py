@@ -7,7 +7,12 @@ from typing import Any, Optional
 
 import torch
 
+from statex_dist.eval.common import takes_state
 from statex_dist.eval.config import TASKS, EvalConfig
+from statex_dist.eval.mqar import evaluate_mqar
+from statex_dist.eval.niah import evaluate_niah
+from statex_dist.eval.passkey import evaluate_passkey
+from statex_dist.eval.perplexity import evaluate_ppl
 
 __all__ = ["TASKS", "EvalConfig", "check", "data_parallel", "evaluate", "flatten", "log_to_tensorboard"]
 
@@ -33,7 +38,6 @@ def check(model, eval_cfg: EvalConfig) -> None:
     if "ppl" in eval_cfg.tasks and not eval_cfg.data:
         raise ValueError("the ppl task needs held-out shards (EvalConfig.data / --data)")
     if eval_cfg.segment_len is not None:
-        from statex_dist.eval.common import takes_state
         if eval_cfg.segment_len < 1 or not takes_state(model):
             raise ValueError(f"segment_len={eval_cfg.segment_len} needs a positive length and a model whose forward "
                              f"carries a recurrent state (state=, statex_dist's CausalLM)")
@@ -55,10 +59,6 @@ def evaluate(model: torch.nn.Module, eval_cfg: Optional[EvalConfig] = None,
     Returns {"mqar": {N: acc}, "passkey": grid, "niah": grid, "ppl": {...}, "seconds": {task: s}} for the
     tasks asked (grid: see :func:`statex_dist.eval.grid.evaluate_grid`).
     """
-    from statex_dist.eval.mqar import evaluate_mqar
-    from statex_dist.eval.niah import evaluate_niah
-    from statex_dist.eval.passkey import evaluate_passkey
-    from statex_dist.eval.perplexity import evaluate_ppl
     eval_cfg = (eval_cfg or EvalConfig()).replace(**overrides)
     if isinstance(eval_cfg.tasks, str):  # "mqar,ppl" as a run config or command line writes it
         eval_cfg = eval_cfg.replace(tasks=[t.strip() for t in eval_cfg.tasks.split(",") if t.strip()])

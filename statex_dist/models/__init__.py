@@ -5,6 +5,8 @@ The model classes import megatron-core; the layouts (``specs_for``) do not, so c
 move tensors start without it.
 """
 from statex_dist import archs
+from statex_dist.models.layout import specs_for
+from statex_dist.models.validate import check_parallel_sizes
 
 
 def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool = False, seed: int = 0):
@@ -18,16 +20,10 @@ def build_model(config, dtype=None, init: bool = True, sequence_parallel: bool =
     import torch
 
     from statex_dist.parallel import state
-    from statex_dist.models.validate import check_parallel_sizes
     state.ensure_initialized()
     check_parallel_sizes(config, state.tp_size())
     cls = archs.of(config).model_class
     return cls(config, dtype=dtype or torch.float32, init=init, sequence_parallel=sequence_parallel, seed=seed)
-
-
-def specs_for(config, tp: int = 1):
-    """Every parameter's ShardSpec for ``config`` at this TP size (see statex_dist.parallel.sharding)."""
-    return archs.of(config).param_specs(config, tp)
 
 
 def __getattr__(name):

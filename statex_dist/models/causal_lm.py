@@ -12,10 +12,10 @@ import torch.utils.checkpoint
 
 from statex_dist.models import specs_for
 from statex_dist.models.common import RMSNorm
-from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.models.init import initialize
 from statex_dist.models.recurrent_state import RecurrentState
 from statex_dist.parallel import state
+from statex_dist.parallel.megatron_layers import LMHead, embedding
 
 
 class CausalLM(nn.Module):

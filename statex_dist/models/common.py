@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from statex_dist.models.layout import fla_block_specs
 from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import causal_conv1d
+from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
-from statex_dist.parallel.factory import linear
 from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.parallel.sequence import mark_sequence_parallel
 from statex_dist.parallel.sharding import ShardSpec

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from statex_dist import archs
+
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
@@ -58,7 +60,6 @@ ModelConfig = _Common   # the base of every architecture's config class
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """The config of ``d["arch"]`` from the rest of ``d``; ValueError for an unknown architecture or key."""
-    from statex_dist import archs   # the architectures' config classes derive from _Common above
     d = dict(d)
     arch = d.pop("arch", None)
     cls = archs.get(arch).config_class

@@ -13,6 +13,8 @@ import torch
 
 from statex_dist import archs
 from statex_dist.models.config import ModelConfig
+from statex_dist.models.layout import specs_for
+from statex_dist.parallel import state
 from statex_dist.parallel.weights import copy_shards
 
 
@@ -31,14 +33,11 @@ def init_tensor(name: str, shape: tuple[int, ...], config: ModelConfig, seed: in
 
 def fresh_weights(config: ModelConfig, seed: int = 0, **options) -> Callable[[str], torch.Tensor]:
     """name -> its initial full tensor at checkpoint shape (``ShardSpec.checkpoint_shape``)."""
-    from statex_dist.models import specs_for
     specs = specs_for(config, 1)
     return lambda name: init_tensor(name, specs[name].checkpoint_shape, config, seed, **options)
 
 
 def initialize(model: torch.nn.Module, config: ModelConfig, seed: int = 0) -> None:
     """Draw a one-module model's weights (this process's TP shard) from the architecture's scheme."""
-    from statex_dist.models import specs_for
-    from statex_dist.parallel import state
     tp = state.tp_size()
     copy_shards(model.named_parameters(), fresh_weights(config, seed), specs_for(config, tp), state.tp_rank(), tp)

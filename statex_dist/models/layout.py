@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+from statex_dist import archs
 from statex_dist.parallel.sharding import ShardSpec
+
+
+def specs_for(config, tp: int = 1) -> dict[str, ShardSpec]:
+    """Every parameter's ShardSpec for ``config`` at this TP size (see statex_dist.parallel.sharding)."""
+    return archs.of(config).param_specs(config, tp)
 
 
 def causal_lm_specs(config, tp: int, embedding: str, norm: str,

@@ -30,12 +30,12 @@ from megatron.core.model_parallel_config import ModelParallelConfig
 from statex_dist import archs
 from statex_dist.models import specs_for
 from statex_dist.models.common import RMSNorm
-from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.models.names import by_internal_name
+from statex_dist.models.validate import check_parallel_sizes
 from statex_dist.parallel import state, weights
 from statex_dist.parallel.deepspeed_mpu import check_grid_agrees, ensure_deepspeed_comm, pipeline_topology
+from statex_dist.parallel.megatron_layers import LMHead, embedding
 from statex_dist.parallel.sharding import ShardSpec
-from statex_dist.models.validate import check_parallel_sizes
 
 TIED_KEY = "embed"
 

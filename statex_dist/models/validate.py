@@ -10,13 +10,13 @@ from typing import Optional
 
 from statex_dist import archs
 from statex_dist.models.config import ModelConfig
+from statex_dist.models.layout import specs_for
 
 MAX_TP = 64  # the TP sizes listed as working in a message
 
 
 def _split_blocks(config: ModelConfig, tp: int) -> Optional[tuple[str, int, int]]:
     """The first (tensor, block width, dim) of the layout at ``tp`` that TP does not divide, else None."""
-    from statex_dist.models import specs_for
     for name, spec in specs_for(config, tp).items():
         if spec.dim is None:
             continue

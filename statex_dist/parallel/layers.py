@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel.mappings import (copy_to_tensor_model_parallel_region,
-                                                   reduce_from_tensor_model_parallel_region)
+from megatron.core.tensor_parallel.mappings import (
+    copy_to_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region
+)
 
 from statex_dist.parallel import state
 from statex_dist.parallel.mappings import tp_reduced_grad

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import math
 
+from statex_dist.models import specs_for
 from statex_dist.models.config import ModelConfig
 
 
 def count_params(config: ModelConfig) -> int:
     """Parameters of the model at TP=1 (embedding rows padded as stored; counted once when tied)."""
-    from statex_dist.models import specs_for  # the models import megatron-core: only when asked
     return sum(math.prod(s.shape) for s in specs_for(config, 1).values())
 
 

@@ -38,8 +38,8 @@ from statex_dist.checkpoint.sharded import FORMAT, manifest_body, shard_file
 from statex_dist.checkpoint.side_files import keep_side_files
 from statex_dist.checkpoint.stream_writer import StreamingSafetensorsWriter
 from statex_dist.models import specs_for
-from statex_dist.training import optimizer_state
 from statex_dist.models.names import named_internal_parameters
+from statex_dist.training import optimizer_state
 
 META = "statex.json"
 _STEP = re.compile(r"step(\d{8})$")

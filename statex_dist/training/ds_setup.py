@@ -21,9 +21,7 @@ def deepspeed_config(run_cfg, dp: int, dtype: torch.dtype) -> dict:
     BF16_Optimizer, at ZeRO-2/3 in the ZeRO optimizer's separate accumulation buffers. ZeRO-0 (DeepSpeed's
     DDP bf16 path) accumulates in bf16: DeepSpeed refuses fp32 accumulation without ZeRO.
     """
-    from statex_dist.run_config import validate
-    d, p = run_cfg.data, run_cfg.parallel
-    validate(run_cfg, world=dp * p.tp * p.pp)  # the batch rule, for the DP this engine really has
+    d, p = run_cfg.data, run_cfg.parallel   # checked by run_config.validate for this DP
     per_step = d.micro_batch * dp
     bf16 = dtype == torch.bfloat16
     extra = {"data_types": {"grad_accum_dtype": "fp32"}} if bf16 and p.zero_stage >= 1 else {}

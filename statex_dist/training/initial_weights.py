@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from statex_dist import archs
-from statex_dist.models.config import ModelConfig, config_from_dict
+from statex_dist.checkpoint.sources import hf_origin, open_source
 from statex_dist.models import specs_for
+from statex_dist.models.config import ModelConfig, config_from_dict
 from statex_dist.models.init import copy_shards, fresh_weights
 from statex_dist.models.names import named_internal_parameters
 from statex_dist.statex import ExpansionPlan, expand_config, expand_tensor
@@ -51,7 +52,6 @@ def weight_source(run_cfg) -> WeightSource:
         base, desc = config, f"fresh {config.arch} (seed {run_cfg.seed})"
         fetch = fresh_weights(config, run_cfg.seed, **options)
     else:
-        from statex_dist.checkpoint.sources import hf_origin, open_source
         src = open_source(m.source)
         base, desc, fetch = src.config, str(m.source), src.get
         fmt, hf_config = hf_origin(src)

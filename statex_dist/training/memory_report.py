@@ -232,6 +232,7 @@ class MemoryReport:
     def _count(self, when: str) -> None:
         """Bytes by category of the tensors alive now (each storage once); kept as the largest of its kind."""
         import torch
+
         from statex_dist.training.optimizer_state import base_optimizer
         run = self.run
         owner: dict[int, str] = {}

@@ -23,7 +23,13 @@ parameter's state over the ZeRO partitions of the DP group at any stage, and the
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
+
+from statex_dist.checkpoint.atomic import MANIFEST
+from statex_dist.checkpoint.sharded import ShardedCheckpoint
+from statex_dist.models import specs_for
+from statex_dist.models.names import Named
 
 FOLDER = "optimizer"
 MASTER = "fp32"
@@ -104,16 +110,12 @@ def set_full_state(engine, p, values: dict[str, torch.Tensor]) -> None:
 
 
 def saved(ckpt: Path) -> bool:
-    from statex_dist.checkpoint.atomic import MANIFEST
     return all((Path(ckpt) / FOLDER / k / MANIFEST).exists() for k in KEYS)
 
 
 def restore(engine, named: list, ckpt: Path, tp_rank: int, tp: int, step: int) -> None:
     """Load the layout-free state saved in ``ckpt`` into this rank's parameters ``named`` ((name, param),
     this stage's, under the models' own names) at TP size ``tp``."""
-    from statex_dist.checkpoint.sharded import ShardedCheckpoint
-    from statex_dist.models import specs_for
-    from statex_dist.models.names import Named
     ensure_state(engine)
     stored = {k: ShardedCheckpoint(Path(ckpt) / FOLDER / k) for k in KEYS}
     specs = specs_for(stored[MASTER].config, tp)   # once: every key's tensors have the parameters' specs

@@ -17,9 +17,10 @@ from statex_dist import archs
 from statex_dist.data import check_shards
 from statex_dist.data.blend import check_blend
 from statex_dist.eval.config import EvalConfig
+from statex_dist.models.validate import check_parallel_sizes
 from statex_dist.ops import kernel_summary, resolve_kernels
 from statex_dist.parallel import device as devices
-from statex_dist.models.validate import check_parallel_sizes
+from statex_dist.parallel.sequence import check_seq_len
 from statex_dist.training import checkpoints
 from statex_dist.training.ds_setup import dtype_of
 from statex_dist.training.initial_weights import WeightSource, weight_source
@@ -83,7 +84,6 @@ def preflight(run_cfg, world: int) -> Preflight:
                          f"data.seq_len={train_shards.seq_len}, or leave it out (the shards decide), or point "
                          f"data.train at shards made with --seq-len {run_cfg.data.seq_len}")
     if p.sequence_parallel and p.tp > 1:
-        from statex_dist.parallel.sequence import check_seq_len
         check_seq_len(train_shards.seq_len, p.tp)
     if run_cfg.data.valid:
         check_shards(run_cfg.data.valid)

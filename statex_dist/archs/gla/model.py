@@ -18,11 +18,11 @@ from statex_dist.archs.gla.layout import attn_specs, tp_mode
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced, short_convs
 from statex_dist.models.recurrent_state import MixerState
-from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.ops import gla_attention
 from statex_dist.parallel import state
 from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
+from statex_dist.parallel.megatron_layers import to_column_input
 from statex_dist.parallel.sequence import gather_seq
 
 

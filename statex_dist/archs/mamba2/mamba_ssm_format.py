@@ -12,7 +12,6 @@ from statex_dist.archs.mamba2.transformers_format import TransformersMamba2
 from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.hf_format import HFFormat
 
-
 MAMBA2_DEFAULTS = dict(d_state=128, expand=2, headdim=64, ngroups=1, d_conv=4, chunk_size=256)
 
 
