@@ -5,15 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from statex_dist.ops import chunk_gla_torch, gla_attention
+from tests.conftest import rel_err
 
 naive = pytest.importorskip("fla.ops.gla.naive")
 
 # max|a - b| / max|b| for every output and every gradient, both sides computed in fp32
 RTOL = 1e-5
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def make_inputs(B, T, H, K, V, gate, seed=0):

@@ -36,6 +36,8 @@ PRELUDE = textwrap.dedent(
     import torch.nn.functional as F
     from triton.runtime import autotuner, interpreter
 
+    from tests.conftest import rel_err
+
     _prune = autotuner.Autotuner.prune_configs
     autotuner.Autotuner.prune_configs = lambda self, kwargs: _prune(self, kwargs)[:1]
 
@@ -52,9 +54,6 @@ PRELUDE = textwrap.dedent(
         return node
 
     interpreter.ASTTransformer.visit_For = _visit_for
-
-    def rel_err(a, b):
-        return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
     def compare(fn, ref, inputs, cotangents):
         """Outputs and gradients of fn and ref on the same leaves; returns {name: rel_err}."""
