@@ -64,14 +64,14 @@ def single_process(cfg, weights, ids, labels, logits: bool = False):
     return (loss.item(), grads, new, captured[0]) if logits else (loss.item(), grads, new)
 
 
-def prepared(names, logits: bool = False) -> tuple[dict, dict]:
+def prepared(names, logits: bool = False, T: int = 19) -> tuple[dict, dict]:
     """For each case of ``names``: ({name: (one-process reference, labels)}, {name: (config dict, weights,
     ids, labels)}), the second the arguments a worker runs it with."""
     refs, args = {}, {}
     for name in names:
         cfg = CASES[name]
         weights = reference_weights(cfg)
-        ids, labels = batch(cfg)
+        ids, labels = batch(cfg, T=T)
         refs[name] = single_process(cfg, weights, ids, labels, logits=logits), labels
         args[name] = (cfg.to_dict(), weights, ids, labels)
     return refs, args
@@ -96,6 +96,7 @@ def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
     from megatron.core import parallel_state as ps
 
     from statex_dist.models import build_model, specs_for
+    from statex_dist.parallel import context
     from statex_dist.parallel.weights import load_full
     cfg = config_from_dict(cfg_dict)
     specs = specs_for(cfg, tp)
@@ -106,9 +107,11 @@ def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     n = ids.shape[0] // dp
     rows = (dp_rank * n, (dp_rank + 1) * n)
-    loss = model(ids[rows[0]:rows[1]], labels=labels[rows[0]:rows[1]])
+    cp, T = context.size(), ids.shape[1]
+    tokens = (context.rank() * T // cp, (context.rank() + 1) * T // cp)   # this rank's CP segment
+    loss = model(context.segment(ids[rows[0]:rows[1]]), labels=context.segment(labels[rows[0]:rows[1]]))
     loss.backward()
-    dpg = ps.get_data_parallel_group()
+    dpg, dp = ps.get_data_parallel_group(with_context_parallel=True), dp * cp   # the mean over DP x CP
     for p in model.parameters():
         dist.all_reduce(p.grad, group=dpg)
         p.grad /= dp
@@ -120,6 +123,7 @@ def tp_dp_step(tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
             p -= LR * p.grad
     new = {name: p.detach().clone() for name, p in model.named_parameters()}
     return {"rank": dist.get_rank(), "tp_rank": ps.get_tensor_model_parallel_rank(), "tp": tp, "rows": rows,
+            "tokens": tokens,
             "loss": mean_loss.item() / dp, "own_loss": loss.item(), "logits": captured[0], "grads": grads,
             "new": new}
 
@@ -158,11 +162,13 @@ def compare_ranks(cfg, ref, labels, results, tol: float) -> dict:
     assert sorted(r["rank"] for r in results) == list(range(len(results)))
     for r in results:
         rank, (a, b), tp_rank = r["rank"], r["rows"], r["tp_rank"]
+        t0, t1 = r.get("tokens", (0, logits.shape[1]))   # a CP rank's segment of the sequence
         check(rank, "loss", abs(r["loss"] - loss) / abs(loss))
-        own = F.cross_entropy(logits[a:b, :, :cfg.vocab_size].double().flatten(0, 1), labels[a:b].flatten()).item()
+        own = F.cross_entropy(logits[a:b, t0:t1, :cfg.vocab_size].double().flatten(0, 1),
+                              labels[a:b, t0:t1].flatten()).item()
         check(rank, "own-rows-loss", abs(r["own_loss"] - own) / abs(own))
         local = r["logits"]
-        full = F.pad(logits[a:b], (0, local.shape[-1] * tp - logits.shape[-1]))
+        full = F.pad(logits[a:b, t0:t1], (0, local.shape[-1] * tp - logits.shape[-1]))
         want = full.chunk(tp, dim=-1)[tp_rank]
         check(rank, "logits", slice_err(local, want, logits))
         for kind, ref_t in (("grads", grads), ("new", new)):

@@ -24,6 +24,7 @@ _LAZY = {
     "chunk_gated_delta_rule_torch": "gated_delta",
     "ssd_scan": "ssd",
     "ssd_scan_torch": "ssd",
+    "ssd_log_decay": "ssd",
     "causal_conv1d": "conv",
     "causal_conv1d_torch": "conv",
 }
@@ -36,6 +37,7 @@ __all__ = [
     "chunk_gla_torch",
     "chunk_gated_delta_rule_torch",
     "ssd_scan_torch",
+    "ssd_log_decay",
     "causal_conv1d_torch",
     "KernelUnavailable",
     "resolve_kernels",

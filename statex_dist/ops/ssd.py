@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ._dispatch import kernel_for
 
-__all__ = ["ssd_scan_torch", "ssd_scan"]
+__all__ = ["ssd_scan_torch", "ssd_scan", "ssd_log_decay"]
 
 
 def _process_dt(dt, dt_bias, dt_softplus, dt_limit):
@@ -40,6 +40,12 @@ def _process_dt(dt, dt_bias, dt_softplus, dt_limit):
     if tuple(dt_limit) != (0.0, math.inf):
         dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
     return dt
+
+
+def ssd_log_decay(dt, A, dt_bias=None, dt_softplus: bool = False, dt_limit=(0.0, math.inf)) -> torch.Tensor:
+    """The summed log-decay of every head's state over the l tokens, sum_t dt_t * A (fp32 [b, h]): the
+    state after them is exp(this) times the state before plus what they write (statex_dist.parallel.context)."""
+    return (_process_dt(dt, dt_bias, dt_softplus, dt_limit) * A.float()).sum(1)
 
 
 def ssd_scan_torch(

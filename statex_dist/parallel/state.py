@@ -25,25 +25,28 @@ def _init_world() -> None:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
-def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1) -> None:
-    """Create the TP / PP / DP groups (megatron-core's default order: TP innermost, then DP, then PP)."""
+def initialize(tensor_parallel: int = 1, pipeline_parallel: int = 1, context_parallel: int = 1) -> None:
+    """Create the TP / CP / DP / PP groups (megatron-core's default order: TP innermost, then CP, then DP, then
+    PP); CP: statex_dist.parallel.context."""
     _init_world()
     world = dist.get_world_size()
-    if world % (tensor_parallel * pipeline_parallel):
+    sizes = (tensor_parallel, pipeline_parallel, context_parallel)
+    if world % (tensor_parallel * pipeline_parallel * context_parallel):
         raise ValueError(
-            f"world size {world} is not a multiple of tensor_parallel x pipeline_parallel = "
-            f"{tensor_parallel} x {pipeline_parallel}; pick sizes whose product divides {world}"
+            f"world size {world} is not a multiple of tensor_parallel x pipeline_parallel x context_parallel = "
+            f"{' x '.join(map(str, sizes))}; pick sizes whose product divides {world}"
         )
     if ps.model_parallel_is_initialized():
-        if (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()) != (
-            tensor_parallel, pipeline_parallel):
-            raise RuntimeError(
-                "process groups already exist with TP={} PP={}; call statex_dist.parallel.state.destroy() first".format(
-                    ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()))
+        have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+                ps.get_context_parallel_world_size())
+        if have != sizes:
+            raise RuntimeError("process groups already exist with TP={} PP={} CP={}; call "
+                               "statex_dist.parallel.state.destroy() first".format(*have))
         return
     ps.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
+        context_parallel_size=context_parallel,
     )
 
 

@@ -19,7 +19,7 @@ from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced, short_convs
 from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import gated_delta_rule
-from statex_dist.parallel import state
+from statex_dist.parallel import context, state
 from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.megatron_layers import to_column_input
@@ -110,8 +110,13 @@ class GatedDeltaNet(nn.Module):
         B, T, _ = xs.shape
         h, hv, dk, dv = self.heads, self.v_heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        tails = None
+        tails, cp = None, context.size() > 1
+        if cp:
+            context.check_no_state(initial_state, output_final_state)
         if self.config.use_short_conv:
+            if cp:
+                initial_state = MixerState(None, context.previous_tails(dict(zip("qkv", (q, k, v))),
+                                                                        self.config.conv_size))
             (q, k, v), tails = short_convs(self, "qkv", (q, k, v), initial_state, output_final_state)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
@@ -121,9 +126,20 @@ class GatedDeltaNet(nn.Module):
         a, b = self._out(self.a_proj(xs)), self._out(self.b_proj(xs))
         g = -torch.exp(maybe_reduced(self.A_log).float()) * F.softplus(a.float() + maybe_reduced(self.dt_bias).float())
         beta = torch.sigmoid(b.float())
-        o, final_state = gated_delta_rule(q, k, v.reshape(B, T, hv, dv), g, beta, scale=dk ** -0.5,
-                                          initial_state=None if initial_state is None else initial_state.recurrent,
-                                          output_final_state=output_final_state)
+        v = v.reshape(B, T, hv, dv)
+        if cp:   # the state entering this rank's segment from the CP ranks before (parallel/context.py)
+            def transition():   # prod_t a_t (I - b_t k_t k_t^T): the scan of zero values from the identity
+                eye = torch.eye(dk, device=q.device).expand(B, hv, dk, dk)
+                return gated_delta_rule(q, k, v.new_zeros(B, T, hv, dk), g, beta, scale=dk ** -0.5,
+                                        initial_state=eye, output_final_state=True)[1]
+            o, final_state = context.segment_scan(
+                lambda h0, final: gated_delta_rule(q, k, v, g, beta, scale=dk ** -0.5, initial_state=h0,
+                                                   output_final_state=final),
+                transition, (B, hv, dk, v.shape[-1]), (B, hv, dk, dk), q.device, matrix=True), None
+        else:
+            o, final_state = gated_delta_rule(q, k, v, g, beta, scale=dk ** -0.5,
+                                              initial_state=None if initial_state is None else initial_state.recurrent,
+                                              output_final_state=output_final_state)
         o = self._norm(o, xs)
         out = self._out(self.o_proj(o.reshape(B, T, hv * dv)))
         return (out, MixerState(final_state, tails or {})) if output_final_state else out

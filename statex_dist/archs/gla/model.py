@@ -19,7 +19,7 @@ from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import FlaBlock, ShortConvolution, head_rms_norm, maybe_reduced, short_convs
 from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import gla_attention
-from statex_dist.parallel import state
+from statex_dist.parallel import context, state
 from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.megatron_layers import to_column_input
@@ -98,8 +98,13 @@ class GatedLinearAttention(nn.Module):
         B, T, _ = xs.shape
         h, dk, dv = self.heads, self.head_k, self.head_v
         q, k, v = (self._out(p(xs)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        tails = None
+        tails, cp = None, context.size() > 1
+        if cp:
+            context.check_no_state(initial_state, output_final_state)
         if self.config.use_short_conv:
+            if cp:
+                initial_state = MixerState(None, context.previous_tails(dict(zip("qkv", (q, k, v))),
+                                                                        self.config.conv_size))
             (q, k, v), tails = short_convs(self, "qkv", (q, k, v), initial_state, output_final_state)
         low = self.gk_proj[0](x)
         if self.sequence_parallel:
@@ -110,9 +115,15 @@ class GatedLinearAttention(nn.Module):
         gk = F.logsigmoid(gk) / self.config.gate_logit_normalizer
         if self.config.clamp_min is not None:
             gk = gk.clamp_min(self.config.clamp_min)
-        o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5,
-                                       initial_state=None if initial_state is None else initial_state.recurrent,
-                                       output_final_state=output_final_state)
+        if cp:   # the state entering this rank's segment from the CP ranks before (parallel/context.py)
+            o, final_state = context.segment_scan(
+                lambda h0, final: gla_attention(q, k, v, gk, scale=dk ** -0.5, initial_state=h0,
+                                                output_final_state=final),
+                lambda: gk.float().sum(1)[..., None], (B, h, dk, v.shape[-1]), (B, h, dk, 1), q.device), None
+        else:
+            o, final_state = gla_attention(q, k, v, gk, scale=dk ** -0.5,
+                                           initial_state=None if initial_state is None else initial_state.recurrent,
+                                           output_final_state=output_final_state)
         o = self._norm(o)
         o = o.reshape(B, T, h * dv)
         if self.config.use_output_gate:

@@ -17,8 +17,8 @@ from statex_dist.archs.mamba2.layout import block_specs, mixer_specs
 from statex_dist.models.causal_lm import CausalLM
 from statex_dist.models.common import RMSNorm
 from statex_dist.models.recurrent_state import MixerState
-from statex_dist.ops import causal_conv1d, ssd_scan
-from statex_dist.parallel import state
+from statex_dist.ops import causal_conv1d, ssd_log_decay, ssd_scan
+from statex_dist.parallel import context, state
 from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, gather_last_dim
@@ -110,18 +110,29 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(x).split([E, E + 2 * GN, h], dim=-1)
         ssm0, conv0 = (None, None) if initial_state is None else (initial_state.recurrent,
                                                                   initial_state.conv.get("xBC"))
+        cp = context.size() > 1
+        if cp:
+            context.check_no_state(initial_state, output_final_state)
+            conv0 = context.previous_tails({"xBC": xBC}, self.config.d_conv)["xBC"]
         xBC = causal_conv1d(xBC, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu",
                             initial_state=conv0, return_final_state=output_final_state)
         xBC, conv_tail = xBC if output_final_state else (xBC, None)
         xs, Bm, Cm = xBC.split([E, GN, GN], dim=-1)
         if self.bc_gathered:
             Bm, Cm = (gather_last_dim(t).reshape(B, T, -1, N)[:, :, self.group] for t in (Bm, Cm))
-        out = ssd_scan(
-            xs.reshape(B, T, h, -1), dt, -torch.exp(self.A_log.float()),
-            Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.config.chunk_size,
-            D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.config.dt_limit,
-            initial_states=ssm0, return_final_states=output_final_state)
-        y, final_state = out if output_final_state else (out, None)
+        A, xs = -torch.exp(self.A_log.float()), xs.reshape(B, T, h, -1)
+
+        def scan(h0, final):   # -> (y, the final state or None)
+            out = ssd_scan(xs, dt, A, Bm.reshape(B, T, g, N), Cm.reshape(B, T, g, N), self.config.chunk_size,
+                           D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
+                           dt_limit=self.config.dt_limit, initial_states=h0, return_final_states=final)
+            return out if final else (out, None)
+        if cp:   # the state entering this rank's segment from the CP ranks before (parallel/context.py)
+            log_decay = lambda: ssd_log_decay(dt, A, self.dt_bias, True, self.config.dt_limit)[..., None, None]
+            y, final_state = context.segment_scan(scan, log_decay, (B, h, xs.shape[-1], N), (B, h, 1, 1),
+                                                  xs.device), None
+        else:
+            y, final_state = scan(ssm0, output_final_state)
         y = self._gated_norm(y.reshape(B, T, E), z)
         y = self.out_proj(y.to(x.dtype))[0]
         return (y, MixerState(final_state, {"xBC": conv_tail})) if output_final_state else y
