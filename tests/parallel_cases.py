@@ -77,6 +77,16 @@ def prepared(names, logits: bool = False, T: int = 19) -> tuple[dict, dict]:
     return refs, args
 
 
+def cases_worker(rank, world, tp, cp, cases: dict):
+    """tp_dp_step for each case (name -> its arguments) on the same TP x CP x DP groups (one spawn for all)."""
+    from statex_dist.parallel import state
+    state.initialize(tp, 1, cp)
+    try:
+        return {name: tp_dp_step(tp, *args) for name, args in cases.items()}
+    finally:
+        state.destroy()
+
+
 def tp_dp_worker(rank, world, tp, cfg_dict, weights, ids, labels, sequence_parallel=False):
     """One rank of a TP x DP run without a pipeline: this rank's own copies (tp_dp_step), on every rank."""
     from statex_dist.parallel import state

@@ -14,7 +14,7 @@ reference.
 import pytest
 
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, compare_ranks, prepared, tp_dp_step
+from tests.parallel_cases import CASES, cases_worker, compare_ranks, prepared
 
 TOL = 1e-5
 T = 24   # divides by CP = 2 and 4; a segment of 6 is longer than the convolutions' W - 1 = 3
@@ -26,15 +26,6 @@ RUNS = {  # (default or slow, TP, CP, world) -> its cases, run together in one s
 }
 
 
-def cp_cases_worker(rank, world, tp, cp, cases: dict):
-    from statex_dist.parallel import state
-    state.initialize(tp, 1, cp)
-    try:
-        return {name: tp_dp_step(tp, *args) for name, args in cases.items()}
-    finally:
-        state.destroy()
-
-
 @pytest.fixture(scope="module")
 def layout_runs(tmp_path_factory):
     made = {}
@@ -43,7 +34,7 @@ def layout_runs(tmp_path_factory):
         if key not in made:
             _, tp, cp, world = key
             refs, args = prepared(RUNS[key], logits=True, T=T)
-            got = run_workers(cp_cases_worker, world, tp, cp, args,
+            got = run_workers(cases_worker, world, tp, cp, args,
                               tmp_path=tmp_path_factory.mktemp(f"tp{tp}-cp{cp}"), timeout=600)
             made[key] = refs, got
         return made[key]

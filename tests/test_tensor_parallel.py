@@ -13,12 +13,12 @@ instead, a TP=4 rank's few heads of dt_bias gave 9.3e-6, too near the bound for 
 A wrong shard or a missing DP average is off by order 1 (an unaveraged DP=2 gradient is twice the
 reference).
 
-Each (TP, world) layout runs all its cases in one set of processes (``tp_dp_cases_worker``); the default and
+Each (TP, world) layout runs all its cases in one set of processes (``parallel_cases.cases_worker``); the default and
 the slow cases separately, so the default set starts no process for a slow one."""
 import pytest
 
 from tests.dist_utils import run_workers
-from tests.parallel_cases import CASES, compare_ranks, prepared, tp_dp_step
+from tests.parallel_cases import CASES, cases_worker, compare_ranks, prepared
 
 TOL = 1e-5
 
@@ -31,16 +31,6 @@ RUNS = {  # (default or slow, TP, world) -> its cases, run together
 }
 
 
-def tp_dp_cases_worker(rank, world, tp, cases: dict):
-    """tp_dp_step for each case (name -> its arguments) on the same TP x DP groups."""
-    from statex_dist.parallel import state
-    state.initialize(tp, 1)
-    try:
-        return {name: tp_dp_step(tp, *args) for name, args in cases.items()}
-    finally:
-        state.destroy()
-
-
 @pytest.fixture(scope="module")
 def layout_runs(tmp_path_factory):
     """(kind, tp, world) -> (references, every rank's results), made on first use."""
@@ -49,7 +39,7 @@ def layout_runs(tmp_path_factory):
     def get(kind, tp, world):
         if (kind, tp, world) not in made:
             refs, args = prepared(RUNS[kind, tp, world], logits=True)
-            got = run_workers(tp_dp_cases_worker, world, tp, args,
+            got = run_workers(cases_worker, world, tp, 1, args,
                               tmp_path=tmp_path_factory.mktemp(f"tp{tp}-w{world}"), timeout=600)
             made[kind, tp, world] = refs, got
         return made[kind, tp, world]
