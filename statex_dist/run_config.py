@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,6 @@ import yaml
 from pydantic import Field
 
 from statex_dist.eval.config import TASKS, EvalConfig
-from statex_dist.training.preemption import signal_number
 
 # Types with their ranges: each field's annotation is what a value is converted to and checked against.
 Positive = Annotated[int, Field(gt=0)]
@@ -57,6 +57,11 @@ class ParallelSection:
     zero_stage: Literal[0, 1, 2, 3] = 1  # DeepSpeed ZeRO stage
     activation_checkpointing: bool = False
     sequence_parallel: bool = False  # split norms / residuals over TP along time (no-op at tp=1; not with pp>1)
+    cp: Positive = 1  # context parallelism: each sequence in cp contiguous segments, one a rank (parallel/context.py)
+
+    def dp(self, world: int) -> int:
+        """Data-parallel ranks of a job of ``world`` processes (TP x CP x DP x PP)."""
+        return world // (self.tp * self.pp * self.cp)
 
 
 @dataclass
@@ -259,6 +264,15 @@ def _from(origins: Optional[dict[str, str]], key: str) -> str:
     return f" (from {origins[key]})" if key in origins else " (the default)"
 
 
+def signal_number(name: str) -> int:
+    """A ``checkpoint.save_on_signal`` name: ``"SIGTERM"`` -> 15; ValueError naming the signals that exist."""
+    try:
+        return int(signal.Signals[name.upper()])
+    except KeyError:
+        raise ValueError(f"checkpoint.save_on_signal: unknown signal {name!r}; expected names such as SIGTERM, "
+                         f"SIGUSR1, SIGUSR2 or SIGINT") from None
+
+
 def validate(run_cfg: RunConfig, origins: Optional[dict[str, str]] = None, world: Optional[int] = None) -> None:
     """Impossible combinations, before any process group exists; each error names the key, its value, the
     range that would work and where the value came from."""
@@ -283,19 +297,32 @@ def validate(run_cfg: RunConfig, origins: Optional[dict[str, str]] = None, world
                           f"exceeds schedule.total_steps={run_cfg.schedule.total_steps}; expected 0 .. "
                           f"{run_cfg.schedule.total_steps}")
     # DP is only known from the launcher's process count; without one, a world of one
-    dp = world // (p.tp * p.pp) if world and world % (p.tp * p.pp) == 0 else 1
+    model_ranks = p.tp * p.pp * p.cp
+    if world and world % model_ranks:
+        raise ConfigError(f"{world} processes do not split into parallel.tp x parallel.pp x parallel.cp = "
+                          f"{p.tp} x {p.pp} x {p.cp}; expected a multiple of {model_ranks} processes (NPROC)")
+    dp = p.dp(world) if world else 1
     per_step = d.micro_batch * dp
     if d.global_batch % per_step:
         over = f"data.micro_batch x DP = {d.micro_batch} x {dp}" if dp > 1 else f"data.micro_batch={d.micro_batch}"
         raise ConfigError(f"data.global_batch={d.global_batch}{_from(o, 'data.global_batch')} is not a multiple of "
                           f"{over}{_from(o, 'data.micro_batch')}; expected a multiple of {per_step}"
-                          + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp}))" if dp > 1 else ""))
+                          + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp} x CP {p.cp}))" if dp > 1 else ""))
     # Mamba2's chunk size puts no constraint on seq_len: both SSD scans (mamba_ssm's kernel and
     # statex_dist.ops.ssd) pad the last chunk. Sequence parallelism splits every sequence over TP.
-    if p.sequence_parallel and p.tp > 1 and d.seq_len and d.seq_len % p.tp:
-        raise ConfigError(f"data.seq_len={d.seq_len}{_from(o, 'data.seq_len')} does not split over "
-                          f"parallel.tp={p.tp} with parallel.sequence_parallel=true; expected a multiple of "
-                          f"{p.tp} (or set parallel.sequence_parallel=false)")
+    if d.seq_len:
+        check_segments(d.seq_len, p, f"data.seq_len={d.seq_len}{_from(o, 'data.seq_len')}")
+
+
+def check_segments(seq_len: int, p: ParallelSection, what: str) -> None:
+    """A sequence splits into parallel.cp segments, and each segment over TP with sequence parallelism."""
+    if seq_len % p.cp:
+        raise ConfigError(f"{what} does not split into parallel.cp={p.cp} equal segments; expected a multiple "
+                          f"of {p.cp}")
+    if p.sequence_parallel and p.tp > 1 and (seq_len // p.cp) % p.tp:
+        per = f" segments of {seq_len // p.cp} (parallel.cp={p.cp})" if p.cp > 1 else ""
+        raise ConfigError(f"{what}{per} does not split over parallel.tp={p.tp} with parallel.sequence_parallel="
+                          f"true; expected a multiple of {p.tp * p.cp} (or set parallel.sequence_parallel=false)")
 
 
 def dump(run_cfg: RunConfig) -> str:

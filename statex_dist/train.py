@@ -24,12 +24,13 @@ from statex_dist.eval import EvalConfig, evaluate, log_to_tensorboard
 from statex_dist.eval.report import summary_line
 from statex_dist.models import build_model
 from statex_dist.models.names import by_internal_name, named_internal_parameters
+from statex_dist.parallel import context
 from statex_dist.parallel.device import select
-from statex_dist.run_config import RunConfig, dump, key_table, load_run_config, validate
+from statex_dist.run_config import RunConfig, dump, key_table, load_run_config, signal_number, validate
 from statex_dist.training import checkpoints, ds_setup, memory_report, optim, optimizer_state
 from statex_dist.training.checkpoints import CheckpointWriteError
 from statex_dist.training.flops import train_flops_per_token
-from statex_dist.training.preemption import SignalStop, signal_number
+from statex_dist.training.preemption import SignalStop
 
 
 class Run:
@@ -76,11 +77,14 @@ class Run:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         if "RANK" not in os.environ:
             os.environ.setdefault("LOCAL_RANK", "0")  # debug mode: DeepSpeed asks for it even in a world of one
-        state.initialize(self.run_cfg.parallel.tp, self.run_cfg.parallel.pp)
+        p = self.run_cfg.parallel
+        state.initialize(p.tp, p.pp, p.cp)
         ensure_deepspeed_comm()
         torch.manual_seed(self.run_cfg.seed)
         self.rank = dist.get_rank()
         self.tp_rank, self.dp, self.dp_rank = state.tp_rank(), ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        # the ranks that hold the same weights and optimizer partition layout: DP x CP (one of them writes)
+        self.dp_cp_rank = ps.get_data_parallel_rank(with_context_parallel=True)
         self.stage = ps.get_pipeline_model_parallel_rank()
         self.log(self.checked.first_line(self.run_cfg, dist.get_world_size(), dist.get_backend()))
         self.log(self.checked.tokens_line(self.run_cfg, dist.get_world_size()))
@@ -124,7 +128,7 @@ class Run:
         opt = optim.adamw(model, run_cfg.optimizer)
         sched = optim.scheduler(opt, run_cfg.schedule, run_cfg.optimizer.lr)
         # the batch rule, for the DP this engine really has
-        validate(run_cfg, world=self.dp * run_cfg.parallel.tp * run_cfg.parallel.pp)
+        validate(run_cfg, world=dist.get_world_size())
         self.ds_config = ds_setup.deepspeed_config(run_cfg, self.dp, self.dtype)
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
@@ -182,12 +186,14 @@ class Run:
 
     # --- steps ------------------------------------------------------------------------------------
     def _micro(self):
+        """This rank's part of the next micro-batch: its DP rows (the loader's), its CP segment of them."""
         b = next(self.batches)
         dev = self.device.type  # "cuda": the current device
-        return b["input_ids"].to(dev), b["labels"].to(dev)
+        return context.segment(b["input_ids"]).to(dev), context.segment(b["labels"]).to(dev)
 
     def train_step(self) -> float:
-        """One optimizer step (``gas`` micro-batches); returns the mean loss over DP ranks."""
+        """One optimizer step (``gas`` micro-batches); returns the mean loss over DP (and CP) ranks: over all
+        tokens of the step."""
         if self.pipeline:
             return float(self.engine.train_batch(data_iter=_PipeIter(self)))
         total = 0.0
@@ -200,10 +206,10 @@ class Run:
         from megatron.core import parallel_state as ps
 
         from statex_dist.parallel.state import collective_device
-        group = ps.get_data_parallel_group()
+        group = ps.get_data_parallel_group(with_context_parallel=True)
         total = torch.as_tensor(total / self.gas).to(collective_device(group))
         dist.all_reduce(total, group=group)
-        return float(total) / self.dp
+        return float(total) / dist.get_world_size(group)
 
     def train(self) -> dict:
         run_cfg = self.run_cfg
@@ -256,8 +262,9 @@ class Run:
         from megatron.core import parallel_state as ps
 
         model = self.engine if self.run_cfg.parallel.zero_stage == 3 else self.module  # ZeRO-3 holds the params
-        results = evaluate(model, EvalConfig.from_run(self.run_cfg, tasks),
-                           dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
+        with context.off():   # each rank of a CP group evaluates whole sequences (the same batches)
+            results = evaluate(model, EvalConfig.from_run(self.run_cfg, tasks),
+                               dp=(self.dp_rank, self.dp, ps.get_data_parallel_group()))
         self.last_eval = results
         if self.writer is not None:
             log_to_tensorboard(self.writer, results, self.step)
@@ -292,7 +299,7 @@ class Run:
         with self.memory.phase(f"save{self.step}", kind="save"):
             return checkpoints.save(self.engine, self.module, self.run_cfg, self.model_config, self.step,
                                     data_state, self.ckpt_dir, self.run_cfg.checkpoint.keep, self.tp_rank,
-                                    self.run_cfg.parallel.tp, self.run_cfg.parallel.pp, self.stage, self.dp_rank,
+                                    self.run_cfg.parallel.tp, self.run_cfg.parallel.pp, self.stage, self.dp_cp_rank,
                                     hf=self.source.hf)
 
 

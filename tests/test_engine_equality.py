@@ -266,8 +266,14 @@ LAYOUTS = {  # id: (processes, overrides)
     "tp2pp2": (4, {"parallel.tp": 2, "parallel.pp": 2}),
     "pp2dp2": (4, {"parallel.pp": 2}),
     "pp2-recomputed": (2, {"parallel.pp": 2, "parallel.activation_checkpointing": True}),   # the pipeline's own
+    # context parallelism: each sequence of 32 in segments of 16 (statex_dist/parallel/context.py)
+    "cp2": (2, {"parallel.cp": 2}),
+    "tp2cp2-zero2": (4, {"parallel.tp": 2, "parallel.cp": 2, "parallel.zero_stage": 2}),
+    "pp2cp2": (4, {"parallel.pp": 2, "parallel.cp": 2}),
+    "cp2-zero3-recomputed": (2, {"parallel.cp": 2, "parallel.zero_stage": 3, "checkpoint.every": 5,
+                                 "parallel.activation_checkpointing": True}),
 }
-CHEAP = {"dp2", "tp2", "pp2"}
+CHEAP = {"dp2", "tp2", "pp2", "cp2"}
 
 
 @pytest.mark.parametrize("layout", [pytest.param(k, marks=() if k in CHEAP else pytest.mark.slow) for k in LAYOUTS])

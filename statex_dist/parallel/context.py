@@ -23,26 +23,46 @@ all tokens as without CP.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as ps
+
+
+_off = False
+
+
+def _ps():
+    # megatron-core loads with the process groups, not with the command lines that import this module
+    from megatron.core import parallel_state
+    return parallel_state
 
 
 def size() -> int:
-    """Ranks in this process's CP group (1 without CP or without process groups)."""
-    if not ps.model_parallel_is_initialized():
+    """Ranks in this process's CP group (1 without CP, without process groups, or inside :func:`off`)."""
+    if _off or not _ps().model_parallel_is_initialized():
         return 1
-    return ps.get_context_parallel_world_size()
+    return _ps().get_context_parallel_world_size()
+
+
+@contextlib.contextmanager
+def off():
+    """Each rank runs whole sequences (evaluation during a CP run: the mixers take no segment)."""
+    global _off
+    was, _off = _off, True
+    try:
+        yield
+    finally:
+        _off = was
 
 
 def rank() -> int:
-    return ps.get_context_parallel_rank() if size() > 1 else 0
+    return _ps().get_context_parallel_rank() if size() > 1 else 0
 
 
 def group():
-    return ps.get_context_parallel_group()
+    return _ps().get_context_parallel_group()
 
 
 def check_no_state(initial_state, output_final_state: bool) -> None:

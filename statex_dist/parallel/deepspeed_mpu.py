@@ -56,18 +56,20 @@ class MegatronMPU:
     def get_model_parallel_group(self):
         return ps.get_model_parallel_group()
 
-    # data parallel: what ZeRO partitions over and averages gradients over
+    # data parallel: what ZeRO partitions over and averages gradients over. With context parallelism that is
+    # DP x CP (each CP rank's gradient covers its segment's tokens: the mean over both is the mean over all
+    # tokens), and DeepSpeed counts a segment as a sample (training/ds_setup.py)
     def get_data_parallel_rank(self) -> int:
-        return ps.get_data_parallel_rank()
+        return ps.get_data_parallel_rank(with_context_parallel=True)
 
     def get_data_parallel_world_size(self) -> int:
-        return ps.get_data_parallel_world_size()
+        return ps.get_data_parallel_world_size(with_context_parallel=True)
 
     def get_data_parallel_group(self):
-        return ps.get_data_parallel_group()
+        return ps.get_data_parallel_group(with_context_parallel=True)
 
     def get_data_parallel_group_ranks(self) -> list[int]:
-        return dist.get_process_group_ranks(ps.get_data_parallel_group())
+        return dist.get_process_group_ranks(self.get_data_parallel_group())
 
     # pipeline parallel
     def get_pipeline_model_parallel_rank(self) -> int:

@@ -48,13 +48,14 @@ _STEP = re.compile(r"step(\d{8})$")
 def layout(run_cfg, world: int) -> dict:
     """What DeepSpeed's own files depend on: a resume at another of these converts (optimizer_state.py)."""
     p = run_cfg.parallel
-    return {"tp": p.tp, "pp": p.pp, "dp": world // (p.tp * p.pp), "zero_stage": p.zero_stage,
-            "dtype": run_cfg.model.dtype}
+    return {"tp": p.tp, "pp": p.pp, **({"cp": p.cp} if p.cp > 1 else {}), "dp": p.dp(world),
+            "zero_stage": p.zero_stage, "dtype": run_cfg.model.dtype}
 
 
 def describe(lay: dict) -> str:
     dp = f" DP={lay['dp']}" if lay.get("dp") else ""   # none for a checkpoint resharded offline
-    return f"TP={lay['tp']} PP={lay['pp']}{dp} ZeRO-{lay['zero_stage']}"
+    cp = f" CP={lay['cp']}" if lay.get("cp", 1) > 1 else ""
+    return f"TP={lay['tp']} PP={lay['pp']}{cp}{dp} ZeRO-{lay['zero_stage']}"
 
 
 def tag(step: int) -> str:

@@ -27,7 +27,9 @@ def deepspeed_config(run_cfg, dp: int, dtype: torch.dtype) -> dict:
     extra = {"data_types": {"grad_accum_dtype": "fp32"}} if bf16 and p.zero_stage >= 1 else {}
     return {
         **extra,
-        "train_batch_size": d.global_batch,
+        # DeepSpeed's data-parallel group spans DP x CP (parallel/deepspeed_mpu.py): it counts a CP segment as
+        # a sample, so its batch is the global batch times CP
+        "train_batch_size": d.global_batch * p.cp,
         "train_micro_batch_size_per_gpu": d.micro_batch,
         "gradient_accumulation_steps": d.global_batch // per_step,
         "gradient_clipping": run_cfg.optimizer.grad_clip,

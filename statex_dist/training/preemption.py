@@ -16,14 +16,10 @@ from __future__ import annotations
 import signal
 from typing import Optional, Sequence
 
+import torch
+import torch.distributed as dist
 
-def signal_number(name: str) -> int:
-    """``"SIGTERM"`` -> 15; ValueError naming the signals that exist."""
-    try:
-        return int(signal.Signals[name.upper()])
-    except KeyError:
-        raise ValueError(f"checkpoint.save_on_signal: unknown signal {name!r}; expected names such as SIGTERM, "
-                         f"SIGUSR1, SIGUSR2 or SIGINT") from None
+from statex_dist.run_config import signal_number
 
 
 class SignalStop:
@@ -40,10 +36,7 @@ class SignalStop:
 
     def agreed(self) -> Optional[str]:
         """The signal any rank received (the highest number if several), on every rank; None if none."""
-        # here, not at the top: the run config imports this module for signal_number and loads without torch
-        import torch
-        import torch.distributed as dist
-
+        # megatron-core (parallel.state) loads with the process groups, not with the command line
         from statex_dist.parallel.state import collective_device
         flag = torch.tensor([self.received or 0], dtype=torch.int64, device=collective_device())
         if dist.is_initialized() and dist.get_world_size() > 1:

@@ -20,7 +20,7 @@ from statex_dist.eval.config import EvalConfig
 from statex_dist.models.validate import check_parallel_sizes
 from statex_dist.ops import kernel_summary, resolve_kernels
 from statex_dist.parallel import device as devices
-from statex_dist.parallel.sequence import check_seq_len
+from statex_dist.run_config import check_segments
 from statex_dist.training import checkpoints
 from statex_dist.training.ds_setup import dtype_of
 from statex_dist.training.initial_weights import WeightSource, weight_source
@@ -44,9 +44,9 @@ class Preflight:
     def first_line(self, run_cfg, world: int, backend: str) -> str:
         """Device, backend, dtype, layout and kernels: the first line a run prints."""
         p = run_cfg.parallel
-        dp = world // (p.tp * p.pp)
         dtype = {torch.float32: "fp32", torch.bfloat16: "bf16"}[self.dtype]
-        return (f"device {self.device.name} | backend {backend} | dtype {dtype} | TP={p.tp} PP={p.pp} DP={dp} "
+        cp = f" CP={p.cp}" if p.cp > 1 else ""
+        return (f"device {self.device.name} | backend {backend} | dtype {dtype} | TP={p.tp} PP={p.pp}{cp} DP={p.dp(world)} "
                 f"ZeRO-{p.zero_stage} on {world} process{'es' if world > 1 else ''} | "
                 f"{kernel_summary(self.device.type, kernel_ops(self.model_config))}")
 
@@ -58,10 +58,11 @@ class Preflight:
     def tokens_line(self, run_cfg, world: int) -> str:
         """The tokens a step takes, and how: the second line a run prints."""
         d, p = run_cfg.data, run_cfg.parallel
-        gas = d.global_batch // (d.micro_batch * (world // (p.tp * p.pp)))
-        return (f"{self.tokens_per_step(run_cfg):,} tokens a step: {d.global_batch} sequences of "
-                f"{self.train_shards.seq_len} tokens, {gas} micro-batch{'es' if gas > 1 else ''} of "
-                f"{d.micro_batch} per DP rank")
+        gas = d.global_batch // (d.micro_batch * p.dp(world))
+        T = self.train_shards.seq_len
+        cp = f", each in {p.cp} segments of {T // p.cp} (one a CP rank)" if p.cp > 1 else ""
+        return (f"{self.tokens_per_step(run_cfg):,} tokens a step: {d.global_batch} sequences of {T} tokens{cp}, "
+                f"{gas} micro-batch{'es' if gas > 1 else ''} of {d.micro_batch} per DP rank")
 
 
 def kernel_ops(model_config) -> tuple[str, ...]:
@@ -83,8 +84,8 @@ def preflight(run_cfg, world: int) -> Preflight:
                          f"hold sequences of {train_shards.seq_len} tokens (their manifest.json); set "
                          f"data.seq_len={train_shards.seq_len}, or leave it out (the shards decide), or point "
                          f"data.train at shards made with --seq-len {run_cfg.data.seq_len}")
-    if p.sequence_parallel and p.tp > 1:
-        check_seq_len(train_shards.seq_len, p.tp)
+    check_segments(train_shards.seq_len, p, f"the training shards' sequence length {train_shards.seq_len} "
+                                            f"({run_cfg.data.train})")
     if run_cfg.data.valid:
         check_shards(run_cfg.data.valid)
     EvalConfig.from_run(run_cfg)  # reads the source's MQAR offset: a damaged record stops here, not at step N
