@@ -1,4 +1,4 @@
-"""A run resumed at another TP x PP x DP x ZeRO layout loses nothing: through statex_dist.train.Run and the
+"""A run resumed at another TP x PP x CP x DP x ZeRO layout loses nothing: through statex_dist.train.Run and the
 real engine, fp32, GLA with a merged 1-head layer and Mamba2 with an expanded d_state (ngroups 1, tied
 embeddings on both pipeline ends at PP=2).
 
@@ -26,8 +26,11 @@ CASES = {  # id: (saved at: processes, overrides), (resumed at: processes, overr
     "tp2pp2-to-dp2": ((4, {"parallel.tp": 2, "parallel.pp": 2}), (2, {})),
     "one-to-tp2pp2": ((1, {}), (4, {"parallel.tp": 2, "parallel.pp": 2})),
     "dp2-zero2-to-one": ((2, {"parallel.zero_stage": 2}), (1, {})),
+    # context parallelism holds no state of its own: a resume at another CP is only a regrouping
+    "cp2-to-one": ((2, {"parallel.cp": 2}), (1, {})),
+    "one-to-tp2cp2": ((1, {}), (4, {"parallel.tp": 2, "parallel.cp": 2})),
 }
-CHEAP = {"dp2-zero2-to-one"}
+CHEAP = {"dp2-zero2-to-one", "cp2-to-one"}
 
 
 @pytest.fixture(scope="module")
@@ -145,20 +148,26 @@ def test_weights_only_resume_is_outside_the_bound(tmp_path, shards):
     assert err > 20 * TOL, err
 
 
-@pytest.mark.parametrize("arch", ["gla", "mamba2"])
-def test_launch_resume_at_another_layout_says_so(tmp_path, arch):
-    """Through launch/train.sh as a user types it: 2 steps at TP=2 on two processes, then the step-2
-    checkpoint resumed by path in one process (DEBUG=1): one line says what was converted, and from what."""
+@pytest.mark.parametrize("arch,saved_at,was", [
+    ("gla", {"parallel.tp": 2}, "TP=2 PP=1 DP=1"),
+    ("mamba2", {"parallel.cp": 2}, "TP=1 PP=1 CP=2 DP=1")])
+def test_launch_resume_at_another_layout_says_so(tmp_path, arch, saved_at, was):
+    """Through launch/train.sh as a user types it: 2 steps at TP=2 (GLA) or CP=2 (Mamba2: each sequence of 64
+    in two segments of 32) on two processes, then the step-2 checkpoint resumed by path in one process
+    (DEBUG=1): one line says what was converted, and from what."""
     from tests.test_faults import finish, overrides, start
     from tests.train_helpers import make_shards
     data = make_shards(tmp_path / "data", seq_len=64, samples_per_shard=16)
-    finish(start(arch, overrides(data, tmp_path / "a", 2, 2, **{"parallel.tp": 2}), tmp_path / "a.log", nproc=2),
-           tmp_path / "a.log")
+    text = finish(start(arch, overrides(data, tmp_path / "a", 2, 2, **saved_at), tmp_path / "a.log", nproc=2),
+                  tmp_path / "a.log")
+    if "parallel.cp" in saved_at:
+        assert f"| TP=1 PP=1 CP=2 DP=1 ZeRO-1 on 2 processes |" in text, text[:2000]
+        assert "sequences of 64 tokens, each in 2 segments of 32 (one a CP rank)" in text, text[:2000]
     ckpt = tmp_path / "a" / "checkpoints" / "step00000002"
     text = finish(start(arch, overrides(data, tmp_path / "b", 3, 0, **{"checkpoint.resume": ckpt}),
                         tmp_path / "b.log"), tmp_path / "b.log")
     lines = [ln for ln in text.splitlines() if "resumed from" in ln]
-    assert lines == [f"[statex-dist] resumed from {ckpt} at step 2: converted from TP=2 PP=1 DP=1 ZeRO-1 to "
+    assert lines == [f"[statex-dist] resumed from {ckpt} at step 2: converted from {was} ZeRO-1 to "
                      f"TP=1 PP=1 DP=1 ZeRO-1: weights, fp32 master weights and AdamW moments (step 2), schedule "
                      f"and data position"], text[-3000:]
     assert "step 3/3" in text
