@@ -299,15 +299,16 @@ def validate(run_cfg: RunConfig, origins: Optional[dict[str, str]] = None, world
     # DP is only known from the launcher's process count; without one, a world of one
     model_ranks = p.tp * p.pp * p.cp
     if world and world % model_ranks:
-        raise ConfigError(f"{world} processes do not split into parallel.tp x parallel.pp x parallel.cp = "
-                          f"{p.tp} x {p.pp} x {p.cp}; expected a multiple of {model_ranks} processes (NPROC)")
+        raise ConfigError(f"{world} processes do not split into TP={p.tp} x PP={p.pp} x CP={p.cp} (parallel.tp, "
+                          f"parallel.pp, parallel.cp); expected a multiple of {model_ranks} processes (NPROC)")
     dp = p.dp(world) if world else 1
     per_step = d.micro_batch * dp
+    cp = f" x CP {p.cp}" if p.cp > 1 else ""
     if d.global_batch % per_step:
         over = f"data.micro_batch x DP = {d.micro_batch} x {dp}" if dp > 1 else f"data.micro_batch={d.micro_batch}"
         raise ConfigError(f"data.global_batch={d.global_batch}{_from(o, 'data.global_batch')} is not a multiple of "
                           f"{over}{_from(o, 'data.micro_batch')}; expected a multiple of {per_step}"
-                          + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp} x CP {p.cp}))" if dp > 1 else ""))
+                          + (f" (DP = WORLD_SIZE {world} / (TP {p.tp} x PP {p.pp}{cp}))" if dp > 1 else ""))
     # Mamba2's chunk size puts no constraint on seq_len: both SSD scans (mamba_ssm's kernel and
     # statex_dist.ops.ssd) pad the last chunk. Sequence parallelism splits every sequence over TP.
     if d.seq_len:

@@ -295,6 +295,12 @@ ROWS = [
                                                               "data.seq_len=63"),
         "data.seq_len=63 (from override data.seq_len=63) does not split over parallel.tp=2 with "
         "parallel.sequence_parallel=true; expected a multiple of 2"),
+    Row("train", "seq-len-context-parallel", lambda c: ["WORLD_SIZE=2", *_train(c, "parallel.cp=2", "data.seq_len=63")],
+        "data.seq_len=63 (from override data.seq_len=63) does not split into parallel.cp=2 equal segments; "
+        "expected a multiple of 2"),
+    Row("train", "cp-not-dividing-world", lambda c: ["WORLD_SIZE=2", *_train(c, "parallel.cp=4")],
+        "2 processes do not split into TP=1 x PP=1 x CP=4 (parallel.tp, parallel.pp, parallel.cp); expected a "
+        "multiple of 4 processes (NPROC)"),
     Row("train", "unknown-key", lambda c: _train(c, "optimizer.learning_rate=1e-3"),
         "unknown config key optimizer.learning_rate"),
     Row("train", "config-file-missing", lambda c: [str(c.tmp / "nope.yaml")], "nope.yaml: no such config file"),

@@ -268,7 +268,8 @@ LAYOUTS = {  # id: (processes, overrides)
     "pp2-recomputed": (2, {"parallel.pp": 2, "parallel.activation_checkpointing": True}),   # the pipeline's own
     # context parallelism: each sequence of 32 in segments of 16 (statex_dist/parallel/context.py)
     "cp2": (2, {"parallel.cp": 2}),
-    "tp2cp2-zero2": (4, {"parallel.tp": 2, "parallel.cp": 2, "parallel.zero_stage": 2}),
+    "tp2cp2-sp-zero2": (4, {"parallel.tp": 2, "parallel.cp": 2, "parallel.sequence_parallel": True,
+                            "parallel.zero_stage": 2}),
     "pp2cp2": (4, {"parallel.pp": 2, "parallel.cp": 2}),
     "cp2-zero3-recomputed": (2, {"parallel.cp": 2, "parallel.zero_stage": 3, "checkpoint.every": 5,
                                  "parallel.activation_checkpointing": True}),
