@@ -101,15 +101,18 @@ def _max_diff(a, b):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [GLA_MIXED, MAMBA2, GDN], ids=["gla", "mamba2", "gdn"])
 def test_bf16_layouts_match_one_process(tmp_path, shards, model):
-    """Losses at TP=2 and PP=2 against one bf16 process, and the forward precision of every parameter at
+    """Losses at TP=2, PP=2 and CP=2 (the state entering the second segment passed in fp32) against one bf16
+    process, and the forward precision of every parameter at
     TP=1 and on both ranks of TP=2 (GLA's value-sharded norm, Mamba2's gathered B/C and cross-rank norm)."""
     one = _losses(tmp_path, shards, model, "one", 1, "bf16", record=True)
     fp32 = _losses(tmp_path, shards, model, "fp32", 1, "fp32")
     tp2 = _losses(tmp_path, shards, model, "tp2", 2, "bf16", record=True, **{"parallel.tp": 2})
     pp2 = _losses(tmp_path, shards, model, "pp2", 2, "bf16", **{"parallel.pp": 2})
-    diffs = {"tp2": _max_diff(tp2, one), "pp2": _max_diff(pp2, one), "fp32": _max_diff(fp32, one)}
+    cp2 = _losses(tmp_path, shards, model, "cp2", 2, "bf16", **{"parallel.cp": 2})
+    diffs = {"tp2": _max_diff(tp2, one), "pp2": _max_diff(pp2, one), "cp2": _max_diff(cp2, one),
+             "fp32": _max_diff(fp32, one)}
     print(f"bf16 losses {[round(x, 4) for x in one]}; max |diff|: {diffs}")
-    assert diffs["tp2"] <= LAYOUT_TOL and diffs["pp2"] <= LAYOUT_TOL, diffs
+    assert max(diffs["tp2"], diffs["pp2"], diffs["cp2"]) <= LAYOUT_TOL, diffs
     assert diffs["fp32"] <= FP32_TOL, diffs
     assert one[-1] < one[0] - 0.1, one  # and it trains
 
