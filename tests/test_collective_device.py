@@ -30,6 +30,8 @@ MODEL_TENSOR_SITES = {
     ("parallel/weights.py", "gather_full"): "parameters or their gradients",
     ("parallel/sequence.py", "_all_gather_t"): "activations along time (sequence parallel)",
     ("parallel/sequence.py", "_reduce_scatter_t"): "activations along time (sequence parallel)",
+    ("parallel/context.py", "forward"): "a segment's final states, transitions and conv inputs (activations, CP)",
+    ("parallel/context.py", "backward"): "their gradients (CP)",
 }
 
 
