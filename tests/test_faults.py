@@ -19,6 +19,7 @@ from statex_dist.parallel.rendezvous import free_port
 from tests.train_helpers import ROOT, checkpoint_weights, make_shards
 
 ARCHS = ["gla", "mamba2", "gdn"]
+TP2, CP2 = {"parallel.tp": 2}, {"parallel.cp": 2}   # the two-process layouts the faults hit
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +71,12 @@ def _wait_for(cond, proc, what, timeout=420):
         time.sleep(0.005)
 
 
-def kill_at_random(arch, shards, run_dir: Path, log: Path, seed: int, moment: str) -> str:
+def kill_at_random(arch, shards, run_dir: Path, log: Path, seed: int, moment: str, layout: dict = TP2) -> str:
     """Start the TP=2 run and SIGKILL its process group (launcher, ranks, loader workers) at a moment drawn
     from ``seed``: ``save``: while the checkpoint of a random step is being written; ``step``: at a random
     time inside a random step. Returns what was hit."""
     rng = random.Random(seed)
-    proc = start(arch, overrides(shards, run_dir, STEPS, EVERY, **{"parallel.tp": 2}), log, nproc=2)
+    proc = start(arch, overrides(shards, run_dir, STEPS, EVERY, **layout), log, nproc=2)
     ckpts = run_dir / "checkpoints"
     try:
         if moment == "save":
@@ -104,29 +105,35 @@ def kill_at_random(arch, shards, run_dir: Path, log: Path, seed: int, moment: st
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shards):
-    """arch -> the weights of the TP=2 run of STEPS steps through launch/train.sh, never stopped (made once)."""
+    """(arch, layout) -> the weights of the run of STEPS steps at that two-process layout (TP=2 unless named)
+    through launch/train.sh, never stopped (made once)."""
     made = {}
 
-    def get(arch):
-        if arch not in made:
+    def get(arch, layout: dict = TP2):
+        key = (arch, tuple(sorted(layout.items())))
+        if key not in made:
             ref = tmp_path_factory.mktemp(f"uninterrupted-{arch}")
-            finish(start(arch, overrides(shards, ref, STEPS, EVERY, **{"parallel.tp": 2}), ref / "log", nproc=2),
-                   ref / "log")
-            made[arch] = checkpoint_weights(ref, STEPS)
-        return made[arch]
+            finish(start(arch, overrides(shards, ref, STEPS, EVERY, **layout), ref / "log", nproc=2), ref / "log")
+            made[key] = checkpoint_weights(ref, STEPS)
+        return made[key]
     return get
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize("arch", ARCHS)
-def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, arch):
-    want = uninterrupted(arch)
-    for seed, moment in [(ARCHS.index(arch) * 2, "save"), (ARCHS.index(arch) * 2 + 1, "step")]:
+@pytest.mark.parametrize("arch,layout", [(a, TP2) for a in ARCHS] + [("mamba2", CP2)],
+                         ids=[*ARCHS, "mamba2-cp2"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, shards, uninterrupted, arch, layout):
+    """The job of two processes (TP=2; or CP=2: each sequence in two segments) SIGKILLed while a checkpoint
+    is written and inside a step, each time resumed by the same command: the weights at the end equal the
+    uninterrupted run's bitwise."""
+    want = uninterrupted(arch, layout)
+    first = ARCHS.index(arch) * 2 + (10 if layout is CP2 else 0)
+    for seed, moment in [(first, "save"), (first + 1, "step")]:
         run = tmp_path / f"killed{seed}"
-        hit = kill_at_random(arch, shards, run, tmp_path / f"kill{seed}.log", seed, moment)
+        hit = kill_at_random(arch, shards, run, tmp_path / f"kill{seed}.log", seed, moment, layout)
         log = tmp_path / f"resume{seed}.log"
-        text = finish(start(arch, overrides(shards, run, STEPS, EVERY, **{"parallel.tp": 2}), log, nproc=2), log)
+        text = finish(start(arch, overrides(shards, run, STEPS, EVERY, **layout), log, nproc=2), log)
         got = checkpoint_weights(run, STEPS)
         assert set(got) == set(want)
         differ = [n for n in want if not torch.equal(got[n], want[n])]
