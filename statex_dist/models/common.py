@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from statex_dist.models.layout import fla_block_specs
 from statex_dist.models.recurrent_state import MixerState
 from statex_dist.ops import causal_conv1d
+from statex_dist.parallel import context
 from statex_dist.parallel.factory import linear
 from statex_dist.parallel.layers import local_parameter
 from statex_dist.parallel.mappings import all_reduce_sum, tp_reduced_grad
@@ -106,7 +107,10 @@ class ShortConvolution(nn.Module):
 
 def short_convs(mixer: nn.Module, names, tensors, initial_state: Optional[MixerState], output_final_state: bool):
     """``tensors`` through the mixer's short convolutions ``{name}_conv1d``, each continuing from its tail in
-    ``initial_state``; returns (outputs, {name: final tail} when ``output_final_state``, else None)."""
+    ``initial_state`` (under context parallelism: from the previous CP rank's segment); returns (outputs,
+    {name: final tail} when ``output_final_state``, else None)."""
+    if context.size() > 1:
+        initial_state = MixerState(None, context.previous_tails(dict(zip(names, tensors)), mixer.config.conv_size))
     tails = initial_state.conv if initial_state is not None else {}
     outs, finals = [], {}
     for name, t in zip(names, tensors):

@@ -102,9 +102,6 @@ class GatedLinearAttention(nn.Module):
         if cp:
             context.check_no_state(initial_state, output_final_state)
         if self.config.use_short_conv:
-            if cp:
-                initial_state = MixerState(None, context.previous_tails(dict(zip("qkv", (q, k, v))),
-                                                                        self.config.conv_size))
             (q, k, v), tails = short_convs(self, "qkv", (q, k, v), initial_state, output_final_state)
         low = self.gk_proj[0](x)
         if self.sequence_parallel:
