@@ -28,7 +28,6 @@ CASES = {  # id: (saved at: processes, overrides), (resumed at: processes, overr
     "dp2-zero2-to-one": ((2, {"parallel.zero_stage": 2}), (1, {})),
     # context parallelism holds no state of its own: a resume at another CP is only a regrouping
     "cp2-to-one": ((2, {"parallel.cp": 2}), (1, {})),
-    "one-to-tp2cp2": ((1, {}), (4, {"parallel.tp": 2, "parallel.cp": 2})),
 }
 CHEAP = {"dp2-zero2-to-one", "cp2-to-one"}
 
