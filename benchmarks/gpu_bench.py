@@ -265,6 +265,18 @@ def memory_gla_64k():
     return True, f"peak {mem:.1f} GiB, step {t:.1f} s (B=1, T=65536, activation checkpointing)"
 
 
+def memory_per_token():
+    """The bytes a token of a bf16 training step on the card, from the peaks at T = 4K and 16K of GLA-340M's width
+    with 4 layers (B=1): what benchmarks/context_parallel.py's modelled 1.3B table takes from the CPU's figures."""
+    from statex_dist.archs.gla.config import GLAConfig
+    cfg = GLAConfig(vocab_size=32000, hidden_size=1024, num_layers=4, num_heads=4, use_short_conv=True)
+    peaks = {T: _train_steps(cfg, T, 1, 1)[1] for T in (4096, 16384)}
+    per = (peaks[16384] - peaks[4096]) * 2 ** 30 / (16384 - 4096)
+    torch.cuda.empty_cache()
+    return True, (f"{per / 4 / 1e3:,.1f} KB a token and layer (GLA, hidden 1024, bf16; the CPU path in fp32: 327); peak "
+                  f"{peaks[4096]:.2f} GiB at T=4K, {peaks[16384]:.2f} GiB at 16K")
+
+
 def generate_export(workdir: Path):
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoModelForCausalLM
@@ -314,6 +326,7 @@ def items(phase: str):
             ("train-gdn", False, 60, lambda w, left: train_product("gdn", w, left)),
             ("generate-export", False, 30, lambda w, left: generate_export(w)),
             ("throughput-GLA-340M", True, 40, lambda w, left: throughput("GLA-340M")),
+            ("memory-per-token-GLA", True, 30, lambda w, left: memory_per_token()),
         ]
     if phase == "conv":
         return [(f"kernels-conv-{tags[dt]}", True, 20, forced("causal_conv1d", lambda dt=dt: kernels_conv(dt)))
