@@ -19,9 +19,11 @@ gradient buffers), master (DeepSpeed's fp32 partitions), moments (AdamW's exp_av
 (bucket / ipg / pipeline buffers), other (any other live tensor). ``act`` = the most bytes autograd held
 saved for backward at once in a step (saved_tensors_hooks; parameters excluded). ``rest`` = peak - libs -
 tensors - act: the allocator, transient copies inside the optimizer step, the gloo buffers. "B/param" =
-(peak - libs) / params; theory = weights + grads + master + moments per parameter of DeepSpeed's design at
-that dtype / ZeRO stage / DP size (see ``theory``); "min" drops what the mathematics does not need (the
-fp32 master copy of an fp32 model). Save and resume spikes: the peak during the checkpoint save (run 1) and
+(peak - libs) / params; theory = weights + grads + master + moments per parameter as this project runs
+DeepSpeed at that dtype / ZeRO stage / DP size (see ``theory``); "min" drops what the mathematics does not
+need (an fp32 master copy of fp32 weights). "peak / (theory + act)" = (peak - libs) / (theory x params +
+act): the issue's goal is <= 1.3. "fwd / bwd / opt": the largest RSS sampled in the forward, the backward
+and the optimizer step of the last step (memory_report's ``stages``): where the peak is. Save and resume spikes: the peak during the checkpoint save (run 1) and
 during the restore (run 2) minus run 1's step peak (negative: it fits in the step's headroom), and in
 brackets the phase's own rise over the RSS just before it.
 
@@ -59,17 +61,18 @@ LAYOUT = {"tp1": {}, "tp2": {"parallel.tp": 2}, "pp2": {"parallel.pp": 2}, "dp2"
 
 
 def theory(dtype: str, zero: int, dp: int) -> dict:
-    """Bytes per parameter held by a rank, DeepSpeed's design (statex_dist/training/ds_setup.py's config).
+    """Bytes per parameter held by a rank, as this project configures DeepSpeed (training/ds_setup.py).
 
-    fp32: ZeRO-0 steps torch AdamW on the weights themselves; ZeRO-1/2 keep an fp32 partition (1/dp of the
-    weights) as the optimizer's parameter even though the weights are fp32 already. bf16: ZeRO-0 is
-    DeepSpeed's bf16 DDP optimizer (bf16 grads, fp32 master); ZeRO-1 its BF16_Optimizer with fp32 gradient
-    accumulation over the whole (not partitioned) gradient; ZeRO-2 the ZeRO optimizer's fp32 accumulation,
-    partitioned. ZeRO-2 partitions gradients: each rank keeps 1/dp (its buckets aside).
+    fp32: ZeRO-0 steps torch AdamW on the weights themselves, and at ZeRO-1/2 the fp32 master partition is
+    the weights' own (``share_fp32_master``); ZeRO-3 keeps DeepSpeed's separate fp32 partition (4/dp).
+    bf16: ZeRO-0 is DeepSpeed's bf16 DDP optimizer (bf16 grads, fp32 master); ZeRO-1 its BF16_Optimizer with
+    fp32 gradient accumulation over the whole (not partitioned) gradient; ZeRO-2 the ZeRO optimizer's fp32
+    accumulation, partitioned. ZeRO-2 partitions gradients: each rank keeps 1/dp (its buckets aside).
+    "min" drops what the mathematics does not need (a master copy of fp32 weights).
     """
     if dtype == "fp32":
         w, g = 4, (4 if zero < 2 else 4 / dp)
-        master = 0 if zero == 0 else 4 / dp
+        master = 4 / dp if zero == 3 else 0
         moments = 8 if zero == 0 else 8 / dp
         need_master = 0
     else:
@@ -139,7 +142,10 @@ def summarise(measure: dict, resume: dict) -> dict:
         "moments": t["optimizer_state"], "comm": t["comm_buffers"],
         "other": t["other_deepspeed"] + t["other_tensors"], "act": act,
         "rest": step_peak - libs - t["counted"] - act, "bytes_per_param": (step_peak - libs) / params,
-        "tensor_bytes_per_param": t["counted"] / params, "theory": th, "detail": t["detail"]}
+        "tensor_bytes_per_param": t["counted"] / params, "theory": th, "detail": t["detail"],
+        "stages": steps[-1].get("stages", {}),
+        # the goal: the step's peak above the libraries within 1.3x of the theory's bytes plus the activations
+        "vs_need": (step_peak - libs) / (th["total"] * params + act)}
     if saves:
         s = saves[-1]
         row["save_spike"], row["save_rise"] = s["peak"] - step_peak, s["peak"] - s["rss_before"]
@@ -153,18 +159,25 @@ def table(rows: list[dict]) -> str:
     def mb(x):
         return "" if x is None else f"{x / MB:,.1f}"
 
+    def stages(r):   # the sampled peak of each stage of the step: where the step's peak is
+        st = r.get("stages", {})
+        return " / ".join(f"{st[k]['peak'] / MB:,.0f}" if k in st else "-" for k in ("forward", "backward", "optimizer"))
+
     def spike(r, k):
         return "" if f"{k}_spike" not in r else f"{mb(r[k + '_spike'])} (+{mb(r[k + '_rise'])})"
-    out = ["| config | rank | params/rank | theory B/param (min) | measured B/param (tensors) | peak MB | libs | "
-           "weights | grads | master | moments | comm | other | act | rest | save spike MB | resume spike MB |",
-           "|---" * 17 + "|"]
+    out = ["| config | rank | params/rank | theory B/param (min) | measured B/param (tensors) | peak / (theory + act) "
+           "| peak MB | libs | "
+           "weights | grads | master | moments | comm | other | act | rest | fwd / bwd / opt peak MB | save spike MB | "
+           "resume spike MB |",
+           "|---" * 19 + "|"]
     for r in rows:
         th = r["theory"]
         out.append(f"| {r['config']} | {r['rank_label']} | {r['params_rank']:,} | {th['total']:.0f} ({th['min']:.0f}) | "
-                   f"{r['bytes_per_param']:.1f} ({r['tensor_bytes_per_param']:.1f}) | {mb(r['step_peak'])} | "
+                   f"{r['bytes_per_param']:.1f} ({r['tensor_bytes_per_param']:.1f}) | {r['vs_need']:.2f} | "
+                   f"{mb(r['step_peak'])} | "
                    f"{mb(r['libs'])} | {mb(r['weights'])} | {mb(r['grads'])} | {mb(r['master'])} | "
                    f"{mb(r['moments'])} | {mb(r['comm'])} | {mb(r['other'])} | {mb(r['act'])} | {mb(r['rest'])} | "
-                   f"{spike(r, 'save')} | {spike(r, 'resume')} |")
+                   f"{stages(r)} | {spike(r, 'save')} | {spike(r, 'resume')} |")
     return "\n".join(out)
 
 

@@ -27,7 +27,7 @@ from statex_dist.models.names import by_internal_name, named_internal_parameters
 from statex_dist.parallel import context
 from statex_dist.parallel.device import select
 from statex_dist.run_config import RunConfig, dump, key_table, load_run_config, signal_number, validate
-from statex_dist.training import checkpoints, ds_setup, memory_report, optim, optimizer_state
+from statex_dist.training import checkpoints, ds_setup, host_memory, memory_report, optim, optimizer_state
 from statex_dist.training.checkpoints import CheckpointWriteError
 from statex_dist.training.flops import train_flops_per_token
 from statex_dist.training.preemption import SignalStop
@@ -67,6 +67,7 @@ class Run:
         if self.device.type == "cpu":
             # DeepSpeed picks its accelerator from what it finds (CUDA when present), not from this run's choice
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            host_memory.map_large_blocks()   # activations as their own mappings: training/host_memory.py
 
     def _groups(self) -> None:
         from megatron.core import parallel_state as ps
@@ -133,6 +134,8 @@ class Run:
         self.gas = self.ds_config["gradient_accumulation_steps"]
         self.module = model
         self.engine = ds_setup.initialize_engine(model, opt, sched, self.ds_config, self.pipeline)
+        if self.device.type == "cpu":
+            host_memory.release_around_steps(self.engine)
 
     def _data(self) -> None:
         d = self.run_cfg.data

@@ -97,6 +97,7 @@ def engine_worker(rank, world, overrides_list, torch_reference: bool = False, de
     from statex_dist.train import Run
     from statex_dist.training.checkpoints import _zero3_gathered
     from statex_dist.training.initial_weights import named_internal_parameters
+    from statex_dist.training.optimizer_state import base_optimizer
     run = Run(load_run_config(None, overrides_list))
     if torch_reference:
         first = {name: p.detach().clone() for name, p in named_internal_parameters(run.module)}
@@ -121,8 +122,10 @@ def engine_worker(rank, world, overrides_list, torch_reference: bool = False, de
     for name, p in named_internal_parameters(run.module):
         with _zero3_gathered(p):
             params[name] = p.detach().clone()
+    weights = {p.untyped_storage().data_ptr() for p in run.module.parameters()}
+    masters = [p.untyped_storage().data_ptr() for g in base_optimizer(run.engine).param_groups for p in g["params"]]
     where = {"rank": rank, "tp_rank": run.tp_rank, "dp_rank": run.dp_rank, "stage": run.stage,
-             "tp": run.run_cfg.parallel.tp}
+             "tp": run.run_cfg.parallel.tp, "master_is_weights": all(m in weights for m in masters)}
     extra = {"torch": torch_adamw(run.run_cfg, run.model_config, first, batches)} if torch_reference else {}
     if destroy:
         state.destroy()
@@ -286,6 +289,10 @@ def test_layout_equals_one_process(tmp_path, shards, reference, layout):
                            tmp_path=tmp_path / "w", timeout=900)
     for i, arch in enumerate(ARCHS):
         check_equal(f"{arch} {layout}", [r[i] for r in per_rank], tmp_path / arch, reference(arch))
+        # fp32 weights are their own master at ZeRO-0/1/2 (ds_setup.share_fp32_master): the optimizer steps
+        # storage of the weights on every rank (ZeRO-3 keeps DeepSpeed's separate partitions)
+        shared = [r[i]["master_is_weights"] for r in per_rank]
+        assert shared == [extra.get("parallel.zero_stage", 1) < 3] * world, (arch, layout, shared)
 
 
 VARIANTS = {  # one process, against the reference's 1 micro-batch of 8

@@ -48,4 +48,30 @@ def initialize_engine(model, optimizer, scheduler, ds_config: dict, pipeline: bo
     if not pipeline:  # a PipelineModule carries its own topology (built to agree with megatron-core's groups)
         kwargs["mpu"] = MegatronMPU()
     engine, _, _, _ = deepspeed.initialize(**kwargs)
+    share_fp32_master(engine)
     return engine
+
+
+def share_fp32_master(engine) -> bool:
+    """Make ZeRO-1/2's fp32 master partition of an fp32 model the weights' own partition.
+
+    DeepSpeed's ZeRO optimizer clones the rank's partition of the flat weights into an fp32 master, steps the
+    master and copies it back: for weights that are fp32 already the clone holds the same numbers, 4 bytes a
+    parameter (over DP), and no DeepSpeed option leaves it out. Pointing the master at the weights' partition
+    (and relinking the per-parameter fragments the tensor-fragment API reads) makes the step update the
+    weights in place; the copy back becomes a copy onto itself and the DP all-gather is unchanged. ZeRO-0
+    steps the weights directly; ZeRO-3 and bf16 are left as DeepSpeed makes them. Returns whether it applied.
+    """
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+    opt = engine.optimizer
+    if (not isinstance(opt, DeepSpeedZeroOptimizer) or opt.cpu_offload
+            or any(flat.dtype != torch.float32 for flat in opt.bit16_groups_flat)):
+        return False
+    import torch.distributed as dist
+    for i, master in enumerate(opt.single_partition_of_fp32_groups):
+        own = opt.parallel_partitioned_bit16_groups[i][dist.get_rank(group=opt.real_dp_process_group[i])]
+        assert own.shape == master.shape and torch.equal(own, master), "the fp32 master is not the weights"
+        master.data = own.data
+    opt._link_all_hp_params()   # the fragments were views of the clones
+    opt._hp_optimizer_states_linked = False
+    return True

@@ -22,6 +22,10 @@ Per rank, ``<folder>/rank<R>.json`` holds:
   the pipeline engine's send / receive buffers), other_deepspeed (any other tensor DeepSpeed's optimizer or
   engine holds) and other_tensors (every other live tensor the garbage collector knows of). ``detail`` names
   each DeepSpeed attribute with its bytes, to find copies.
+- ``stages`` inside each phase: the largest RSS a sampling thread saw (every ``STATEX_MEMORY_SAMPLE_MS``, 5 ms)
+  while the rank was in the forward pass, the backward pass, the optimizer step (DeepSpeed's, clipping and
+  the weights' update included) or elsewhere, and the RSS when that stage began: the peak's place in the step.
+  Sampled, so a spike shorter than the period can be missed: the phase's ``peak`` (VmHWM) is the exact one.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import gc
 import json
 import os
 import resource
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +41,7 @@ from pathlib import Path
 ENV = "STATEX_MEMORY_REPORT"
 MAX_STEPS = int(os.environ.get("STATEX_MEMORY_STEPS", "3"))   # phases recorded per kind: the first few
 MAX_SAVES = 2
+SAMPLE_S = float(os.environ.get("STATEX_MEMORY_SAMPLE_MS", "5")) / 1000
 
 
 def from_env():
@@ -158,6 +164,7 @@ class MemoryReport:
                      "phases": {}, "tensors": {}}
         self.counts = {}
         self.run = None
+        self.sampler = _Sampler()
 
     # --- points and phases ---------------------------------------------------------------------------------
     def point(self, name: str, **extra) -> None:
@@ -177,10 +184,14 @@ class MemoryReport:
         resettable = reset_peak()
         saved = _SavedBytes(self._param_storages()) if activations else None
         t0 = time.time()
-        with (saved.hooks() if saved else _nothing()):
-            yield
+        self.sampler.stages = stages = {}
+        try:
+            with (saved.hooks() if saved else _nothing()):
+                yield
+        finally:
+            self.sampler.stages = None
         rec = {"kind": kind, "rss_before": before, "peak": peak(), "rss_after": rss(), "seconds": time.time() - t0,
-               "peak_resettable": resettable}
+               "peak_resettable": resettable, "stages": stages}
         if saved:
             rec["activations_saved_peak"] = saved.peak
             rec["activations_saved_total"] = saved.total
@@ -213,11 +224,23 @@ class MemoryReport:
 
         def step(*a, **k):
             self._count("before_step")
-            out = inner(*a, **k)
+            with self.sampler.entered("optimizer"):
+                out = inner(*a, **k)
             self._count("after_step")
             return out
         opt.step = step   # an instance attribute: the engines call self.optimizer.step()
+        pipe = hasattr(run.engine, "_exec_forward_pass")   # the pipeline engine runs its own instructions
+        self._wrap_stage(run.engine, "_exec_forward_pass" if pipe else "forward", "forward")
+        self._wrap_stage(run.engine, "_exec_backward_pass" if pipe else "backward", "backward")
         self._count("engine")
+
+    def _wrap_stage(self, obj, method: str, stage: str) -> None:
+        inner = getattr(obj, method)
+
+        def wrapped(*a, **k):
+            with self.sampler.entered(stage):
+                return inner(*a, **k)
+        setattr(obj, method, wrapped)   # an instance attribute: nn.Module.__call__ reads self.forward
 
     def _param_storages(self) -> set:
         if self.run is None:
@@ -360,3 +383,37 @@ class _Saved:
 
 def _unpack(s):
     return s.t if isinstance(s, _Saved) else s
+
+
+class _Sampler:
+    """RSS sampled on a thread, the largest value kept per stage (``forward``, ``backward``, ``optimizer``,
+    ``other``) of the phase being recorded."""
+
+    def __init__(self):
+        self.stage = "other"
+        self.stages: dict | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(SAMPLE_S):
+            st = self.stages
+            if st is not None:
+                rec = st.setdefault(self.stage, {"peak": 0, "rss_at_start": None})
+                rec["peak"] = max(rec["peak"], rss())
+
+    @contextmanager
+    def entered(self, stage: str):
+        prev, self.stage = self.stage, stage
+        st = self.stages
+        if st is not None:
+            rec = st.setdefault(stage, {"peak": 0, "rss_at_start": None})
+            now = rss()
+            rec["peak"] = max(rec["peak"], now)
+            if rec["rss_at_start"] is None:
+                rec["rss_at_start"] = now
+        try:
+            yield
+        finally:
+            self.stage = prev
