@@ -15,7 +15,7 @@ from statex_dist import archs
 from statex_dist.checkpoint.atomic import atomic_dir
 from statex_dist.checkpoint.errors import CheckpointError, MissingCheckpointError
 from statex_dist.checkpoint.hf_export import write_hf
-from statex_dist.checkpoint.sharded import ShardedCheckpoint, write_sharded
+from statex_dist.checkpoint.sharded import write_sharded
 from statex_dist.checkpoint.side_files import SIDE_DIR, copy_side_files, side_files_of
 from statex_dist.checkpoint.sources import hf_origin, open_source
 from statex_dist.cli_errors import Parser, path_inside, positive_int, run_main
@@ -145,7 +145,13 @@ def run(argv=None) -> dict:
     dtypes = {n: DTYPES[args.dtype] if args.dtype != "keep" else src.dtype(n) for n in names}
     fmt, hf_cfg = hf_origin(src)
     stats = {"tensors": 0, "bytes": 0}
-    states = optimizer_state.KEYS if training else ()
+    # the state as stored (optimizer_state.stored): a master that the fp32 weights stood for stays in model/
+    # while the new weights are fp32 too, and is written out where they are not
+    state = optimizer_state.stored(Path(args.src)) if training else {}
+    own_master = (Path(args.src) / optimizer_state.FOLDER / optimizer_state.MASTER).is_dir()
+    if state and not own_master and all(d == torch.float32 for d in dtypes.values()):
+        state.pop(optimizer_state.MASTER)
+    states = list(state)
     bar = tqdm(total=len(names) * (1 + len(states)), unit="tensor", desc="reshard_expand", disable=None)
 
     def tensors():
@@ -171,8 +177,7 @@ def run(argv=None) -> dict:
             write_sharded(out, new, tensors(), dtypes, args.tp, args.pp,
                           hf={"format": fmt.name, "config": hf_cfg}, progress=progress)
         for key in states:
-            state = ShardedCheckpoint(Path(args.src) / optimizer_state.FOLDER / key)
-            write_sharded(tmp / optimizer_state.FOLDER / key, new, ((n, state.get(n)) for n in names),
+            write_sharded(tmp / optimizer_state.FOLDER / key, new, ((n, state[key].get(n)) for n in names),
                           {n: torch.float32 for n in names}, args.tp, args.pp, progress=progress)
         if training:
             write_training_meta(Path(args.src), tmp, args.tp, args.pp)

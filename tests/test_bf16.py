@@ -18,6 +18,7 @@ Tolerances, on the per-step training loss (about 5.5 at the start; 10 steps, Ada
 The precision records are exact: a set of dtypes per parameter, compared for equality.
 """
 import pytest
+import torch
 
 from tests.dist_utils import run_workers
 from tests.train_helpers import GDN, GLA, MAMBA2, make_shards, overrides, train_worker
@@ -141,8 +142,10 @@ def test_bf16_config_is_deepspeeds_bf16_optimizer(tmp_path, shards):
     """bf16 weights in the model, fp32 master weights and fp32 gradient accumulation in DeepSpeed's
     BF16_Optimizer (ZeRO-1, 2 micro-batches per step), on the CPU, and the loss falls; under that engine
     every parameter of GLA (after training) and of Mamba2 is computed in the precision its model's
-    docstring states (A_log, dt_bias, D, the convolutions and the norm weights in fp32)."""
-    common = {"model.dtype": "bf16", "eval.every": 0}
+    docstring states (A_log, dt_bias, D, the convolutions and the norm weights in fp32). Its checkpoint keeps
+    the fp32 master beside the bf16 weights (an fp32 run's weights are their own master), and without it a
+    resume is refused in one line naming the folder."""
+    common = {"model.dtype": "bf16", "eval.every": 0, "checkpoint.every": 4}
     ov = overrides(GLA, shards, tmp_path / "run", steps=4, **common)
     ov_mamba2 = overrides(MAMBA2, shards, tmp_path / "run-mamba2", steps=4, **common)
     out = run_workers(_optimizer_worker, 1, ov, ov_mamba2, tmp_path=tmp_path / "w", timeout=300)[0]
@@ -152,3 +155,15 @@ def test_bf16_config_is_deepspeeds_bf16_optimizer(tmp_path, shards):
     assert out["losses"][-1] < out["losses"][0], out["losses"]
     for arch, record in out["precision"].items():
         _check_precision(arch, record, arch)
+    import shutil
+
+    from statex_dist.checkpoint.errors import CheckpointError
+    from statex_dist.checkpoint.sharded import ShardedCheckpoint
+    from statex_dist.training.optimizer_state import MASTER, stored
+    ck = tmp_path / "run" / "checkpoints" / "step00000004"
+    model, master = ShardedCheckpoint(ck / "model"), stored(ck)[MASTER]
+    assert master.folder != model.folder and {master.dtype(n) for n in master.names()} == {torch.float32}
+    assert torch.bfloat16 in {model.dtype(n) for n in model.names()}
+    shutil.rmtree(ck / "optimizer" / MASTER)
+    with pytest.raises(CheckpointError, match=r"optimizer/fp32: missing, and .*model holds .* in torch.bfloat16"):
+        stored(ck)

@@ -95,13 +95,11 @@ def check_losses(ranks: list, want: list, label: str) -> float:
 
 
 def _optimizer(run_dir, step: int) -> tuple[dict, object]:
-    """The optimizer state a run saved at ``step``, full shape, keyed (kind, name); and the model config."""
-    from statex_dist.checkpoint.sharded import ShardedCheckpoint
-    from statex_dist.training.optimizer_state import FOLDER, KEYS
-    root = run_dir / "checkpoints" / f"step{step:08d}" / FOLDER
+    """The optimizer state a run saved at ``step``, full shape, keyed (kind, name) (the fp32 master from
+    model/, where fp32 weights stand for it); and the model config."""
+    from statex_dist.training.optimizer_state import stored
     out = {}
-    for k in KEYS:
-        ck = ShardedCheckpoint(root / k)
+    for k, ck in stored(run_dir / "checkpoints" / f"step{step:08d}").items():
         out.update({(k, n): ck.get(n) for n in ck.names()})
     return out, ck.config
 

@@ -5,7 +5,8 @@ files.
     <dir>/step00000100/            a complete checkpoint (renamed into place only once every rank is done)
         model/manifest.json        sharded format (statex_dist.checkpoint.sharded), one file per TP x PP rank
         model/weights/tpRR-ppSS.safetensors
-        optimizer/{fp32,exp_avg,exp_avg_sq}/   the optimizer state in the same format (optimizer_state.py)
+        optimizer/{exp_avg,exp_avg_sq}/   the optimizer state in the same format (optimizer_state.py), and
+        optimizer/fp32/            the fp32 master where the weights are not fp32 (else model/ is the master)
         statex.json                run config, step, data position, RNG states, model config, AdamW's step
                                    count (written last)
     <dir>/.staging/step...         where a checkpoint is written; a job killed here leaves only this
@@ -142,10 +143,11 @@ def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, sta
     (``optimizer/<key>/``). Every DP rank calls it: the ZeRO gathers are collectives over the DP group; only
     a rank with ``write`` writes. Returns {"names", "file", "stage", "info": {folder: file entry}} from a writer."""
     entries = _own_parameters(module)
+    keys = optimizer_state.keys_to_save(entries[0][1].dtype)   # every parameter of a run has its dtype
     writers = {}
     if write:
         writers["model"] = _writer(root / "model", entries, config, tp_rank, tp, stage)
-        for k in optimizer_state.KEYS:
+        for k in keys:
             writers[f"{optimizer_state.FOLDER}/{k}"] = _writer(root / optimizer_state.FOLDER / k, entries, config,
                                                                tp_rank, tp, stage, torch.float32)
     optimizer_state.ensure_state(engine)  # a save before the first step: AdamW's zero state
@@ -156,7 +158,7 @@ def _write_shards(root: Path, engine, module, config, tp_rank: int, tp: int, sta
                     writers["model"].write(n, p.detach().clone())
             if write or optimizer_state.partitioned(p):  # a non-writer joins the DP gathers, nothing else
                 states = optimizer_state.full_state(engine, p)
-            for k in optimizer_state.KEYS if write else ():
+            for k in keys if write else ():
                 writers[f"{optimizer_state.FOLDER}/{k}"].write(n, states[k])
         infos = {folder: w.close() for folder, w in writers.items()}
     except BaseException:

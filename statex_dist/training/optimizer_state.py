@@ -6,6 +6,9 @@ model in every training checkpoint:
     <step>/optimizer/exp_avg/     ...                                             AdamW first moments
     <step>/optimizer/exp_avg_sq/  ...                                             AdamW second moments
 
+``optimizer/fp32`` only where the weights are not fp32 (bf16 runs): fp32 weights are their own master (in
+memory too: ds_setup.share_fp32_master), so ``model/`` holds it and a resume reads it from there.
+
 Each tensor has its parameter's shape and ShardSpec, so a resume at any TP x PP x DP x ZeRO stage reads its
 slices exactly as it reads the weights (vocabulary padding, packed in_proj blocks, value-sharded GLA layers
 and tied embeddings included) and the tools reshard it like any sharded checkpoint. AdamW's step count is
@@ -27,6 +30,7 @@ from pathlib import Path
 import torch
 
 from statex_dist.checkpoint.atomic import MANIFEST
+from statex_dist.checkpoint.errors import CheckpointError
 from statex_dist.checkpoint.sharded import ShardedCheckpoint
 from statex_dist.models import specs_for
 from statex_dist.models.names import Named
@@ -109,21 +113,44 @@ def set_full_state(engine, p, values: dict[str, torch.Tensor]) -> None:
             st[k].copy_(values[k])
 
 
+def keys_to_save(weights_dtype: torch.dtype) -> tuple[str, ...]:
+    """What a checkpoint of weights in ``weights_dtype`` stores under ``optimizer/``."""
+    return MOMENTS if weights_dtype == torch.float32 else KEYS
+
+
 def saved(ckpt: Path) -> bool:
-    return all((Path(ckpt) / FOLDER / k / MANIFEST).exists() for k in KEYS)
+    return all((Path(ckpt) / FOLDER / k / MANIFEST).exists() for k in MOMENTS)
+
+
+def stored(ckpt: Path) -> dict[str, ShardedCheckpoint]:
+    """The saved state by key: the master from ``optimizer/fp32``, or from ``model/`` where the weights were
+    saved in fp32 (then they are the master); a master in any other precision is refused."""
+    ckpt = Path(ckpt)
+    out = {k: ShardedCheckpoint(ckpt / FOLDER / k) for k in MOMENTS}
+    if (ckpt / FOLDER / MASTER / MANIFEST).exists():
+        out[MASTER] = ShardedCheckpoint(ckpt / FOLDER / MASTER)
+        return out
+    model = ShardedCheckpoint(ckpt / "model")
+    low = [n for n in model.names() if model.dtype(n) != torch.float32]
+    if low:
+        raise CheckpointError(f"{ckpt / FOLDER / MASTER}: missing, and {ckpt / 'model'} holds {low[0]} in "
+                              f"{model.dtype(low[0])}, not the fp32 master it would stand for; resume from a "
+                              f"checkpoint written with its optimizer/{MASTER} folder")
+    out[MASTER] = model
+    return out
 
 
 def restore(engine, named: list, ckpt: Path, tp_rank: int, tp: int, step: int) -> None:
     """Load the layout-free state saved in ``ckpt`` into this rank's parameters ``named`` ((name, param),
     this stage's, under the models' own names) at TP size ``tp``."""
     ensure_state(engine)
-    stored = {k: ShardedCheckpoint(Path(ckpt) / FOLDER / k) for k in KEYS}
-    specs = specs_for(stored[MASTER].config, tp)   # once: every key's tensors have the parameters' specs
+    state = stored(ckpt)
+    specs = specs_for(state[MASTER].config, tp)   # once: every key's tensors have the parameters' specs
     # parameter by parameter: a resume holds one parameter's master and moments beyond the steady state
     for n, p in named:
         values = {k: torch.empty(_local_shape(p), dtype=torch.float32) for k in KEYS}
         for k in KEYS:
-            stored[k].load_into(Named([(n, values[k])]), tp_rank, tp, specs)
+            state[k].load_into(Named([(n, values[k])]), tp_rank, tp, specs)
         set_full_state(engine, p, values)
     set_adam_step(engine, step)
 
