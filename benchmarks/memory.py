@@ -199,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke size: hidden 128, 2 layers, vocab 512, seq 64; GLA fp32 ZeRO-1 at tp1 and tp2")
     ap.add_argument("--report-only", action="store_true", help="tabulate the reports already in --work")
+    ap.add_argument("--keep", action="store_true", help="keep the runs' checkpoints (gigabytes each)")
     ap.add_argument("--work", default=None, help="runs and data (default runs/memory[-quick])")
     ap.add_argument("--out", default=None, help="results stem (default benchmarks/results/memory[-quick])")
     a = ap.parse_args(argv)
@@ -245,6 +246,8 @@ def main(argv=None) -> int:
                        f"pp{row['stage']} dp{row['dp_rank']})")
             new.append(row)
         rows += new
+        if not a.keep:   # gigabytes a configuration at the real widths
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         worst = max(new, key=lambda r: r["step_peak"])
         print(f"[{i}/{len(configs)}] {name}: {len(new)} rank(s), params/rank {worst['params_rank']:,}, peak "
               f"{worst['step_peak'] / MB:,.0f} MB (libs {worst['libs'] / MB:,.0f}), {worst['bytes_per_param']:.1f} "

@@ -229,18 +229,27 @@ class MemoryReport:
             self._count("after_step")
             return out
         opt.step = step   # an instance attribute: the engines call self.optimizer.step()
-        pipe = hasattr(run.engine, "_exec_forward_pass")   # the pipeline engine runs its own instructions
-        self._wrap_stage(run.engine, "_exec_forward_pass" if pipe else "forward", "forward")
-        self._wrap_stage(run.engine, "_exec_backward_pass" if pipe else "backward", "backward")
+        table = getattr(type(run.engine), "_INSTRUCTION_MAP", None)
+        if table is not None:
+            # the pipeline engine runs each instruction from this class-level table (an unbound function per
+            # instruction type): an instance copy with the passes wrapped takes its place
+            stages = {"_exec_forward_pass": "forward", "_exec_backward_pass": "backward"}
+            run.engine._INSTRUCTION_MAP = {k: self._staged(f, stages[f.__name__]) if f.__name__ in stages else f
+                                           for k, f in table.items()}
+        else:
+            self._wrap_stage(run.engine, "forward", "forward")
+            self._wrap_stage(run.engine, "backward", "backward")
         self._count("engine")
 
-    def _wrap_stage(self, obj, method: str, stage: str) -> None:
-        inner = getattr(obj, method)
-
+    def _staged(self, fn, stage: str):
         def wrapped(*a, **k):
             with self.sampler.entered(stage):
-                return inner(*a, **k)
-        setattr(obj, method, wrapped)   # an instance attribute: nn.Module.__call__ reads self.forward
+                return fn(*a, **k)
+        return wrapped
+
+    def _wrap_stage(self, obj, method: str, stage: str) -> None:
+        # an instance attribute: nn.Module.__call__ reads self.forward
+        setattr(obj, method, self._staged(getattr(obj, method), stage))
 
     def _param_storages(self) -> set:
         if self.run is None:
