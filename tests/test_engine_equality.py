@@ -290,9 +290,10 @@ def test_layout_equals_one_process(tmp_path, shards, reference, layout):
     for i, arch in enumerate(ARCHS):
         check_equal(f"{arch} {layout}", [r[i] for r in per_rank], tmp_path / arch, reference(arch))
         # fp32 weights are their own master at ZeRO-0/1/2 (ds_setup.share_fp32_master): the optimizer steps
-        # storage of the weights on every rank (ZeRO-3 keeps DeepSpeed's separate partitions)
-        shared = [r[i]["master_is_weights"] for r in per_rank]
-        assert shared == [extra.get("parallel.zero_stage", 1) < 3] * world, (arch, layout, shared)
+        # storage of the weights on every rank (ZeRO-3's partitions are DeepSpeed's own, not checked here)
+        if extra.get("parallel.zero_stage", 1) < 3:
+            shared = [r[i]["master_is_weights"] for r in per_rank]
+            assert shared == [True] * world, (arch, layout, shared)
 
 
 VARIANTS = {  # one process, against the reference's 1 micro-batch of 8
