@@ -148,8 +148,7 @@ def run(argv=None) -> dict:
     # the state as stored (optimizer_state.stored): a master that the fp32 weights stood for stays in model/
     # while the new weights are fp32 too, and is written out where they are not
     state = optimizer_state.stored(Path(args.src)) if training else {}
-    own_master = (Path(args.src) / optimizer_state.FOLDER / optimizer_state.MASTER).is_dir()
-    if state and not own_master and all(d == torch.float32 for d in dtypes.values()):
+    if state and not optimizer_state.own_master(Path(args.src)) and all(d == torch.float32 for d in dtypes.values()):
         state.pop(optimizer_state.MASTER)
     states = list(state)
     bar = tqdm(total=len(names) * (1 + len(states)), unit="tensor", desc="reshard_expand", disable=None)

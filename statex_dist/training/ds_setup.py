@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def dtype_of(run_cfg, device) -> torch.dtype:
@@ -67,7 +68,6 @@ def share_fp32_master(engine) -> bool:
     if (not isinstance(opt, DeepSpeedZeroOptimizer) or opt.cpu_offload
             or any(flat.dtype != torch.float32 for flat in opt.bit16_groups_flat)):
         return False
-    import torch.distributed as dist
     for i, master in enumerate(opt.single_partition_of_fp32_groups):
         own = opt.parallel_partitioned_bit16_groups[i][dist.get_rank(group=opt.real_dp_process_group[i])]
         assert own.shape == master.shape and torch.equal(own, master), "the fp32 master is not the weights"

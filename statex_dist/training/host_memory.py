@@ -22,20 +22,13 @@ choice. Elsewhere than glibc (musl, macOS) neither setting exists and the libc's
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_TRIM = None
+# the process's own symbols (dlopen(NULL), which cannot fail): glibc's mallopt and malloc_trim where the C
+# library is glibc; elsewhere they are absent, and the libc's own policy stays (the module's docstring)
+_LIBC = ctypes.CDLL(None)
 _M_MMAP_THRESHOLD = -3           # glibc's malloc.h
 MMAP_THRESHOLD = 1 << 20
-
-
-def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -44,17 +37,12 @@ def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     the setting trades speed for memory (see the module's docstring)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc else None
+    mallopt = getattr(_LIBC, "mallopt", None)
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, threshold) == 1)
 
 
 def _malloc_trim():
-    global _TRIM
-    if _TRIM is None:
-        libc = _libc()
-        _TRIM = getattr(libc, "malloc_trim", False) if libc else False   # glibc only
-    return _TRIM
+    return getattr(_LIBC, "malloc_trim", None)
 
 
 def release() -> bool:

@@ -122,12 +122,17 @@ def saved(ckpt: Path) -> bool:
     return all((Path(ckpt) / FOLDER / k / MANIFEST).exists() for k in MOMENTS)
 
 
+def own_master(ckpt: Path) -> bool:
+    """Whether ``ckpt`` stores an fp32 master of its own (else its fp32 weights are the master)."""
+    return (Path(ckpt) / FOLDER / MASTER / MANIFEST).exists()
+
+
 def stored(ckpt: Path) -> dict[str, ShardedCheckpoint]:
     """The saved state by key: the master from ``optimizer/fp32``, or from ``model/`` where the weights were
     saved in fp32 (then they are the master); a master in any other precision is refused."""
     ckpt = Path(ckpt)
     out = {k: ShardedCheckpoint(ckpt / FOLDER / k) for k in MOMENTS}
-    if (ckpt / FOLDER / MASTER / MANIFEST).exists():
+    if own_master(ckpt):
         out[MASTER] = ShardedCheckpoint(ckpt / FOLDER / MASTER)
         return out
     model = ShardedCheckpoint(ckpt / "model")
